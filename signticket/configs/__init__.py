@@ -1,0 +1,1 @@
+"""Built-in run configs (``ml_collections.ConfigDict`` factories)."""

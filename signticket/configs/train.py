@@ -1,0 +1,20 @@
+"""Default dense training run: the small BN convnet on offline Fashion-MNIST."""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.seed = 0  # model init
+    c.data_seed = 0  # data order and augmentation
+    c.model = ConfigDict({"name": "convnet", "kwargs": ConfigDict()})
+    c.data = ConfigDict({"name": "fashion_mnist", "train_subset": 0, "test_subset": 0})
+    c.optimizer = ConfigDict({
+        "name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+        "schedule": "cosine", "warmup_epochs": 0, "milestones": (0.5, 0.75), "gamma": 0.1,
+    })
+    c.epochs = 5
+    c.batch_size = 128
+    c.eval_every = 1
+    c.checkpoint_every = 1
+    return c

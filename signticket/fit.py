@@ -1,0 +1,107 @@
+"""The epoch loop: train, evaluate, checkpoint, resume, log — for any :class:`Engine`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from tqdm.auto import tqdm
+
+from signticket import data as data_lib
+from signticket.checkpoint import Checkpointer
+from signticket.metrics import MetricsWriter
+from signticket.train import Engine, TrainState, check_finite
+
+log = logging.getLogger(__name__)
+
+#: ``on_epoch_end(epoch, state) -> state``: a method's hook between epochs (e.g. a reset).
+EpochHook = Callable[[int, TrainState], TrainState]
+
+
+def evaluate(engine: Engine, state: TrainState, dataset: data_lib.Dataset, batch_size: int = 1000,
+             device_data=None) -> dict[str, float]:
+    """Test loss and accuracy of ``state`` on the whole test split of ``dataset``."""
+    batch_size = max(engine.mesh.size, batch_size - batch_size % engine.mesh.size)
+    batches = data_lib.eval_batches(
+        dataset.test_images, dataset.test_labels, batch_size, engine.mesh, device_data=device_data
+    )
+    return engine.evaluate(state, batches)
+
+
+def fit(
+    engine: Engine,
+    state: TrainState,
+    dataset: data_lib.Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    data_seed: int = 0,
+    checkpointer: Checkpointer | None = None,
+    metrics: MetricsWriter | None = None,
+    eval_every: int = 1,
+    checkpoint_every: int = 1,
+    on_epoch_end: EpochHook | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> tuple[TrainState, dict[str, float]]:
+    """Train ``state`` for ``epochs`` epochs; returns the final state and test metrics.
+
+    With a ``checkpointer`` the loop is resumable: it restores the newest checkpoint (epoch
+    ``e``) and continues at epoch ``e + 1``, replaying the same data order and randomness, so a
+    killed and resumed run equals an uninterrupted one. A finished run (``DONE.json``) is not
+    trained again: its final state is restored and returned. A NaN/inf loss stops the run with
+    :class:`~signticket.train.NonFiniteLossError` before that state is saved.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    start = 0
+    if checkpointer is not None and checkpointer.latest_step() is not None:
+        start, state = checkpointer.restore(state)
+        done = checkpointer.done()
+        if done is not None and start >= epochs:
+            return state, {k: v for k, v in done.items() if k.startswith("test_")}
+        log.info("resuming %s at epoch %d", checkpointer.directory, start + 1)
+        if metrics is not None:
+            metrics.truncate_after(start)
+    train_dev = data_lib.to_device(dataset.train_images, dataset.train_labels, engine.mesh)
+    test_dev = data_lib.to_device(dataset.test_images, dataset.test_labels, engine.mesh)
+    n_steps = data_lib.steps_per_epoch(len(dataset.train_labels), batch_size)
+    data_key = jax.random.PRNGKey(data_seed)
+    test: dict[str, float] = {}
+    bar = tqdm(total=epochs * n_steps, initial=start * n_steps, desc=desc, disable=not progress,
+               leave=False, dynamic_ncols=True)
+    for epoch in range(start + 1, epochs + 1):
+        sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
+        batches = data_lib.train_batches(
+            dataset.train_images, dataset.train_labels, jax.random.fold_in(data_key, epoch),
+            batch_size, engine.mesh, device_data=train_dev,
+        )
+        for batch in batches:
+            state, m = engine.train_step(state, batch)
+            sums = jax.tree.map(jnp.add, sums, m)
+            bar.update()
+        train = {k: float(v) / n_steps for k, v in sums.items()}
+        check_finite(train, f"epoch {epoch}")
+        if on_epoch_end is not None:
+            state = on_epoch_end(epoch, state)
+        record = {"epoch": epoch, "step": int(state.step),
+                  **{f"train_{k}": v for k, v in train.items()}}
+        if epoch % eval_every == 0 or epoch == epochs:
+            test = evaluate(engine, state, dataset, device_data=test_dev)
+            record.update({f"test_{k}": v for k, v in test.items()})
+        bar.set_postfix(loss=f"{train['loss']:.3f}", test_acc=f"{test.get('accuracy', 0):.3f}")
+        if metrics is not None:
+            metrics.write(record)
+        if checkpointer is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
+            checkpointer.save(epoch, state)
+    bar.close()
+    if not test:
+        test = evaluate(engine, state, dataset, device_data=test_dev)
+    summary = {f"test_{k}": v for k, v in test.items()}
+    if checkpointer is not None:
+        if checkpointer.latest_step() is None:
+            checkpointer.save(epochs, state)
+        checkpointer.mark_done({"epoch": epochs, **summary})
+    return state, summary

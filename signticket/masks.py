@@ -1,0 +1,176 @@
+"""Masks: bool pytrees with the structure of ``params`` (non-prunable leaves all True).
+
+Creation by magnitude (global or layerwise, exact counts), at random (uniform or ERK), sparsity
+statistics, and applying a mask. Everything here is a pure function of pytrees.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from signticket.tree import (
+    LeafPredicate,
+    PyTree,
+    check_same_structure,
+    is_prunable,
+    named_leaves,
+    select,
+)
+
+
+def check_unit_interval(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` (when concrete) lies in ``[0, 1)``."""
+    try:
+        v = float(value)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return  # traced: validated by the caller's concrete call
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {v}")
+
+
+def full_mask(params: PyTree) -> PyTree:
+    """The dense mask: True everywhere."""
+    return jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), params)
+
+
+def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
+    """``params * mask``: pruned entries become exactly zero."""
+    check_same_structure(params, mask, "params", "mask")
+    return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
+
+
+def _rank(scores: jax.Array) -> jax.Array:
+    """Position of every entry in ascending order; ties go to the earlier flat index."""
+    order = jnp.argsort(scores, stable=True)
+    return jnp.empty_like(order).at[order].set(jnp.arange(order.size, dtype=order.dtype))
+
+
+def _prune_flat(scores: jax.Array, active: jax.Array, fraction: float) -> jax.Array:
+    """Active-after-pruning flags: drop the ``round(fraction * n_active)`` lowest active scores."""
+    n_remove = jnp.round(fraction * jnp.sum(active)).astype(jnp.int32)
+    ranks = _rank(jnp.where(active, scores, jnp.inf))
+    return active & (ranks >= n_remove)
+
+
+def magnitude_prune(
+    params: PyTree,
+    mask: PyTree,
+    fraction: float,
+    scope: Literal["global", "layerwise"] = "global",
+    prunable: LeafPredicate = is_prunable,
+) -> PyTree:
+    """Remove the ``round(fraction * surviving)`` smallest-|theta| surviving prunable weights.
+
+    ``global``: one threshold over all prunable leaves together; ``layerwise``: the same fraction
+    in every prunable leaf. Ties are broken by flat position, so the count is exact. Pruned
+    weights are never revived: the result is ``mask & ~pruned``.
+    """
+    check_unit_interval("pruning fraction", fraction)
+    if scope not in ("global", "layerwise"):
+        raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
+    check_same_structure(params, mask, "params", "mask")
+    targets = select(params, prunable)
+    leaves, treedef = jax.tree.flatten(params)
+    masks = treedef.flatten_up_to(mask)
+    chosen = treedef.flatten_up_to(targets)
+    idx = [i for i, c in enumerate(chosen) if c]
+    out = [jnp.asarray(m, bool) for m in masks]
+    if not idx:
+        return jax.tree.unflatten(treedef, out)
+    if scope == "layerwise":
+        for i in idx:
+            flat = _prune_flat(jnp.abs(leaves[i]).ravel(), out[i].ravel(), fraction)
+            out[i] = flat.reshape(out[i].shape)
+    else:
+        scores = jnp.concatenate([jnp.abs(leaves[i]).ravel() for i in idx])
+        active = jnp.concatenate([out[i].ravel() for i in idx])
+        kept = _prune_flat(scores, active, fraction)
+        offset = 0
+        for i in idx:
+            n = out[i].size
+            out[i] = kept[offset : offset + n].reshape(out[i].shape)
+            offset += n
+    return jax.tree.unflatten(treedef, out)
+
+
+def erk_densities(
+    shapes: dict[str, tuple[int, ...]], density: float, power_scale: float = 1.0
+) -> dict[str, float]:
+    """Erdős–Rényi-Kernel per-layer densities (RigL): ``d_l ∝ (Σ dims) / (Π dims)``, scaled so
+    the total kept count is ``density * Σ sizes``; layers that would exceed 1 are kept dense and
+    the rest rescaled."""
+    sizes = {k: int(np.prod(s)) for k, s in shapes.items()}
+    raw = {k: (sum(s) / np.prod(s)) ** power_scale for k, s in shapes.items()}
+    total = sum(sizes.values())
+    dense: set[str] = set()
+    while True:
+        budget = density * total - sum(sizes[k] for k in dense)
+        denom = sum(raw[k] * sizes[k] for k in shapes if k not in dense)
+        eps = budget / denom if denom > 0 else 0.0
+        over = [k for k in shapes if k not in dense and eps * raw[k] > 1.0]
+        if not over:
+            break
+        dense.update(over)
+    return {k: 1.0 if k in dense else float(eps * raw[k]) for k in shapes}
+
+
+def random_mask(
+    key: jax.Array,
+    params: PyTree,
+    sparsity: float,
+    distribution: Literal["uniform", "erk"] = "uniform",
+    prunable: LeafPredicate = is_prunable,
+) -> PyTree:
+    """A random mask with the given overall sparsity over the prunable leaves.
+
+    ``uniform``: every prunable leaf keeps ``round((1 - sparsity) * size)`` entries; ``erk``:
+    per-layer densities from :func:`erk_densities`. Kept entries are uniform at random.
+    """
+    check_unit_interval("sparsity", sparsity)
+    if distribution not in ("uniform", "erk"):
+        raise ValueError(f"distribution must be 'uniform' or 'erk', got {distribution!r}")
+    leaves, treedef = jax.tree.flatten(params)
+    chosen = treedef.flatten_up_to(select(params, prunable))
+    names = [name for name, _ in named_leaves(params)]
+    shapes = {names[i]: tuple(jnp.shape(leaves[i])) for i, c in enumerate(chosen) if c}
+    density = 1.0 - float(sparsity)
+    if distribution == "erk":
+        densities = erk_densities(shapes, density)
+    else:
+        densities = dict.fromkeys(shapes, density)
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for i, leaf in enumerate(leaves):
+        shape = jnp.shape(leaf)
+        if not chosen[i]:
+            out.append(jnp.ones(shape, bool))
+            continue
+        size = int(np.prod(shape))
+        keep = int(round(densities[names[i]] * size))
+        ranks = _rank(jax.random.uniform(keys[i], (size,)))
+        out.append((ranks < keep).reshape(shape))
+    return jax.tree.unflatten(treedef, out)
+
+
+class Sparsity(NamedTuple):
+    """Fraction of pruned entries over prunable leaves, overall and per leaf path."""
+
+    overall: jax.Array
+    per_layer: dict[str, jax.Array]
+
+
+def sparsity(mask: PyTree, prunable: LeafPredicate = is_prunable) -> Sparsity:
+    """Sparsity (fraction of False) of ``mask`` over its prunable leaves, overall and per layer."""
+    per_layer, pruned, total = {}, 0, 0
+    for name, m in named_leaves(mask):
+        if not prunable(name, m):
+            continue
+        zeros = jnp.sum(~jnp.asarray(m, bool))
+        per_layer[name] = zeros / m.size
+        pruned, total = pruned + zeros, total + m.size
+    overall = pruned / total if total else jnp.zeros(())
+    return Sparsity(jnp.asarray(overall, jnp.float32), per_layer)

@@ -1,0 +1,117 @@
+"""Building blocks shared by every run: config -> dataset, model, optimizer, engine, run dir."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import optax
+from ml_collections import ConfigDict
+
+from signticket import data as data_lib
+from signticket import models
+from signticket.checkpoint import Checkpointer, run_dir
+from signticket.fit import fit
+from signticket.metrics import MetricsWriter
+from signticket.optim import make_optimizer, masked
+from signticket.schedules import make_schedule
+from signticket.sharding import make_mesh
+from signticket.train import Engine, PreForward, TrainState
+from signticket.tree import PyTree
+
+DEFAULT_RUNS_ROOT = os.environ.get("SIGNTICKET_RUNS", "runs")
+
+
+def load_dataset(cfg: ConfigDict, data_dir: str | None = None) -> data_lib.Dataset:
+    """The dataset named by ``cfg.name`` with its subsets (0 = the whole split)."""
+    return data_lib.load(
+        cfg.name,
+        data_dir=data_dir,
+        train_subset=cfg.get("train_subset") or None,
+        test_subset=cfg.get("test_subset") or None,
+        seed=cfg.get("subset_seed", 0),
+    )
+
+
+def build_model(cfg: ConfigDict, num_classes: int):
+    """The registry model ``cfg.name`` with ``cfg.kwargs``."""
+    kwargs = dict(cfg.get("kwargs", ConfigDict()).to_dict())
+    return models.get(cfg.name, num_classes=num_classes, **kwargs)
+
+
+def build_optimizer(
+    cfg: ConfigDict, epochs: int, steps_per_epoch: int, *, schedule: str | None = None,
+    learning_rate: float | None = None,
+) -> optax.GradientTransformation:
+    """``masked(optimizer(schedule))`` from an optimizer config (dense until a mask is set)."""
+    lr = cfg.learning_rate if learning_rate is None else learning_rate
+    total = max(1, epochs * steps_per_epoch)
+    sched = make_schedule(
+        schedule or cfg.schedule, lr, total,
+        milestones=tuple(cfg.get("milestones", (0.5, 0.75))), gamma=cfg.get("gamma", 0.1),
+        warmup_steps=min(total - 1, cfg.get("warmup_epochs", 0) * steps_per_epoch),
+    )
+    kwargs: dict[str, Any] = {"weight_decay": cfg.get("weight_decay", 0.0)}
+    if cfg.name == "sgd":
+        kwargs["momentum"] = cfg.get("momentum", 0.9)
+    return masked(make_optimizer(cfg.name, sched, **kwargs))
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run leaves: its directory, final state and test metrics."""
+
+    directory: Path
+    state: TrainState
+    summary: dict[str, float]
+
+
+def train_run(
+    config: ConfigDict,
+    dataset: data_lib.Dataset,
+    *,
+    name: str = "train",
+    runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
+    init_params: PyTree | None = None,
+    init_batch_stats: PyTree | None = None,
+    mask: PyTree | None = None,
+    pre_forward: PreForward | None = None,
+    hook_state: PyTree | None = None,
+    tx: optax.GradientTransformation | None = None,
+    progress: bool = True,
+    mesh=None,
+) -> RunResult:
+    """Train one run described by ``config`` in its own resumable run directory.
+
+    Methods pass what they change (initial params, a mask, a pre-forward hook, an optimizer);
+    anything passed must also be described in ``config`` so the run directory tells runs apart.
+    """
+    from signticket.optim import set_mask
+
+    mesh = mesh or make_mesh()
+    steps = data_lib.steps_per_epoch(len(dataset.train_labels), config.batch_size)
+    tx = tx or build_optimizer(config.optimizer, config.epochs, steps)
+    model = build_model(config.model, dataset.num_classes)
+    engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward)
+    state = engine.init_state(
+        jax.random.PRNGKey(config.seed), dataset.train_images[:1],
+        params=init_params, batch_stats=init_batch_stats, hook_state=hook_state,
+    )
+    if mask is not None:
+        state = state.replace(opt_state=set_mask(state.opt_state, mask))
+    directory = run_dir(runs_root, config, name)
+    ckpt = Checkpointer(directory)
+    try:
+        state, summary = fit(
+            engine, state, dataset, epochs=config.epochs, batch_size=config.batch_size,
+            data_seed=config.data_seed, checkpointer=ckpt,
+            metrics=MetricsWriter(directory / "metrics.jsonl"),
+            eval_every=config.get("eval_every", 1),
+            checkpoint_every=config.get("checkpoint_every", 1), progress=progress, desc=name,
+        )
+    finally:
+        ckpt.close()
+    return RunResult(directory, state, summary)

@@ -1,0 +1,198 @@
+"""The training engine: one sharded, jit-compiled train step and eval step for every method.
+
+Methods never copy the step. They change what goes into it: the optimizer (``masked``,
+Sign-In, ...), the params and masks in the :class:`TrainState`, or a ``pre_forward`` hook that
+transforms params before the forward pass (AWS interpolates norm params there) using
+``state.hook_state`` (any pytree, e.g. the init's norm params).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from signticket.sharding import batch_sharded, make_mesh, replicated
+from signticket.tree import PyTree
+
+#: ``pre_forward(params, hook_state, rng) -> params`` used by the forward pass in training.
+PreForward = Callable[[PyTree, PyTree, jax.Array], PyTree]
+#: ``preprocess(uint8 images, rng | None, train) -> float images``.
+Preprocess = Callable[[jax.Array, jax.Array | None, bool], jax.Array]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training, as one pytree (what checkpoints hold)."""
+
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: optax.OptState
+    rng: jax.Array
+    hook_state: PyTree = dataclasses.field(default_factory=dict)
+
+
+def _identity_preprocess(images, rng, train):
+    return jnp.asarray(images, jnp.float32)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy with integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def _variables(params, batch_stats):
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Engine:
+    """A model, an optimizer and an input transform, compiled once into sharded steps.
+
+    ``train_step(state, batch) -> (state, metrics)`` and ``eval_step(state, batch) -> sums`` take
+    a batch ``{"image": uint8 [B, ...], "label": int [B]}`` split over the mesh's data axis; the
+    state is replicated. Gradients are global-batch means, and BatchNorm statistics are computed
+    over the global batch, so 1 and N devices give the same result.
+    """
+
+    model: nn.Module
+    tx: optax.GradientTransformation
+    preprocess: Preprocess = _identity_preprocess
+    mesh: Mesh = dataclasses.field(default_factory=make_mesh)
+    pre_forward: PreForward | None = None
+
+    def init_state(
+        self,
+        key: jax.Array,
+        sample_images: jax.Array,
+        *,
+        params: PyTree | None = None,
+        batch_stats: PyTree | None = None,
+        hook_state: PyTree | None = None,
+    ) -> TrainState:
+        """Fresh state: model init from ``key`` (unless ``params`` are given), optimizer init,
+        step 0. ``sample_images`` is a small uint8 batch giving the input shape."""
+        init_key, rng = jax.random.split(key)
+        x = self.preprocess(jnp.asarray(sample_images[:1]), None, False)
+        variables = self.model.init(init_key, x, train=False)
+        p = variables["params"] if params is None else params
+        bs = variables.get("batch_stats", {}) if batch_stats is None else batch_stats
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=p,
+            batch_stats=bs,
+            opt_state=self.tx.init(p),
+            rng=rng,
+            hook_state={} if hook_state is None else hook_state,
+        )
+        return jax.device_put(state, replicated(self.mesh))
+
+    def reset_optimizer(self, state: TrainState) -> TrainState:
+        """Fresh optimizer state (momentum and schedule restart) for the current params."""
+        return state.replace(opt_state=jax.device_put(self.tx.init(state.params), replicated(self.mesh)))
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _loss(self, params, state: TrainState, images, labels, rng):
+        hook_rng, dropout_rng = jax.random.split(rng)
+        if self.pre_forward is not None:
+            params = self.pre_forward(params, state.hook_state, hook_rng)
+        logits, updates = self.model.apply(
+            _variables(params, state.batch_stats),
+            images,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": dropout_rng},
+        )
+        loss = cross_entropy(logits, labels).mean()
+        return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+    def _train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        # Per-step randomness is derived from the step count, so a resumed run replays exactly.
+        aug_rng, fwd_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        images = self.preprocess(batch["image"], aug_rng, True)
+        labels = batch["label"]
+        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        (loss, (logits, batch_stats)), grads = grad_fn(
+            state.params, state, images, labels, fwd_rng
+        )
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+        }
+        new = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        return new, metrics
+
+    def _eval_step(self, state: TrainState, batch: dict) -> dict:
+        images = self.preprocess(batch["image"], None, False)
+        logits = self.model.apply(_variables(state.params, state.batch_stats), images, train=False)
+        labels = batch["label"]
+        weight = batch.get("weight", jnp.ones(labels.shape, jnp.float32))
+        return {
+            "loss_sum": jnp.sum(cross_entropy(logits, labels) * weight),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * weight),
+            "count": jnp.sum(weight),
+        }
+
+    @property
+    def train_step(self) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+        """The jit-compiled, sharded train step (state donated)."""
+        if "_train_step_jit" not in self.__dict__:
+            rep, data = replicated(self.mesh), batch_sharded(self.mesh)
+            fn = jax.jit(
+                self._train_step,
+                in_shardings=(rep, data),
+                out_shardings=(rep, rep),
+                donate_argnums=(0,),
+            )
+            object.__setattr__(self, "_train_step_jit", fn)
+        return self.__dict__["_train_step_jit"]
+
+    @property
+    def eval_step(self) -> Callable[[TrainState, dict], dict]:
+        """The jit-compiled, sharded eval step: weighted sums of loss and correct predictions."""
+        if "_eval_step_jit" not in self.__dict__:
+            rep, data = replicated(self.mesh), batch_sharded(self.mesh)
+            fn = jax.jit(self._eval_step, in_shardings=(rep, data), out_shardings=rep)
+            object.__setattr__(self, "_eval_step_jit", fn)
+        return self.__dict__["_eval_step_jit"]
+
+    def evaluate(self, state: TrainState, batches) -> dict[str, float]:
+        """Mean loss and accuracy over ``batches`` (an iterable of eval batches with weights)."""
+        totals: dict[str, Any] | None = None
+        for batch in batches:
+            sums = self.eval_step(state, batch)
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        if totals is None:
+            raise ValueError("evaluate: no batches")
+        count = float(totals["count"])
+        return {
+            "loss": float(totals["loss_sum"]) / count,
+            "accuracy": float(totals["correct"]) / count,
+        }
+
+
+def check_finite(metrics: dict[str, float], where: str) -> None:
+    """Raise :class:`NonFiniteLossError` if the loss in ``metrics`` is NaN or infinite."""
+    loss = metrics.get("loss")
+    if loss is not None and not jnp.isfinite(loss):
+        raise NonFiniteLossError(
+            f"training loss became {loss} at {where}; stopped without saving this state — the "
+            "last good checkpoint is kept (lower the learning rate or check the inputs)"
+        )

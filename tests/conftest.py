@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny synthetic params pytrees shaped like Flax models."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+
+def make_params(key=0):
+    """A small params tree with convs, dense layers, BN, biases and a head."""
+    k = jax.random.split(jax.random.PRNGKey(key), 5)
+    return {
+        "conv0": {"kernel": jax.random.normal(k[0], (3, 3, 1, 4))},
+        "bn0": {"scale": jnp.ones(4), "bias": jnp.zeros(4)},
+        "conv1": {"kernel": jax.random.normal(k[1], (3, 3, 4, 8))},
+        "stage0_block0": {
+            "conv1": {"kernel": jax.random.normal(k[2], (3, 3, 8, 8))},
+            "bn1": {"scale": jnp.ones(8), "bias": jnp.zeros(8)},
+        },
+        "fc0": {"kernel": jax.random.normal(k[3], (8, 16)), "bias": jnp.full((16,), 0.1, jnp.float32)},
+        "head": {"kernel": jax.random.normal(k[4], (16, 10)), "bias": jnp.zeros(10)},
+    }
+
+
+@pytest.fixture
+def params():
+    return make_params()
