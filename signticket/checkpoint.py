@@ -65,7 +65,9 @@ def run_dir(root: str | os.PathLike, config: Any, name: str = "run") -> Path:
         try:
             stored = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_file} is corrupt ({e}); delete {path} to start over") from e
+            raise CheckpointError(
+                f"{cfg_file} is corrupt ({e}); delete {path} to start over"
+            ) from e
         if stored != expected:
             raise CheckpointError(
                 f"{path} holds a run of a different config; refusing to mix results "
@@ -114,7 +116,7 @@ class Checkpointer:
         for s in steps:
             try:
                 return s, self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
-            except Exception as e:  # noqa: BLE001 - any failure means this checkpoint is unusable
+            except Exception as e:
                 errors.append(f"step {s}: {type(e).__name__}: {e}")
                 log.warning("checkpoint %s/%d unreadable, trying an older one", self.directory, s)
         raise CheckpointError(

@@ -15,7 +15,7 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     rest, overrides = [], []
     for arg in argv:
         if arg.startswith("--config.") and "=" in arg:
-            overrides.append(arg[len("--config."):])
+            overrides.append(arg[len("--config.") :])
         else:
             rest.append(arg)
     return rest, overrides
@@ -24,12 +24,14 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def _cmd_train(args, overrides) -> int:
     from signticket import config as config_lib
     from signticket.configs import train as train_config
-    from signticket.runs import load_dataset, train_run
+    from signticket.runs import check_names, load_dataset, train_run
 
     cfg = config_lib.load(args.config, overrides, train_config.get_config())
+    check_names(cfg)
     dataset = load_dataset(cfg.data, args.data_dir)
-    result = train_run(cfg, dataset, name="train", runs_root=args.runs_root,
-                       progress=not args.no_progress)
+    result = train_run(
+        cfg, dataset, name="train", runs_root=args.runs_root, progress=not args.no_progress
+    )
     print(json.dumps({"run_dir": str(result.directory), **result.summary}, indent=2))
     return 0
 
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
-        "train", help="train a dense model (default: small convnet on Fashion-MNIST)",
+        "train",
+        help="train a dense model (default: small convnet on Fashion-MNIST)",
         description="Train a dense model. Override config values with --config.key=value.",
     )
     train.add_argument("--config", help="Python file with get_config() (default: built-in)")
@@ -63,8 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     try:
         return args.func(args, overrides)
-    except (ConfigError, DatasetUnavailableError, CheckpointError, NonFiniteLossError,
-            ValueError, TypeError) as e:
+    except (
+        ConfigError,
+        DatasetUnavailableError,
+        CheckpointError,
+        NonFiniteLossError,
+        ValueError,
+        TypeError,
+    ) as e:
         print(f"signticket {args.command}: error: {e}", file=sys.stderr)
         return 2
 

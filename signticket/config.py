@@ -81,7 +81,9 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
     return config
 
 
-def load(path: str | os.PathLike | None, overrides: Sequence[str], default: ConfigDict) -> ConfigDict:
+def load(
+    path: str | os.PathLike | None, overrides: Sequence[str], default: ConfigDict
+) -> ConfigDict:
     """The config of ``path`` (or ``default``), checked against ``default``'s keys, overridden."""
     config = default if path is None else load_config_file(path)
     check_keys(config, default)

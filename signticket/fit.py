@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 EpochHook = Callable[[int, TrainState], TrainState]
 
 
-def evaluate(engine: Engine, state: TrainState, dataset: data_lib.Dataset, batch_size: int = 1000,
-             device_data=None) -> dict[str, float]:
+def evaluate(
+    engine: Engine,
+    state: TrainState,
+    dataset: data_lib.Dataset,
+    batch_size: int = 1000,
+    device_data=None,
+) -> dict[str, float]:
     """Test loss and accuracy of ``state`` on the whole test split of ``dataset``."""
     batch_size = max(engine.mesh.size, batch_size - batch_size % engine.mesh.size)
     batches = data_lib.eval_batches(
@@ -70,13 +75,23 @@ def fit(
     n_steps = data_lib.steps_per_epoch(len(dataset.train_labels), batch_size)
     data_key = jax.random.PRNGKey(data_seed)
     test: dict[str, float] = {}
-    bar = tqdm(total=epochs * n_steps, initial=start * n_steps, desc=desc, disable=not progress,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=epochs * n_steps,
+        initial=start * n_steps,
+        desc=desc,
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     for epoch in range(start + 1, epochs + 1):
         sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
         batches = data_lib.train_batches(
-            dataset.train_images, dataset.train_labels, jax.random.fold_in(data_key, epoch),
-            batch_size, engine.mesh, device_data=train_dev,
+            dataset.train_images,
+            dataset.train_labels,
+            jax.random.fold_in(data_key, epoch),
+            batch_size,
+            engine.mesh,
+            device_data=train_dev,
         )
         for batch in batches:
             state, m = engine.train_step(state, batch)
@@ -86,8 +101,11 @@ def fit(
         check_finite(train, f"epoch {epoch}")
         if on_epoch_end is not None:
             state = on_epoch_end(epoch, state)
-        record = {"epoch": epoch, "step": int(state.step),
-                  **{f"train_{k}": v for k, v in train.items()}}
+        record = {
+            "epoch": epoch,
+            "step": int(state.step),
+            **{f"train_{k}": v for k, v in train.items()},
+        }
         if epoch % eval_every == 0 or epoch == epochs:
             test = evaluate(engine, state, dataset, device_data=test_dev)
             record.update({f"test_{k}": v for k, v in test.items()})

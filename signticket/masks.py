@@ -150,7 +150,7 @@ def random_mask(
             out.append(jnp.ones(shape, bool))
             continue
         size = int(np.prod(shape))
-        keep = int(round(densities[names[i]] * size))
+        keep = round(densities[names[i]] * size)
         ranks = _rank(jax.random.uniform(keys[i], (size,)))
         out.append((ranks < keep).reshape(shape))
     return jax.tree.unflatten(treedef, out)

@@ -62,7 +62,7 @@ def _reset_pruned(inner_state: Any, mask: PyTree) -> Any:
         try:
             if jax.tree.structure(node) != mask_def:
                 return False
-        except Exception:  # noqa: BLE001 - non-pytree nodes are simply not params-shaped
+        except Exception:
             return False
         return [jnp.shape(x) for x in jax.tree.leaves(node)] == shapes
 
@@ -88,7 +88,9 @@ def set_mask(opt_state: Any, mask: PyTree) -> Any:
 
     out = jax.tree.map(swap, opt_state, is_leaf=lambda n: isinstance(n, MaskedState))
     if not found:
-        raise ValueError("set_mask: opt_state holds no MaskedState; build the optimizer with masked()")
+        raise ValueError(
+            "set_mask: opt_state holds no MaskedState; build the optimizer with masked()"
+        )
     return out
 
 
@@ -137,3 +139,8 @@ def make_optimizer(
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; available: {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name](learning_rate, **kwargs)
+
+
+# -- Sign-In (signticket/sign_in.py) --------------------------------------------------------------
+# Re-exported here. set_mask / get_mask are rebound to versions that handle both MaskedState and
+# SignInState (MaskedState behaves exactly as above), so RiGL and pruning rounds work with either.

@@ -14,7 +14,7 @@ from ml_collections import ConfigDict
 from signticket import data as data_lib
 from signticket import models
 from signticket.checkpoint import Checkpointer, run_dir
-from signticket.fit import fit
+from signticket.fit import EpochHook, fit
 from signticket.metrics import MetricsWriter
 from signticket.optim import make_optimizer, masked
 from signticket.schedules import make_schedule
@@ -23,6 +23,18 @@ from signticket.train import Engine, PreForward, TrainState
 from signticket.tree import PyTree
 
 DEFAULT_RUNS_ROOT = os.environ.get("SIGNTICKET_RUNS", "runs")
+
+
+def check_names(config: ConfigDict) -> None:
+    """Fail fast, before loading data, on an unknown model or dataset name."""
+    if config.model.name not in models.names():
+        raise ValueError(
+            f"unknown model {config.model.name!r}; available: {', '.join(models.names())}"
+        )
+    if config.data.name not in data_lib.names():
+        raise ValueError(
+            f"unknown dataset {config.data.name!r}; available: {', '.join(data_lib.names())}"
+        )
 
 
 def load_dataset(cfg: ConfigDict, data_dir: str | None = None) -> data_lib.Dataset:
@@ -43,21 +55,37 @@ def build_model(cfg: ConfigDict, num_classes: int):
 
 
 def build_optimizer(
-    cfg: ConfigDict, epochs: int, steps_per_epoch: int, *, schedule: str | None = None,
+    cfg: ConfigDict,
+    epochs: int,
+    steps_per_epoch: int,
+    *,
+    schedule: str | None = None,
     learning_rate: float | None = None,
 ) -> optax.GradientTransformation:
     """``masked(optimizer(schedule))`` from an optimizer config (dense until a mask is set)."""
     lr = cfg.learning_rate if learning_rate is None else learning_rate
     total = max(1, epochs * steps_per_epoch)
     sched = make_schedule(
-        schedule or cfg.schedule, lr, total,
-        milestones=tuple(cfg.get("milestones", (0.5, 0.75))), gamma=cfg.get("gamma", 0.1),
+        schedule or cfg.schedule,
+        lr,
+        total,
+        milestones=tuple(cfg.get("milestones", (0.5, 0.75))),
+        gamma=cfg.get("gamma", 0.1),
         warmup_steps=min(total - 1, cfg.get("warmup_epochs", 0) * steps_per_epoch),
     )
     kwargs: dict[str, Any] = {"weight_decay": cfg.get("weight_decay", 0.0)}
     if cfg.name == "sgd":
         kwargs["momentum"] = cfg.get("momentum", 0.9)
     return masked(make_optimizer(cfg.name, sched, **kwargs))
+
+
+def initial_variables(config: ConfigDict, dataset: data_lib.Dataset) -> dict[str, PyTree]:
+    """The ``{"params", "batch_stats"}`` a run with ``config.seed`` starts from (the same ones
+    :func:`train_run` draws when given no ``init_params``)."""
+    model = build_model(config.model, dataset.num_classes)
+    engine = Engine(model, optax.identity(), dataset.preprocess)
+    init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
+    return engine.init_variables(init_key, dataset.train_images[:1])
 
 
 @dataclasses.dataclass
@@ -81,6 +109,7 @@ def train_run(
     pre_forward: PreForward | None = None,
     hook_state: PyTree | None = None,
     tx: optax.GradientTransformation | None = None,
+    on_epoch_end: EpochHook | None = None,
     progress: bool = True,
     mesh=None,
 ) -> RunResult:
@@ -97,8 +126,11 @@ def train_run(
     model = build_model(config.model, dataset.num_classes)
     engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward)
     state = engine.init_state(
-        jax.random.PRNGKey(config.seed), dataset.train_images[:1],
-        params=init_params, batch_stats=init_batch_stats, hook_state=hook_state,
+        jax.random.PRNGKey(config.seed),
+        dataset.train_images[:1],
+        params=init_params,
+        batch_stats=init_batch_stats,
+        hook_state=hook_state,
     )
     if mask is not None:
         state = state.replace(opt_state=set_mask(state.opt_state, mask))
@@ -106,11 +138,19 @@ def train_run(
     ckpt = Checkpointer(directory)
     try:
         state, summary = fit(
-            engine, state, dataset, epochs=config.epochs, batch_size=config.batch_size,
-            data_seed=config.data_seed, checkpointer=ckpt,
+            engine,
+            state,
+            dataset,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            data_seed=config.data_seed,
+            checkpointer=ckpt,
             metrics=MetricsWriter(directory / "metrics.jsonl"),
             eval_every=config.get("eval_every", 1),
-            checkpoint_every=config.get("checkpoint_every", 1), progress=progress, desc=name,
+            checkpoint_every=config.get("checkpoint_every", 1),
+            on_epoch_end=on_epoch_end,
+            progress=progress,
+            desc=name,
         )
     finally:
         ckpt.close()

@@ -31,8 +31,10 @@ def make_schedule(
     if kind == "constant":
         main = optax.constant_schedule(base_lr)
     elif kind == "step":
-        bounds = {int(round(f * total_steps)) - warmup_steps: gamma for f in milestones}
-        main = optax.piecewise_constant_schedule(base_lr, {k: v for k, v in bounds.items() if k > 0})
+        bounds = {round(f * total_steps) - warmup_steps: gamma for f in milestones}
+        main = optax.piecewise_constant_schedule(
+            base_lr, {k: v for k, v in bounds.items() if k > 0}
+        )
     else:
         main = optax.cosine_decay_schedule(base_lr, main_steps)
     if warmup_steps == 0:

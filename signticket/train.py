@@ -85,8 +85,11 @@ class Engine:
         """Fresh state: model init from ``key`` (unless ``params`` are given), optimizer init,
         step 0. ``sample_images`` is a small uint8 batch giving the input shape."""
         init_key, rng = jax.random.split(key)
-        x = self.preprocess(jnp.asarray(sample_images[:1]), None, False)
-        variables = self.model.init(init_key, x, train=False)
+        variables = (
+            self.init_variables(init_key, sample_images)
+            if params is None or batch_stats is None
+            else {}
+        )
         p = variables["params"] if params is None else params
         bs = variables.get("batch_stats", {}) if batch_stats is None else batch_stats
         state = TrainState(
@@ -99,9 +102,18 @@ class Engine:
         )
         return jax.device_put(state, replicated(self.mesh))
 
+    def init_variables(self, init_key: jax.Array, sample_images: jax.Array) -> dict[str, PyTree]:
+        """``{"params", "batch_stats"}`` of a fresh model (jitted: one compile, not one per
+        layer). ``init_state(key)`` uses ``init_key = jax.random.split(key)[0]``."""
+        x = self.preprocess(jnp.asarray(sample_images[:1]), None, False)
+        variables = jax.jit(lambda k: self.model.init(k, x, train=False))(init_key)
+        return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
     def reset_optimizer(self, state: TrainState) -> TrainState:
         """Fresh optimizer state (momentum and schedule restart) for the current params."""
-        return state.replace(opt_state=jax.device_put(self.tx.init(state.params), replicated(self.mesh)))
+        return state.replace(
+            opt_state=jax.device_put(self.tx.init(state.params), replicated(self.mesh))
+        )
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -125,9 +137,7 @@ class Engine:
         images = self.preprocess(batch["image"], aug_rng, True)
         labels = batch["label"]
         grad_fn = jax.value_and_grad(self._loss, has_aux=True)
-        (loss, (logits, batch_stats)), grads = grad_fn(
-            state.params, state, images, labels, fwd_rng
-        )
+        (loss, (logits, batch_stats)), grads = grad_fn(state.params, state, images, labels, fwd_rng)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {

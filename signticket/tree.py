@@ -61,9 +61,7 @@ def is_norm(path: str, leaf: Any = None) -> bool:
     """BatchNorm/LayerNorm scale and bias (module named ``bn*``, ``ln*``, ``*_bn``, ``*norm*``)."""
     module = _module(path)
     named_norm = (
-        module.startswith(("bn", "ln"))
-        or module.endswith(("_bn", "_ln"))
-        or "norm" in module
+        module.startswith(("bn", "ln")) or module.endswith(("_bn", "_ln")) or "norm" in module
     )
     return named_norm and _parts(path)[-1] in ("scale", "bias")
 

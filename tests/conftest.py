@@ -16,7 +16,10 @@ def make_params(key=0):
             "conv1": {"kernel": jax.random.normal(k[2], (3, 3, 8, 8))},
             "bn1": {"scale": jnp.ones(8), "bias": jnp.zeros(8)},
         },
-        "fc0": {"kernel": jax.random.normal(k[3], (8, 16)), "bias": jnp.full((16,), 0.1, jnp.float32)},
+        "fc0": {
+            "kernel": jax.random.normal(k[3], (8, 16)),
+            "bias": jnp.full((16,), 0.1, jnp.float32),
+        },
         "head": {"kernel": jax.random.normal(k[4], (16, 10)), "bias": jnp.zeros(10)},
     }
 

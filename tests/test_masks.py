@@ -45,8 +45,10 @@ class TestMagnitudePrune(chex.TestCase):
 
 
 def test_global_prunes_smallest_magnitudes():
-    params = {"a": {"kernel": jnp.array([[0.1, -5.0], [3.0, -0.2]])},
-              "head": {"kernel": jnp.zeros((2, 2))}}
+    params = {
+        "a": {"kernel": jnp.array([[0.1, -5.0], [3.0, -0.2]])},
+        "head": {"kernel": jnp.zeros((2, 2))},
+    }
     new = masks.magnitude_prune(params, masks.full_mask(params), 0.5)
     np.testing.assert_array_equal(new["a"]["kernel"], [[False, True], [True, False]])
 
@@ -100,7 +102,8 @@ def test_random_mask_deterministic_and_key_dependent(params):
     b = masks.random_mask(jax.random.PRNGKey(0), params, 0.5)
     c = masks.random_mask(jax.random.PRNGKey(1), params, 0.5)
     chex.assert_trees_all_equal(a, b)
-    assert not all(bool(jnp.all(x == y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c)))
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True)
+    assert not all(bool(jnp.all(x == y)) for x, y in pairs)
 
 
 def test_erk_densities_respect_budget_and_cap():

@@ -16,8 +16,10 @@ def _loss(params, x):
 
 
 def _all_zero_where_pruned(params, mask):
-    return all(bool(jnp.all(jnp.where(m, True, p == 0)))
-               for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True))
+    return all(
+        bool(jnp.all(jnp.where(m, True, p == 0)))
+        for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
+    )
 
 
 @pytest.mark.parametrize("inner", ["sgd", "adam"])
@@ -25,8 +27,11 @@ def test_pruned_weights_stay_exactly_zero(inner):
     params = make_params()
     mask = masks.random_mask(jax.random.PRNGKey(0), params, 0.7)
     params = masks.apply_mask(params, mask)
-    base = (optim.sgd(0.1, momentum=0.9, weight_decay=5e-4) if inner == "sgd"
-            else optim.adam(1e-2, weight_decay=1e-4))
+    base = (
+        optim.sgd(0.1, momentum=0.9, weight_decay=5e-4)
+        if inner == "sgd"
+        else optim.adam(1e-2, weight_decay=1e-4)
+    )
     tx = optim.masked(base, mask)
     state = tx.init(params)
     x = jnp.ones((4, 8))
@@ -77,8 +82,9 @@ def test_composes_with_chain_and_multisteps():
     params = make_params()
     mask = masks.random_mask(jax.random.PRNGKey(0), params, 0.5)
     params = masks.apply_mask(params, mask)
-    tx = optax.MultiSteps(optax.chain(optax.clip_by_global_norm(1.0),
-                                      optim.masked(optax.sgd(0.1, 0.9), mask)), 2)
+    tx = optax.MultiSteps(
+        optax.chain(optax.clip_by_global_norm(1.0), optim.masked(optax.sgd(0.1, 0.9), mask)), 2
+    )
     state = tx.init(params)
     for _ in range(4):
         g = jax.grad(_loss)(params, jnp.ones((4, 8)))

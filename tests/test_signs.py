@@ -14,8 +14,11 @@ class TestSignTransfer(chex.TestCase):
         mask = masks.random_mask(jax.random.PRNGKey(0), init, 0.6)
         out = self.variant(signs.sign_transfer, static_argnames="which")(init, donor, mask)
         for (path, o), i, d, m in zip(
-            tree.named_leaves(out), jax.tree.leaves(init), jax.tree.leaves(donor),
-            jax.tree.leaves(mask), strict=True,
+            tree.named_leaves(out),
+            jax.tree.leaves(init),
+            jax.tree.leaves(donor),
+            jax.tree.leaves(mask),
+            strict=True,
         ):
             if signs.TRANSFER_DEFAULT(path):
                 expect = jnp.where(m, jnp.abs(i) * jnp.where(d >= 0, 1.0, -1.0), 0.0)

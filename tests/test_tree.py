@@ -7,9 +7,7 @@ from signticket import tree
 def test_predicates_classify_leaves(params):
     paths = dict(tree.named_leaves(params))
     prunable = {p for p in paths if tree.is_prunable(p)}
-    assert prunable == {
-        "conv0/kernel", "conv1/kernel", "stage0_block0/conv1/kernel", "fc0/kernel"
-    }
+    assert prunable == {"conv0/kernel", "conv1/kernel", "stage0_block0/conv1/kernel", "fc0/kernel"}
     norm = {p for p in paths if tree.is_norm(p)}
     assert norm == {"bn0/scale", "bn0/bias", "stage0_block0/bn1/scale", "stage0_block0/bn1/bias"}
     assert {p for p in paths if tree.is_bias(p)} == {"fc0/bias", "head/bias"}

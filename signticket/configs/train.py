@@ -9,10 +9,18 @@ def get_config() -> ConfigDict:
     c.data_seed = 0  # data order and augmentation
     c.model = ConfigDict({"name": "convnet", "kwargs": ConfigDict()})
     c.data = ConfigDict({"name": "fashion_mnist", "train_subset": 0, "test_subset": 0})
-    c.optimizer = ConfigDict({
-        "name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
-        "schedule": "cosine", "warmup_epochs": 0, "milestones": (0.5, 0.75), "gamma": 0.1,
-    })
+    c.optimizer = ConfigDict(
+        {
+            "name": "sgd",
+            "learning_rate": 0.05,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+            "warmup_epochs": 0,
+            "milestones": (0.5, 0.75),
+            "gamma": 0.1,
+        }
+    )
     c.epochs = 5
     c.batch_size = 128
     c.eval_every = 1

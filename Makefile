@@ -1,0 +1,18 @@
+# The two commands a newcomer needs; both set up whatever they need first.
+PYTHON ?= python3
+export PYTHON
+
+.PHONY: setup quickstart test lint bench
+
+setup:
+	bash scripts/setup.sh
+
+quickstart: setup
+	$(PYTHON) -m signticket.cli train
+
+test: setup
+	$(PYTHON) -m ruff check signticket tests bench experiments
+	$(PYTHON) -m pytest -q -n 2 --durations=15
+
+bench: setup
+	$(PYTHON) -m bench.train_step

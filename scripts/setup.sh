@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Idempotent setup: Python deps, the offline Fashion-MNIST files, and its TFDS preparation.
+# Safe to run again: every step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+
+# Reinstall when a dependency is missing or `signticket` resolves to another checkout.
+HERE="$(pwd -P)"
+if ! (cd / && "$PY" - "$HERE" <<'PYEOF'
+import importlib, os, sys
+for mod in ("jax", "flax", "optax", "orbax.checkpoint", "chex", "tensorflow_datasets",
+            "ml_collections", "scipy", "tqdm", "matplotlib", "pytest", "xdist", "ruff"):
+    importlib.import_module(mod)
+import signticket
+assert os.path.realpath(signticket.__file__).startswith(sys.argv[1] + os.sep)
+PYEOF
+) >/dev/null 2>&1; then
+  echo "== installing signticket and its dependencies"
+  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+fi
+
+FMNIST=/usr/share/datasets/fashion-mnist
+if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
+  echo "== installing the offline Fashion-MNIST (Debian package dataset-fashion-mnist)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
+fi
+
+echo "== preparing fashion_mnist (TFDS, offline)"
+"$PY" -m signticket.data.prepare fashion_mnist

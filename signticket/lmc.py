@@ -1,0 +1,233 @@
+"""Linear mode connectivity: interpolation, barrier curves with BN re-estimation, barriers.
+
+A barrier curve evaluates ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b`` on a grid of
+alphas. Interpolated networks have stale BatchNorm statistics, so at every alpha (endpoints
+included, as the AWS code does) the running statistics are re-estimated from training batches
+before the test set is scored. The whole curve is *one* jit-compiled program vmapped over alpha
+(``jax.lax.map`` with ``batch_size`` bounds the memory of the vmapped evaluation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from signticket.sharding import DATA_AXIS, make_mesh
+from signticket.train import cross_entropy
+from signticket.tree import PyTree, check_same_structure
+
+Variables = dict[str, PyTree]  # {"params": ..., "batch_stats": ...}
+
+
+class BarrierCurve(NamedTuple):
+    """Test error and loss of the interpolated networks at each alpha."""
+
+    alphas: jax.Array
+    error: jax.Array
+    loss: jax.Array
+
+
+def interpolate(a: PyTree, b: PyTree, alpha: float | jax.Array) -> PyTree:
+    """``(1 - alpha) a + alpha b`` leafwise (``alpha=0`` gives ``a``, ``alpha=1`` gives ``b``)."""
+    check_same_structure(a, b, "a", "b")
+    return jax.tree.map(lambda x, y: (1 - alpha) * x + alpha * y, a, b)
+
+
+def _barrier(values: jax.Array, alphas: jax.Array) -> jax.Array:
+    line = (1 - alphas) * values[0] + alphas * values[-1]
+    return jnp.max(values - line)
+
+
+def error_barrier(curve: BarrierCurve) -> jax.Array:
+    """``max_alpha [err(alpha) - ((1 - alpha) err(0) + alpha err(1))]``: how far the error along
+    the path rises above the straight line between the endpoints (0 for a linear or convex path;
+    in error units, e.g. 0.05 = 5 points)."""
+    return _barrier(curve.error, curve.alphas)
+
+
+def loss_barrier(curve: BarrierCurve) -> jax.Array:
+    """Like :func:`error_barrier`, on the test loss."""
+    return _barrier(curve.loss, curve.alphas)
+
+
+def check_alphas(alphas: Any) -> jax.Array:
+    """An increasing grid in [0, 1] that starts at 0 and ends at 1 (else ``ValueError``)."""
+    a = np.asarray(alphas, np.float32)
+    if a.ndim != 1 or a.size < 2:
+        raise ValueError(f"alphas must be a 1-D grid of at least 2 points, got shape {a.shape}")
+    if a[0] != 0.0 or a[-1] != 1.0 or np.any(np.diff(a) <= 0):
+        raise ValueError(f"alphas must increase from exactly 0 to exactly 1, got {a.tolist()}")
+    return jnp.asarray(a)
+
+
+def _check_masks(mask_a: PyTree | None, mask_b: PyTree | None) -> None:
+    if mask_a is None or mask_b is None:
+        return
+    check_same_structure(mask_a, mask_b, "mask_a", "mask_b")
+    for (path, x), y in zip(
+        jax.tree_util.tree_flatten_with_path(mask_a)[0], jax.tree.leaves(mask_b), strict=True
+    ):
+        if not bool(jnp.all(jnp.asarray(x, bool) == jnp.asarray(y, bool))):
+            raise ValueError(
+                f"barrier between models with different masks (first difference at "
+                f"{jax.tree_util.keystr(path)}); interpolate networks that share one mask"
+            )
+
+
+def reestimate_batch_stats(
+    model: nn.Module, params: PyTree, batch_stats: PyTree, images: jax.Array
+) -> PyTree:
+    """BatchNorm running statistics as the plain average of per-batch statistics over
+    ``images[i]`` (stacked preprocessed batches), i.e. PyTorch's ``momentum=None`` reset.
+
+    Flax updates ``r' = m r + (1 - m) s`` for a batch statistic ``s``; applying it once from
+    ``r = 0`` and once from ``r = 1`` gives ``m`` per entry, so ``s = r'_0 / (1 - m)`` exactly,
+    whatever momentum each layer uses."""
+    if not batch_stats:
+        return batch_stats
+    zeros = jax.tree.map(jnp.zeros_like, batch_stats)
+    ones = jax.tree.map(jnp.ones_like, batch_stats)
+
+    def updated(stats, x):
+        _, new = model.apply(
+            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return new["batch_stats"]
+
+    momentum = jax.tree.map(lambda o, z: o - z, updated(ones, images[0]), updated(zeros, images[0]))
+
+    def body(acc, x):
+        stat = jax.tree.map(lambda z, m: z / (1 - m), updated(zeros, x), momentum)
+        return jax.tree.map(jnp.add, acc, stat), None
+
+    total, _ = jax.lax.scan(body, zeros, images)
+    return jax.tree.map(lambda t: t / images.shape[0], total)
+
+
+def _stack_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, mesh):
+    """Pad to whole batches; returns device arrays [n_batches, B, ...] split over the mesh."""
+    n = len(labels)
+    n_batches = -(-n // batch_size)
+    pad = n_batches * batch_size - n
+    weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+    shape = (n_batches, batch_size)
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, DATA_AXIS))
+    return jax.device_put(
+        (images.reshape(shape + images.shape[1:]), labels.reshape(shape), weight.reshape(shape)),
+        sharding,
+    )
+
+
+def _prepare(a, b, dataset, *, bn_batches, batch_size, seed, reestimate_bn, mask_a, mask_b, mesh):
+    check_same_structure(a["params"], b["params"], "params of a", "params of b")
+    check_same_structure(
+        a.get("batch_stats", {}), b.get("batch_stats", {}), "batch_stats of a", "batch_stats of b"
+    )
+    _check_masks(mask_a, mask_b)
+    mesh = mesh or make_mesh()
+    batch_size = max(mesh.size, batch_size - batch_size % mesh.size)
+    test = _stack_batches(dataset.test_images, dataset.test_labels, batch_size, mesh)
+    n_train = len(dataset.train_labels)
+    n_bn = min(bn_batches * batch_size, n_train) // batch_size
+    if reestimate_bn and a.get("batch_stats") and n_bn < 1:
+        raise ValueError(f"need at least one training batch of {batch_size} to re-estimate BN")
+    idx = np.random.RandomState(seed).permutation(n_train)[: max(n_bn, 1) * batch_size]
+    bn_x, _, _ = _stack_batches(
+        dataset.train_images[idx], dataset.train_labels[idx], batch_size, mesh
+    )
+    return (bn_x, *test)
+
+
+def barrier_curve(
+    model: nn.Module,
+    preprocess: Callable,
+    a: Variables,
+    b: Variables,
+    dataset: Any,
+    *,
+    alphas: Any = None,
+    bn_batches: int = 10,
+    batch_size: int = 500,
+    seed: int = 0,
+    reestimate_bn: bool = True,
+    alpha_chunk: int | None = None,
+    mask_a: PyTree | None = None,
+    mask_b: PyTree | None = None,
+    mesh=None,
+    loop: bool = False,
+) -> BarrierCurve:
+    """Test error/loss along the linear path from ``a`` to ``b`` (default: 11 alphas).
+
+    At each alpha, BN statistics are re-estimated from ``bn_batches`` training batches of
+    ``batch_size`` (a fixed random subset, no augmentation), unless ``reestimate_bn=False``
+    (then the interpolated statistics are used). One vmapped program over alpha;
+    ``alpha_chunk`` alphas are evaluated at once (default: all). ``loop=True`` runs the same
+    program one alpha at a time (the reference the benchmark compares against).
+    """
+    alphas = check_alphas(np.linspace(0, 1, 11) if alphas is None else alphas)
+    data = _prepare(
+        a,
+        b,
+        dataset,
+        bn_batches=bn_batches,
+        batch_size=batch_size,
+        seed=seed,
+        reestimate_bn=reestimate_bn,
+        mask_a=mask_a,
+        mask_b=mask_b,
+        mesh=mesh,
+    )
+    if loop:
+        fn = _curve_fn(model, preprocess, reestimate_bn, 1)
+        points = [fn(a, b, alphas[i : i + 1], *data) for i in range(len(alphas))]
+        error = jnp.concatenate([p[0] for p in points])
+        loss = jnp.concatenate([p[1] for p in points])
+    else:
+        fn = _curve_fn(model, preprocess, reestimate_bn, alpha_chunk or len(alphas))
+        error, loss = fn(a, b, alphas, *data)
+    return BarrierCurve(alphas, error, loss)
+
+
+_CURVE_CACHE: dict = {}
+
+
+def _curve_fn(model, preprocess, reestimate_bn: bool, alpha_chunk: int):
+    key = (model, preprocess, reestimate_bn, alpha_chunk)
+    if key in _CURVE_CACHE:
+        return _CURVE_CACHE[key]
+
+    def point(alpha, a, b, bn_x, test_x, test_y, test_w):
+        params = interpolate(a["params"], b["params"], alpha)
+        stats = interpolate(a.get("batch_stats", {}), b.get("batch_stats", {}), alpha)
+        if reestimate_bn and stats:
+            xs = jax.vmap(lambda x: preprocess(x, None, False))(bn_x)
+            stats = reestimate_batch_stats(model, params, stats, xs)
+        variables = {"params": params, "batch_stats": stats} if stats else {"params": params}
+
+        def body(acc, batch):
+            x, y, w = batch
+            logits = model.apply(variables, preprocess(x, None, False), train=False)
+            wrong = jnp.sum((jnp.argmax(logits, -1) != y) * w)
+            return (acc[0] + wrong, acc[1] + jnp.sum(cross_entropy(logits, y) * w)), None
+
+        (wrong, loss), _ = jax.lax.scan(
+            body, (jnp.zeros(()), jnp.zeros(())), (test_x, test_y, test_w)
+        )
+        n = jnp.sum(test_w)
+        return wrong / n, loss / n
+
+    @jax.jit
+    def curve(a, b, alphas, bn_x, test_x, test_y, test_w):
+        return jax.lax.map(
+            lambda al: point(al, a, b, bn_x, test_x, test_y, test_w), alphas, batch_size=alpha_chunk
+        )
+
+    _CURVE_CACHE[key] = curve
+    return curve

@@ -1,0 +1,146 @@
+"""The epoch loop: resume after a kill equals an uninterrupted run; NaN stops and keeps the last
+good checkpoint; finished runs are reused; config-derived run directories."""
+
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from signticket import data as data_lib
+from signticket import optim
+from signticket.checkpoint import Checkpointer, CheckpointError, config_hash, run_dir
+from signticket.fit import fit
+from signticket.metrics import MetricsWriter
+from signticket.sharding import make_mesh
+from signticket.train import Engine, NonFiniteLossError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _engine_run import TinyNet
+
+
+def _dataset(n=96):
+    rs = np.random.RandomState(0)
+    labels = rs.randint(0, 10, n).astype(np.int32)
+    images = (rs.randint(0, 60, (n, 8, 8, 1)) + labels[:, None, None, None] * 19).astype(np.uint8)
+    return data_lib.Dataset(
+        name="synthetic",
+        num_classes=10,
+        image_shape=(8, 8, 1),
+        train_images=images,
+        train_labels=labels,
+        test_images=images[:40],
+        test_labels=labels[:40],
+        preprocess=data_lib.Preprocess(mean=(0.5,), std=(0.25,), flip=True),
+    )
+
+
+def _engine(tx=None):
+    return Engine(
+        TinyNet(),
+        tx or optim.masked(optim.sgd(0.05, 0.9, 5e-4)),
+        _dataset().preprocess,
+        make_mesh(),
+    )
+
+
+class Killed(Exception):
+    pass
+
+
+def _fit(directory, epochs=4, kill_at=None, tx=None):
+    ds, engine = _dataset(), _engine(tx)
+    state = engine.init_state(jax.random.PRNGKey(0), ds.train_images)
+
+    def hook(epoch, s):
+        if epoch == kill_at:
+            raise Killed
+        return s
+
+    ckpt = Checkpointer(directory)
+    try:
+        return fit(
+            engine,
+            state,
+            ds,
+            epochs=epochs,
+            batch_size=16,
+            data_seed=3,
+            checkpointer=ckpt,
+            metrics=MetricsWriter(directory / "metrics.jsonl"),
+            on_epoch_end=hook,
+            progress=False,
+        )
+    finally:
+        ckpt.close()
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
+    full_state, full = _fit(tmp_path / "full")
+    with pytest.raises(Killed):
+        _fit(tmp_path / "killed", kill_at=3)
+    assert Checkpointer(tmp_path / "killed").latest_step() == 2
+    resumed_state, resumed = _fit(tmp_path / "killed")
+    chex.assert_trees_all_close(full_state.params, resumed_state.params, atol=1e-6)
+    chex.assert_trees_all_close(full_state.batch_stats, resumed_state.batch_stats, atol=1e-6)
+    assert full == pytest.approx(resumed, abs=1e-6)
+    epochs = [r["epoch"] for r in MetricsWriter(tmp_path / "killed" / "metrics.jsonl").read()]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_finished_run_is_reused_not_retrained(tmp_path):
+    state, summary = _fit(tmp_path / "r")
+    ckpt = Checkpointer(tmp_path / "r")
+    assert ckpt.done()["epoch"] == 4
+    ckpt.close()
+    again_state, again = _fit(tmp_path / "r", kill_at=1)  # would raise if it trained
+    assert again == summary
+    chex.assert_trees_all_equal(state.params, again_state.params)
+
+
+def _nan_after(k):
+    def init(params):
+        return jnp.zeros((), jnp.int32)
+
+    def update(updates, count, params=None):
+        bad = jnp.where(count >= k, jnp.nan, 1.0)
+        return jax.tree.map(lambda u: u * bad, updates), count + 1
+
+    return optax.GradientTransformation(init, update)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    tx = optim.masked(optax.chain(optim.sgd(0.05, 0.9), _nan_after(6 * 2 + 3)))
+    with pytest.raises(NonFiniteLossError, match="epoch 3"):
+        _fit(tmp_path / "nan", tx=tx)
+    ckpt = Checkpointer(tmp_path / "nan")
+    assert ckpt.latest_step() == 2 and ckpt.done() is None
+    _, restored = ckpt.restore(
+        _engine(tx).init_state(jax.random.PRNGKey(0), _dataset().train_images)
+    )
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(restored.params))
+    ckpt.close()
+
+
+def test_corrupt_checkpoint_clear_error(tmp_path):
+    _fit(tmp_path / "c", epochs=1)
+    for f in (tmp_path / "c" / "checkpoints").rglob("*"):
+        if f.is_file() and "_CHECKPOINT_METADATA" not in f.name:
+            f.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        _fit(tmp_path / "c", epochs=2)
+
+
+def test_run_dir_from_config(tmp_path):
+    a = run_dir(tmp_path, {"lr": 0.1, "model": {"name": "mlp"}}, "train")
+    b = run_dir(tmp_path, {"model": {"name": "mlp"}, "lr": 0.1}, "train")
+    c = run_dir(tmp_path, {"lr": 0.2, "model": {"name": "mlp"}}, "train")
+    assert a == b != c
+    assert a.name == f"train-{config_hash({'lr': 0.1, 'model': {'name': 'mlp'}})}"
+    (a / "config.json").write_text('{"lr": 0.3}')
+    with pytest.raises(CheckpointError, match="different config"):
+        run_dir(tmp_path, {"lr": 0.1, "model": {"name": "mlp"}}, "train")

@@ -1,0 +1,239 @@
+"""IMP with LRR / constant / weight rewinding, AWS norm interpolation, ticket transfer."""
+
+import itertools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from signticket import data as data_lib
+from signticket import lottery, masks, models, tree
+
+
+class TinyConv(nn.Module):
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(6, (3, 3), use_bias=False, name="conv0")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn0")(x)
+        x = nn.relu(x).mean(axis=(1, 2))
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+class TwoWeights(nn.Module):
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = nn.Dense(2, name="fc0")(x.mean(axis=(1, 2, 3))[:, None])
+        return nn.Dense(self.num_classes, name="head")(h)
+
+
+models.register("test_tinyconv", overwrite=True)(TinyConv)
+models.register("test_twoweights", overwrite=True)(TwoWeights)
+
+
+def _dataset(n=64):
+    rs = np.random.RandomState(0)
+    labels = rs.randint(0, 10, n).astype(np.int32)
+    images = (rs.randint(0, 60, (n, 8, 8, 1)) + labels[:, None, None, None] * 19).astype(np.uint8)
+    return data_lib.Dataset(
+        name="synthetic",
+        num_classes=10,
+        image_shape=(8, 8, 1),
+        train_images=images,
+        train_labels=labels,
+        test_images=images[:32],
+        test_labels=labels[:32],
+        preprocess=data_lib.Preprocess(mean=(0.5,), std=(0.25,)),
+    )
+
+
+def _config(mode="constant", rounds=2, aws=False, model="test_tinyconv", **imp):
+    return ConfigDict(
+        {
+            "seed": 0,
+            "data_seed": 0,
+            "batch_size": 16,
+            "eval_every": 1,
+            "checkpoint_every": 1,
+            "model": {"name": model, "kwargs": {}},
+            "data": {"name": "synthetic", "train_subset": 0, "test_subset": 0},
+            "optimizer": {
+                "name": "sgd",
+                "learning_rate": 0.05,
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "schedule": "cosine",
+                "warmup_epochs": 0,
+                "milestones": (0.5, 0.75),
+                "gamma": 0.1,
+            },
+            "aws": aws,
+            "imp": {
+                "mode": mode,
+                "warmup_epochs": 1,
+                "rounds": rounds,
+                "epochs_per_round": 1,
+                "fraction": 0.2,
+                "scope": "global",
+                "rewind_epoch": 0,
+                **imp,
+            },
+            "final": {
+                "epochs": 1,
+                "optimizer": {
+                    "name": "sgd",
+                    "learning_rate": 0.05,
+                    "momentum": 0.9,
+                    "weight_decay": 5e-4,
+                    "schedule": "step",
+                    "warmup_epochs": 0,
+                    "milestones": (0.5, 0.75),
+                    "gamma": 0.1,
+                },
+            },
+        }
+    )
+
+
+def _params(seed):
+    return TinyConv().init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 1)))["params"]
+
+
+class TestAWS(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_endpoints(self):
+        p, p0 = _params(0), jax.tree.map(lambda x: x + 1.0, _params(1))
+        f = self.variant(lottery.aws_interpolate)
+        chex.assert_trees_all_equal(f(p, p0, 0.0), p)
+        out = f(p, p0, 1.0)
+        for (path, o), x, x0 in zip(
+            tree.named_leaves(out), jax.tree.leaves(p), jax.tree.leaves(p0), strict=True
+        ):
+            chex.assert_trees_all_equal(o, x0 if tree.is_norm(path) else x)
+
+    def test_gradients_reach_psi_through_psi_eff(self):
+        p, p0 = _params(0), _params(1)
+        alpha = 0.3
+
+        def loss(params):
+            eff = lottery.aws_interpolate(params, p0, alpha)
+            return jnp.sum(eff["bn0"]["scale"] ** 2) + jnp.sum(eff["conv0"]["kernel"])
+
+        g = jax.grad(loss)(p)
+        eff = lottery.aws_interpolate(p, p0, alpha)
+        chex.assert_trees_all_close(g["bn0"]["scale"], (1 - alpha) * 2 * eff["bn0"]["scale"])
+        chex.assert_trees_all_close(g["conv0"]["kernel"], jnp.ones_like(p["conv0"]["kernel"]))
+
+    def test_hook_draws_alpha_per_call(self):
+        p, p0 = _params(0), jax.tree.map(lambda x: x + 1.0, _params(0))
+        hook = jax.jit(lottery.aws_pre_forward())
+        a = hook(p, {"psi_init": p0}, jax.random.PRNGKey(0))["bn0"]["scale"]
+        b = hook(p, {"psi_init": p0}, jax.random.PRNGKey(1))["bn0"]["scale"]
+        alpha_a = float(a[0] - p["bn0"]["scale"][0])
+        assert 0.0 <= alpha_a < 1.0 and not np.allclose(a, b)
+
+
+def _count(mask):
+    return sum(int(jnp.sum(m)) for p, m in tree.named_leaves(mask) if tree.is_prunable(p))
+
+
+@pytest.mark.parametrize("mode,aws", [("constant", True), ("lrr", False), ("weight", False)])
+def test_rounds_keep_exactly_080_of_survivors(tmp_path, mode, aws):
+    rounds = lottery.imp(
+        _config(mode, rounds=2, aws=aws), _dataset(), runs_root=tmp_path, progress=False
+    )
+    counts = [_count(r.mask) for r in rounds]
+    for before, after in itertools.pairwise(counts):
+        assert after == before - round(0.2 * before)
+    assert counts[1] < counts[0]
+    for r in rounds:  # the trained round keeps earlier-pruned weights at exactly zero
+        prev = rounds[max(r.index - 1, 0)].mask
+        assert all(
+            bool(jnp.all(jnp.where(m, True, x == 0)))
+            for x, m in zip(jax.tree.leaves(r.params), jax.tree.leaves(prev), strict=True)
+        )
+
+
+def test_killed_pipeline_resumes_at_its_round(tmp_path, monkeypatch):
+    ds = _dataset()
+    reference = lottery.imp(_config(rounds=3), ds, runs_root=tmp_path / "ref", progress=False)
+
+    real, calls = lottery.train_run, []
+
+    def killing(config, dataset, **kw):
+        calls.append(kw["name"])
+        if kw["name"].endswith("r02") and calls.count(kw["name"]) == 1:
+            raise KeyboardInterrupt
+        return real(config, dataset, **kw)
+
+    monkeypatch.setattr(lottery, "train_run", killing)
+    with pytest.raises(KeyboardInterrupt):
+        lottery.imp(_config(rounds=3), ds, runs_root=tmp_path / "run", progress=False)
+    r1_metrics = (next((tmp_path / "run").glob("*-r01-*")) / "metrics.jsonl").read_text()
+    resumed = lottery.imp(_config(rounds=3), ds, runs_root=tmp_path / "run", progress=False)
+    # round 1 was reused, not retrained; the result equals an uninterrupted pipeline
+    assert (next((tmp_path / "run").glob("*-r01-*")) / "metrics.jsonl").read_text() == r1_metrics
+    for a, b in zip(reference, resumed, strict=True):
+        chex.assert_trees_all_equal(a.mask, b.mask)
+        chex.assert_trees_all_close(a.params, b.params, atol=1e-6)
+
+
+def test_more_rounds_reuse_earlier_rounds_and_changed_config_gets_new_dirs(tmp_path):
+    ds = _dataset()
+    short = lottery.imp(_config(rounds=1), ds, runs_root=tmp_path, progress=False)
+    longer = lottery.imp(_config(rounds=2), ds, runs_root=tmp_path, progress=False)
+    assert [r.directory for r in short] == [r.directory for r in longer[:2]]
+    cfg = _config(rounds=1)
+    cfg.optimizer.learning_rate = 0.06
+    other = lottery.imp(cfg, ds, runs_root=tmp_path, progress=False)
+    assert not {r.directory for r in other} & {r.directory for r in short}
+
+
+def test_nothing_left_to_prune(tmp_path):
+    with pytest.raises(ValueError, match="nothing left to prune"):
+        lottery.imp(
+            _config(rounds=1, model="test_twoweights"),
+            _dataset(),
+            runs_root=tmp_path,
+            progress=False,
+        )
+
+
+def test_bad_imp_config(tmp_path):
+    with pytest.raises(ValueError, match="unknown pruning mode"):
+        lottery.imp(_config(mode="magic"), _dataset(), runs_root=tmp_path)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        lottery.imp(_config(fraction=1.0), _dataset(), runs_root=tmp_path)
+    with pytest.raises(ValueError, match="rewind_epoch"):
+        lottery.imp(_config(mode="weight", rewind_epoch=5), _dataset(), runs_root=tmp_path)
+
+
+def test_transfer_inits():
+    src_params, fresh_params = _params(0), _params(1)
+    mask = masks.random_mask(jax.random.PRNGKey(0), src_params, 0.5)
+    source = lottery.Round(3, None, src_params, {"bn0": {"mean": jnp.ones(6)}}, mask, {})
+    fresh = {"params": fresh_params, "batch_stats": {"bn0": {"mean": jnp.zeros(6)}}}
+    params, stats, _m = lottery.transfer_init("sign_transfer", source, fresh)
+    k, k0, ks = (
+        params["conv0"]["kernel"],
+        fresh_params["conv0"]["kernel"],
+        src_params["conv0"]["kernel"],
+    )
+    km = mask["conv0"]["kernel"]
+    assert bool(jnp.all(jnp.where(km, jnp.abs(k) == jnp.abs(k0), k == 0)))
+    assert bool(jnp.all(jnp.where(km, jnp.sign(k) == jnp.sign(ks), True)))
+    chex.assert_trees_all_equal(params["bn0"], fresh_params["bn0"])
+    chex.assert_trees_all_equal(stats, fresh["batch_stats"])
+    params, stats, _ = lottery.transfer_init("mask_transfer", source, fresh)
+    chex.assert_trees_all_equal(params, masks.apply_mask(fresh_params, mask))
+    params, stats, _ = lottery.transfer_init("retrain", source, fresh)
+    chex.assert_trees_all_equal(params, masks.apply_mask(src_params, mask))
+    with pytest.raises(ValueError, match="unknown transfer"):
+        lottery.transfer_init("telepathy", source, fresh)
