@@ -133,7 +133,7 @@ def train_run(
         hook_state=hook_state,
     )
     if mask is not None:
-        state = state.replace(opt_state=set_mask(state.opt_state, mask))
+        state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
     directory = run_dir(runs_root, config, name)
     ckpt = Checkpointer(directory)
     try:

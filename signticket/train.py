@@ -100,6 +100,15 @@ class Engine:
             rng=rng,
             hook_state={} if hook_state is None else hook_state,
         )
+        return self.place(state)
+
+    def place(self, state: TrainState) -> TrainState:
+        """A private, replicated copy of ``state`` for the train step.
+
+        The step donates its state, so no leaf may be shared with the caller (who may still use
+        it: a mask, the init params) or with another leaf (hook_state holding the init params
+        that also start training would be donated twice): every leaf is copied."""
+        state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
         return jax.device_put(state, replicated(self.mesh))
 
     def init_variables(self, init_key: jax.Array, sample_images: jax.Array) -> dict[str, PyTree]:

@@ -1,0 +1,45 @@
+"""Datasets for signticket: TFDS-backed, offline-capable, fed to sharded jitted steps.
+
+* :func:`load` -> :class:`Dataset`: small datasets (``fashion_mnist``, ``mnist``, ``cifar10``,
+  ``cifar100``) held in memory as uint8 arrays, cached as npz after the first TFDS read.
+* :func:`train_batches` / :func:`eval_batches`: batches sharded over a mesh; with
+  :func:`to_device` the whole split stays on device and each batch is a jitted gather.
+* :class:`Preprocess`: on-device normalization and augmentation inside the step.
+* :func:`imagenet_stream`: ImageNet through tf.data.
+* ``python -m signticket.data.prepare NAME``: prepare a dataset ahead of time.
+
+Importing this package does not import TensorFlow; only preparing or first reading a TFDS
+dataset does.
+"""
+
+from signticket.data.dataset import Dataset, load, names, stratified_subset
+from signticket.data.errors import DatasetUnavailableError
+from signticket.data.imagenet import imagenet_stream
+from signticket.data.pipeline import (
+    DeviceArrays,
+    eval_batches,
+    steps_per_epoch,
+    to_device,
+    train_batches,
+)
+from signticket.data.preprocess import Preprocess
+from signticket.data.registry import DatasetSpec, preprocess_for
+from signticket.data.tfds_source import resolve_data_dir
+
+__all__ = [
+    "Dataset",
+    "DatasetSpec",
+    "DatasetUnavailableError",
+    "DeviceArrays",
+    "Preprocess",
+    "eval_batches",
+    "imagenet_stream",
+    "load",
+    "names",
+    "preprocess_for",
+    "resolve_data_dir",
+    "steps_per_epoch",
+    "stratified_subset",
+    "to_device",
+    "train_batches",
+]

@@ -1,0 +1,113 @@
+"""Which datasets exist, and their constants: TFDS name, shapes, normalization, augmentation.
+
+Everything here is plain data (no TensorFlow, no I/O), so importing it is free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from signticket.data.preprocess import Preprocess
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """Static facts about one dataset.
+
+    ``crop_padding`` and ``flip`` are the augmentation used when augmentation is on;
+    ``augment_default`` says whether it is on when :func:`signticket.data.load` is not told.
+    """
+
+    name: str
+    tfds_name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int = 0
+    flip: bool = False
+    augment_default: bool = False
+    train_split: str = "train"
+    test_split: str = "test"
+    #: Too large for memory: read with :func:`signticket.data.imagenet_stream`, not ``load``.
+    streaming: bool = False
+
+    def preprocess(self, augment: bool | None = None) -> Preprocess:
+        """The on-device input transform, with augmentation on/off (``None``: the default)."""
+        on = self.augment_default if augment is None else augment
+        return Preprocess(
+            mean=self.mean,
+            std=self.std,
+            crop_padding=self.crop_padding if on else 0,
+            flip=self.flip if on else False,
+        )
+
+
+_MNIST_AUG = {"crop_padding": 2, "flip": True, "augment_default": False}
+_CIFAR_AUG = {"crop_padding": 4, "flip": True, "augment_default": True}
+
+_SPECS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in (
+        DatasetSpec(
+            "fashion_mnist", "fashion_mnist", 10, (28, 28, 1), (0.2860,), (0.3530,), **_MNIST_AUG
+        ),
+        DatasetSpec("mnist", "mnist", 10, (28, 28, 1), (0.1307,), (0.3081,), **_MNIST_AUG),
+        DatasetSpec(
+            "cifar10",
+            "cifar10",
+            10,
+            (32, 32, 3),
+            (0.4914, 0.4822, 0.4465),
+            (0.2470, 0.2435, 0.2616),
+            **_CIFAR_AUG,
+        ),
+        DatasetSpec(
+            "cifar100",
+            "cifar100",
+            100,
+            (32, 32, 3),
+            (0.5071, 0.4865, 0.4409),
+            (0.2673, 0.2564, 0.2762),
+            **_CIFAR_AUG,
+        ),
+        # Augmentation (random-resized-crop, flip) happens in tf.data for ImageNet, so its
+        # on-device Preprocess only normalizes.
+        DatasetSpec(
+            "imagenet2012",
+            "imagenet2012",
+            1000,
+            (224, 224, 3),
+            (0.485, 0.456, 0.406),
+            (0.229, 0.224, 0.225),
+            test_split="validation",
+            streaming=True,
+        ),
+    )
+}
+
+
+def names() -> list[str]:
+    """Names of the datasets :func:`signticket.data.load` holds in memory."""
+    return [n for n, s in _SPECS.items() if not s.streaming]
+
+
+def streaming_names() -> list[str]:
+    """Names of the datasets that are streamed (:func:`signticket.data.imagenet_stream`)."""
+    return [n for n, s in _SPECS.items() if s.streaming]
+
+
+def get(name: str) -> DatasetSpec:
+    """The spec of ``name``; a ``ValueError`` listing the valid names if there is none."""
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown dataset {name!r}; valid names: {', '.join(names())} "
+            f"(streamed: {', '.join(streaming_names())})"
+        ) from None
+
+
+def preprocess_for(name: str, augment: bool | None = None) -> Preprocess:
+    """The :class:`Preprocess` of dataset ``name`` (e.g. to build an ImageNet engine)."""
+    return get(name).preprocess(augment)
