@@ -1,0 +1,71 @@
+"""ImageNet ResNet-50 (He et al. 2016) with torchvision's "v1.5" stride placement."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+from signticket.models.layers import batch_norm, conv, dense, global_avg_pool
+
+
+class Bottleneck(nn.Module):
+    """1x1 ``conv1`` -> 3x3 ``conv2`` (strided, as in torchvision) -> 1x1 ``conv3`` expanding to
+    ``features * expansion``, each with its BN (``bn1..bn3``); ``shortcut_conv``/``shortcut_bn``
+    projection where the shape changes, else identity; ReLU after the sum.
+    """
+
+    features: int
+    strides: int = 1
+    expansion: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        out = self.features * self.expansion
+        y = conv(self.features, 1, name="conv1")(x)
+        y = nn.relu(batch_norm(train, name="bn1")(y))
+        y = conv(self.features, 3, strides=self.strides, name="conv2")(y)
+        y = nn.relu(batch_norm(train, name="bn2")(y))
+        y = conv(out, 1, name="conv3")(y)
+        y = batch_norm(train, name="bn3")(y)
+        if self.strides != 1 or x.shape[-1] != out:
+            x = conv(out, 1, strides=self.strides, name="shortcut_conv")(x)
+            x = batch_norm(train, name="shortcut_bn")(x)
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """``stem_conv`` (7x7/2) -> ``stem_bn`` -> ReLU -> 3x3/2 max-pool -> Bottleneck stages
+    ``stage{s}_block{b}`` (stages after the first halve the resolution in their first block)
+    -> global average pool -> ``head``.
+
+    Attributes:
+        stage_sizes: Bottleneck blocks per stage ((3, 4, 6, 3) = ResNet-50).
+        widths: bottleneck (inner) widths per stage; outputs are ``expansion`` times wider.
+        num_classes: output logits.
+    """
+
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    widths: Sequence[int] = (64, 128, 256, 512)
+    num_classes: int = 1000
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if len(self.stage_sizes) != len(self.widths):
+            raise ValueError(
+                f"ResNet: {len(self.stage_sizes)} stage sizes but {len(self.widths)} widths"
+            )
+        x = conv(self.widths[0], 7, strides=2, name="stem_conv")(x)
+        x = nn.relu(batch_norm(train, name="stem_bn")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for s, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
+            for b in range(blocks):
+                strides = 2 if s > 0 and b == 0 else 1
+                x = Bottleneck(width, strides, name=f"stage{s}_block{b}")(x, train)
+        return dense(self.num_classes, name="head")(global_avg_pool(x))
+
+
+def resnet50(num_classes: int = 1000, widths: Sequence[int] = (64, 128, 256, 512)) -> ResNet:
+    """ResNet-50 (~25.6M params with 1000 classes); ``widths`` can be shrunk for tests."""
+    return ResNet(stage_sizes=(3, 4, 6, 3), widths=tuple(widths), num_classes=num_classes)
