@@ -26,7 +26,13 @@ from experiments.tables import mean_std, write_table
 from signticket import config as config_lib
 from signticket import lmc, lottery
 from signticket.checkpoint import config_hash, write_json_atomic
-from signticket.runs import DEFAULT_RUNS_ROOT, build_model, initial_variables, load_dataset
+from signticket.runs import (
+    DEFAULT_RUNS_ROOT,
+    build_model,
+    enable_compilation_cache,
+    initial_variables,
+    load_dataset,
+)
 from signticket.tree import is_norm, select
 
 METHODS = ("lrr", "aws")
@@ -185,6 +191,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
     args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    enable_compilation_cache()
     config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
     out = Path(args.out or Path("results") / "aws" / Path(args.config).stem)
     out.mkdir(parents=True, exist_ok=True)

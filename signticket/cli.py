@@ -59,8 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from signticket.checkpoint import CheckpointError
     from signticket.config import ConfigError
     from signticket.data import DatasetUnavailableError
+    from signticket.runs import enable_compilation_cache
     from signticket.train import NonFiniteLossError
 
+    enable_compilation_cache()
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)

@@ -16,6 +16,7 @@ rounds are reused and a killed pipeline resumes at the round (and epoch) it stop
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -51,9 +52,11 @@ def aws_interpolate(
     )
 
 
+@functools.cache
 def aws_pre_forward(where: LeafPredicate = is_norm) -> PreForward:
     """Engine hook for AWS: one ``alpha ~ U[0, 1)`` per minibatch, shared by all norm layers;
-    ``hook_state["psi_init"]`` holds the params at initialization."""
+    ``hook_state["psi_init"]`` holds the params at initialization. (Cached: one hook object
+    per predicate, so runs sharing it share one compiled step.)"""
 
     def hook(params: PyTree, hook_state: PyTree, rng: jax.Array) -> PyTree:
         alpha = jax.random.uniform(rng, ())
@@ -307,7 +310,8 @@ def final_run(
     cfg.seed = init_seed if kind != "retrain" else config.seed
     fresh = initial_variables(cfg, dataset)
     params, stats, mask = transfer_init(kind, source, fresh)
-    name = f"final-{kind}" + (f"-r{source.index:02d}" if source is not None else "")
+    # e.g. "final-sign_transfer-imp-constant-aws-r10": the kind and the round it came from
+    name = f"final-{kind}" + (f"-{source.directory.name.rsplit('-', 1)[0]}" if source else "")
     return train_run(
         cfg,
         dataset,

@@ -13,7 +13,7 @@ from ml_collections import ConfigDict
 
 from signticket import data as data_lib
 from signticket import models
-from signticket.checkpoint import Checkpointer, run_dir
+from signticket.checkpoint import Checkpointer, canonical_json, run_dir
 from signticket.fit import EpochHook, fit
 from signticket.metrics import MetricsWriter
 from signticket.optim import make_optimizer, masked
@@ -88,6 +88,39 @@ def initial_variables(config: ConfigDict, dataset: data_lib.Dataset) -> dict[str
     return engine.init_variables(init_key, dataset.train_images[:1])
 
 
+_ENGINES: dict = {}
+
+
+def _cached_engine(config: ConfigDict, dataset: data_lib.Dataset, steps: int,
+                   pre_forward: PreForward | None, mesh) -> Engine:
+    """One engine (so one compiled step) per distinct model/optimizer/schedule: the runs of a
+    pipeline (IMP rounds, transfers, seeds) that share them do not recompile."""
+    key = (
+        canonical_json(config.model), dataset.num_classes, dataset.preprocess,
+        canonical_json(config.optimizer), config.epochs, steps, pre_forward,
+        tuple(d.id for d in mesh.devices.flat),
+    )
+    if key not in _ENGINES:
+        if len(_ENGINES) > 32:
+            _ENGINES.clear()
+        model = build_model(config.model, dataset.num_classes)
+        tx = build_optimizer(config.optimizer, config.epochs, steps)
+        _ENGINES[key] = Engine(model, tx, dataset.preprocess, mesh, pre_forward)
+    return _ENGINES[key]
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> None:
+    """Persist XLA compilations across processes (``SIGNTICKET_JAX_CACHE``, default
+    ``~/.cache/signticket/jax``; set it to ``off`` to disable). Resumed runs, experiment re-runs
+    and test workers then skip recompiling."""
+    path = path or os.environ.get("SIGNTICKET_JAX_CACHE",
+                                  os.path.expanduser("~/.cache/signticket/jax"))
+    if str(path).lower() == "off":
+        return
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 @dataclasses.dataclass
 class RunResult:
     """What a finished run leaves: its directory, final state and test metrics."""
@@ -122,9 +155,11 @@ def train_run(
 
     mesh = mesh or make_mesh()
     steps = data_lib.steps_per_epoch(len(dataset.train_labels), config.batch_size)
-    tx = tx or build_optimizer(config.optimizer, config.epochs, steps)
-    model = build_model(config.model, dataset.num_classes)
-    engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward)
+    if tx is None:
+        engine = _cached_engine(config, dataset, steps, pre_forward, mesh)
+    else:
+        model = build_model(config.model, dataset.num_classes)
+        engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward)
     state = engine.init_state(
         jax.random.PRNGKey(config.seed),
         dataset.train_images[:1],

@@ -27,3 +27,10 @@ def make_params(key=0):
 @pytest.fixture
 def params():
     return make_params()
+
+
+def pytest_configure(config):
+    # Share XLA compilations between xdist workers and test runs (as the CLI does).
+    from signticket.runs import enable_compilation_cache
+
+    enable_compilation_cache()
