@@ -24,6 +24,28 @@ def make_params(key=0):
     }
 
 
+def synthetic_dataset(n: int = 96, n_test: int = 40, flip: bool = False):
+    """A tiny learnable image dataset (8x8x1, brightness encodes the label) in the real
+    :class:`signticket.data.Dataset` container."""
+    import numpy as np
+
+    from signticket import data as data_lib
+
+    rs = np.random.RandomState(0)
+    labels = rs.randint(0, 10, n).astype(np.int32)
+    images = (rs.randint(0, 60, (n, 8, 8, 1)) + labels[:, None, None, None] * 19).astype(np.uint8)
+    return data_lib.Dataset(
+        name="synthetic",
+        num_classes=10,
+        image_shape=(8, 8, 1),
+        train_images=images,
+        train_labels=labels,
+        test_images=images[:n_test],
+        test_labels=labels[:n_test],
+        preprocess=data_lib.Preprocess(mean=(0.5,), std=(0.25,), flip=flip),
+    )
+
+
 @pytest.fixture
 def params():
     return make_params()

@@ -7,11 +7,10 @@ from pathlib import Path
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
+from conftest import synthetic_dataset
 
-from signticket import data as data_lib
 from signticket import optim
 from signticket.checkpoint import Checkpointer, CheckpointError, config_hash, run_dir
 from signticket.fit import fit
@@ -24,19 +23,7 @@ from _engine_run import TinyNet
 
 
 def _dataset(n=96):
-    rs = np.random.RandomState(0)
-    labels = rs.randint(0, 10, n).astype(np.int32)
-    images = (rs.randint(0, 60, (n, 8, 8, 1)) + labels[:, None, None, None] * 19).astype(np.uint8)
-    return data_lib.Dataset(
-        name="synthetic",
-        num_classes=10,
-        image_shape=(8, 8, 1),
-        train_images=images,
-        train_labels=labels,
-        test_images=images[:40],
-        test_labels=labels[:40],
-        preprocess=data_lib.Preprocess(mean=(0.5,), std=(0.25,), flip=True),
-    )
+    return synthetic_dataset(n, 40, flip=True)
 
 
 def _engine(tx=None):

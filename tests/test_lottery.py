@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import synthetic_dataset
 from ml_collections import ConfigDict
 
-from signticket import data as data_lib
 from signticket import lottery, masks, models, tree
 
 
@@ -39,19 +39,7 @@ models.register("test_twoweights", overwrite=True)(TwoWeights)
 
 
 def _dataset(n=64):
-    rs = np.random.RandomState(0)
-    labels = rs.randint(0, 10, n).astype(np.int32)
-    images = (rs.randint(0, 60, (n, 8, 8, 1)) + labels[:, None, None, None] * 19).astype(np.uint8)
-    return data_lib.Dataset(
-        name="synthetic",
-        num_classes=10,
-        image_shape=(8, 8, 1),
-        train_images=images,
-        train_labels=labels,
-        test_images=images[:32],
-        test_labels=labels[:32],
-        preprocess=data_lib.Preprocess(mean=(0.5,), std=(0.25,)),
-    )
+    return synthetic_dataset(n, 32)
 
 
 def _config(mode="constant", rounds=2, aws=False, model="test_tinyconv", **imp):
