@@ -143,4 +143,10 @@ def make_optimizer(
 
 # -- Sign-In (signticket/sign_in.py) --------------------------------------------------------------
 # Re-exported here. set_mask / get_mask are rebound to versions that handle both MaskedState and
-# SignInState (MaskedState behaves exactly as above), so RiGL and pruning rounds work with either.
+# SignInState (MaskedState exactly as above), so RiGL and pruning rounds work with either.
+from signticket import sign_in as _sign_in  # noqa: E402
+
+MW, SignInState, balanced_init = _sign_in.MW, _sign_in.SignInState, _sign_in.balanced_init
+sign_in, reset_scaling = _sign_in.sign_in, _sign_in.reset_scaling
+sign_in_states, reparameterized = _sign_in.sign_in_states, _sign_in.reparameterized
+set_mask, get_mask = _sign_in.set_mask, _sign_in.get_mask  # noqa: F811 - deliberate rebinding

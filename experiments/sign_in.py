@@ -1,0 +1,418 @@
+"""Sign-In ("Sign-In to the Lottery", Gadhikar, Jacobs, Zhou, Burkholz, NeurIPS 2025): sparse
+training from scratch with random masks, with and without the ``theta = m * w``
+reparameterisation and its scaling resets; optionally RiGL with and without Sign-In.
+
+    python -m experiments.sign_in --config experiments/configs/sign_in_cpu.py [--config.key=value]
+
+For every seed and sparsity all arms share the init, the random mask and the data order, so
+their differences are paired (the table gives the mean ± std of the paired differences too).
+Every arm is a resumable config-hashed ``runs.train_run``; per-epoch sign metrics are written to
+``sign_metrics.jsonl`` in its run directory (flips vs init and cumulative epoch-to-epoch flips
+per layer, mean ``m^2 - w^2`` per layer) and the final top Hessian eigenvalue to
+``final_metrics.json``. Writes ``table.md``/``.csv``, ``results.json`` and per-layer sign-flip
+plots to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from ml_collections import ConfigDict
+
+from experiments.tables import mean_std, write_table
+from signticket import config as config_lib
+from signticket import data as data_lib
+from signticket.checkpoint import run_dir, write_json_atomic
+from signticket.curvature import top_hessian_eigenvalue
+from signticket.optim import get_mask, sign_in
+from signticket.rigl import dense_grad_fn, rigl_hook
+from signticket.runs import (
+    DEFAULT_RUNS_ROOT,
+    build_model,
+    build_optimizer,
+    initial_variables,
+    load_dataset,
+    train_run,
+)
+from signticket.schedules import make_schedule
+from signticket.sign_metrics import balance_per_layer, cumulative_flips, flip_tracker, track_flips
+from signticket.signs import sign_flips
+from signticket.train import Engine, cross_entropy
+from signticket.tree import PyTree, is_kernel, is_prunable, named_leaves
+
+#: What each arm changes in ``config.method``.
+ARMS: dict[str, dict] = {
+    "random": {},
+    "sign_in": {"sign_in": True},
+    "sign_in_p5": {"sign_in": True, "reset_epochs": 5},
+    "sign_in_no_reset": {"sign_in": True, "reset_epochs": 0},
+    "sign_in_half_decay": {"sign_in": True, "mw_decay_scale": 0.5},
+    "rigl": {"rigl": True},
+    "rigl_sign_in": {"rigl": True, "sign_in": True},
+}
+LABELS = {
+    "random": "random mask", "sign_in": "+ Sign-In", "sign_in_p5": "+ Sign-In (p = 5)",
+    "sign_in_no_reset": "+ Sign-In, no resets", "sign_in_half_decay": "+ Sign-In, decay / 2",
+    "rigl": "RiGL", "rigl_sign_in": "RiGL + Sign-In",
+}
+
+
+def arm_config(config: ConfigDict, arm: str, seed: int, sparsity: float) -> ConfigDict:
+    """The run config of one arm: everything that changes its training, nothing else."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; available: {', '.join(ARMS)}")
+    c = ConfigDict(config.to_dict())
+    del c["experiment"]
+    c.seed, c.data_seed, c.mask.sparsity = seed, seed, float(sparsity)
+    m = c.method
+    for k, v in ARMS[arm].items():
+        m[k] = v
+    if not m.sign_in:
+        m.c = m.reset_epochs = m.reset_momentum = m.mw_decay_scale = None
+    elif m.reset_epochs == 0:
+        m.reset_momentum = None
+    if not m.rigl:
+        m.rigl_alpha = m.rigl_every_epochs = m.rigl_end = None
+    return c
+
+
+# -- masks ---------------------------------------------------------------------------------------
+
+
+def random_mask(key: jax.Array, params: PyTree, cfg: ConfigDict) -> PyTree:
+    """Uniform random mask with the overall sparsity exact over the prunable layers, the
+    ``cfg.capped`` (input) layers at most ``cfg.max_capped_sparsity`` sparse (the head is not
+    prunable, so dense); or ERK."""
+    from signticket import masks
+
+    if cfg.distribution == "erk":
+        return masks.random_mask(key, params, cfg.sparsity, "erk")
+    if cfg.distribution != "uniform":
+        raise ValueError(f"mask.distribution must be 'uniform' or 'erk', got {cfg.distribution!r}")
+    named = named_leaves(params)
+    sizes = {n: int(np.prod(jnp.shape(x))) for n, x in named if is_prunable(n, x)}
+    capped = {n for n in sizes if n in tuple(cfg.capped)}
+    s_cap = min(cfg.sparsity, cfg.max_capped_sparsity)
+    n_capped = sum(sizes[n] for n in capped)
+    n_rest = sum(sizes.values()) - n_capped
+    s_rest = (cfg.sparsity * (n_capped + n_rest) - s_cap * n_capped) / max(n_rest, 1)
+    if not 0.0 <= s_rest < 1.0:
+        raise ValueError(f"sparsity {cfg.sparsity} is unreachable with the capped input layers")
+    treedef = jax.tree.structure(params)
+    out = []
+    for i, (name, x) in enumerate(named):
+        if name not in sizes:
+            out.append(jnp.ones(jnp.shape(x), bool))
+            continue
+        keep = round((1 - (s_cap if name in capped else s_rest)) * sizes[name])
+        perm = jax.random.permutation(jax.random.fold_in(key, i), sizes[name])
+        out.append((perm < keep).reshape(jnp.shape(x)))
+    return jax.tree.unflatten(treedef, out)
+
+
+# -- optimizer -----------------------------------------------------------------------------------
+
+
+def make_tx(cfg: ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The baseline's ``masked(sgd)`` or Sign-In over the same SGD and schedule. Sign-In owns the
+    decay: ``λ`` on biases / norms, ``mw_decay_scale * λ`` on ``m`` and on ``w``."""
+    if not cfg.method.sign_in:
+        return build_optimizer(cfg.optimizer, cfg.epochs, steps_per_epoch)
+    o, total = cfg.optimizer, max(1, cfg.epochs * steps_per_epoch)
+    sched = make_schedule(o.schedule, o.learning_rate, total, milestones=tuple(o.milestones),
+                          gamma=o.gamma, warmup_steps=min(total - 1, o.warmup_epochs
+                                                          * steps_per_epoch))
+    m = cfg.method
+    return sign_in(
+        optax.sgd(sched, momentum=o.momentum or None), reset_every=(
+            m.reset_epochs * steps_per_epoch if m.reset_epochs else None),
+        c=m.c, reset_momentum=bool(m.reset_momentum), weight_decay=o.weight_decay,
+        mw_weight_decay=o.weight_decay * m.mw_decay_scale,
+    )
+
+
+# -- per-epoch metrics ---------------------------------------------------------------------------
+
+
+def _floats(stats) -> dict:
+    return {"overall": float(stats.overall),
+            "per_layer": {k: float(v) for k, v in stats.per_layer.items()}}
+
+
+def _read_records(path: Path) -> list[dict]:
+    """Per-epoch records; a resumed run rewrites an epoch, so the last record of it wins."""
+    if not path.exists():
+        return []
+    by_epoch = {}
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by a kill
+        by_epoch[r["epoch"]] = r
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def epoch_hook(path: Path, init_params: PyTree, init_mask: PyTree, cfg: ConfigDict, rigl=None):
+    """``on_epoch_end``: RiGL (if any), then sign metrics appended to ``path``. Flips count
+    weights alive at both ends of the comparison (init and now; last epoch and now), so RiGL's
+    dropped and regrown weights are not flips. The flip tracker and the last epoch's mask live
+    in ``state.hook_state``, so they are checkpointed with the run."""
+
+    def hook(epoch, state):
+        if rigl is not None:
+            state = rigl(epoch, state)
+        mask = get_mask(state.opt_state)
+        both = lambda a, b: jax.tree.map(jnp.logical_and, a, b)
+        tracker = track_flips(state.hook_state["flips"], state.params,
+                              both(mask, state.hook_state["mask"]))
+        alive = both(mask, init_mask)
+        record = {"epoch": epoch,  # over every kernel, the dense head included
+                  "flips_vs_init": _floats(sign_flips(init_params, state.params, alive,
+                                                      where=is_kernel)),
+                  "cumulative_flips": _floats(cumulative_flips(tracker, mask, where=is_kernel))}
+        if cfg.method.sign_in:
+            record["balance"] = _floats(balance_per_layer(state.opt_state))
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        # (a copy: the step donates its state, and one buffer must not be donated twice)
+        return state.replace(hook_state={"flips": tracker, "mask": jax.tree.map(jnp.copy, mask)})
+
+    return hook
+
+
+def hessian_top(model, dataset, state, mask, n: int, iters: int) -> float:
+    """Top eigenvalue of the Hessian of the loss on the first ``n`` training examples (BN in
+    eval mode), restricted to the unmasked weights."""
+    x = dataset.preprocess(jnp.asarray(dataset.train_images[:n]), None, False)
+    y = jnp.asarray(dataset.train_labels[:n])
+    bs = state.batch_stats
+
+    def loss(p):
+        variables = {"params": p, **({"batch_stats": bs} if bs else {})}
+        return cross_entropy(model.apply(variables, x, train=False), y).mean()
+
+    fn = jax.jit(lambda p, m: top_hessian_eigenvalue(loss, p, jax.random.PRNGKey(0), mask=m,
+                                                     num_iters=iters).value)
+    return float(fn(state.params, mask))
+
+
+# -- one arm -------------------------------------------------------------------------------------
+
+
+def run_arm(config: ConfigDict, arm: str, seed: int, sparsity: float, dataset, runs_root,
+            progress: bool) -> dict:
+    cfg = arm_config(config, arm, seed, sparsity)
+    exp = config.experiment
+    name = f"sign_in-{arm}"
+    directory = run_dir(runs_root, cfg, name)
+    variables = initial_variables(cfg, dataset)
+    mask = random_mask(jax.random.PRNGKey(10_000 + seed), variables["params"], cfg.mask)
+    init = jax.tree.map(lambda p, m: jnp.where(m, p, 0), variables["params"], mask)
+    steps = data_lib.steps_per_epoch(len(dataset.train_labels), cfg.batch_size)
+    model = build_model(cfg.model, dataset.num_classes)
+    rigl = None
+    if cfg.method.rigl:
+        n = exp.rigl_batch
+        grad_fn = dense_grad_fn(Engine(model, optax.identity(), dataset.preprocess),
+                                dataset.train_images[:n], dataset.train_labels[:n])
+        rigl = rigl_hook(grad_fn, end_epoch=max(1, round(cfg.method.rigl_end * cfg.epochs)),
+                         every_epochs=cfg.method.rigl_every_epochs, alpha=cfg.method.rigl_alpha)
+    hook = epoch_hook(directory / "sign_metrics.jsonl", init, mask, cfg, rigl)
+    result = train_run(cfg, dataset, name=name, runs_root=runs_root, init_params=init,
+                       init_batch_stats=variables["batch_stats"], mask=mask,
+                       tx=make_tx(cfg, steps),
+                       hook_state={"flips": flip_tracker(init), "mask": mask},
+                       on_epoch_end=hook, progress=progress)
+    final_path = directory / "final_metrics.json"
+    if final_path.exists():
+        final = json.loads(final_path.read_text())
+    else:
+        final_mask = get_mask(result.state.opt_state)
+        final = {"hessian_top": hessian_top(model, dataset, result.state, final_mask,
+                                            exp.hessian_batch, exp.hessian_iters)}
+        write_json_atomic(final_path, final)
+    records = _read_records(directory / "sign_metrics.jsonl")
+    return {"arm": arm, "seed": seed, "sparsity": sparsity, "dir": str(directory),
+            "test_accuracy": result.summary["test_accuracy"], **final,
+            "last": records[-1] if records else None, "records": records}
+
+
+# -- table and plots -----------------------------------------------------------------------------
+
+
+def _pct(s: float) -> str:
+    return f"{round(100 * s)}"
+
+
+def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -> str:
+    exp = config.experiment
+    paper = exp.paper.to_dict()
+    header = ["sparsity", "arm", "test acc (%)", "Δ vs random (paired)", "flips vs init (%)",
+              "cum. flips / weight", "m²-w² (epoch avg)", "λ_max(H)"]
+    if paper:
+        header.append("paper acc (%)")
+    rows = []
+    for s in exp.sparsities:
+        base = {r["seed"]: r["test_accuracy"] for r in results
+                if r["sparsity"] == s and r["arm"] == "random"}
+        for arm in exp.arms:
+            rs = [r for r in results if r["sparsity"] == s and r["arm"] == arm]
+            acc = [r["test_accuracy"] for r in rs]
+            delta = [r["test_accuracy"] - base[r["seed"]] for r in rs if r["seed"] in base]
+            last = [r["last"] for r in rs if r["last"]]
+            row = [f"{_pct(s)} %", LABELS[arm], mean_std(acc, 100),
+                   mean_std(delta, 100) if arm != "random" else "—",
+                   mean_std([x["flips_vs_init"]["overall"] for x in last], 100),
+                   mean_std([x["cumulative_flips"]["overall"] for x in last], 1, 3),
+                   mean_std([np.mean([x["balance"]["overall"] for x in r["records"]])
+                             for r in rs if r["records"] and "balance" in r["records"][0]], 1, 3),
+                   mean_std([r["hessian_top"] for r in rs], 1, 1)]
+            if paper:
+                row.append(f"{paper[arm][_pct(s)]:.2f}" if _pct(s) in paper.get(arm, {})
+                           else "—")
+            rows.append(row)
+    m = config.method
+    notes = (f"{exp.note + '. ' if exp.note else ''}{config.model.name} on {config.data.name} "
+             f"(train subset {config.data.train_subset or 'all'}, test subset "
+             f"{config.data.test_subset or 'all'}), {config.epochs} epochs, SGD "
+             f"lr {config.optimizer.learning_rate} momentum {config.optimizer.momentum} "
+             f"{config.optimizer.schedule}, wd {config.optimizer.weight_decay}, batch "
+             f"{config.batch_size}; {config.mask.distribution} random masks. Sign-In: c = {m.c}, "
+             f"scaling reset every {m.reset_epochs} epochs (p = 5 arm: 5), momentum reset "
+             f"{m.reset_momentum}; decay λ on m and on w (\"decay / 2\": λ/2). Mean ± std over "
+             f"seeds {list(exp.seeds)}; Δ: paired per seed (same init, mask, data order). "
+             f"Flips: fraction of unmasked kernel weights (head included) whose sign differs "
+             f"from init at the "
+             f"end; cumulative: epoch-to-epoch zero crossings per weight. m²-w²: mean over "
+             f"unmasked weights at the end of each epoch, averaged over epochs (it is c right "
+             f"after a reset). λ_max: top Hessian "
+             f"eigenvalue of the final loss on {exp.hessian_batch} training examples "
+             f"({exp.hessian_iters} power iterations, unmasked weights).")
+    return write_table(out / "table", header, rows, title=title, notes=notes)
+
+
+def plot_flips(config: ConfigDict, results: list[dict], out: Path) -> list[Path]:
+    """Per-layer sign flips vs init (final epoch), layers from input to output, one panel per
+    sparsity, one line per arm (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key, label in (("flips_vs_init", "flipped vs init (%)"),
+                       ("cumulative_flips", "cum. sign changes / weight")):
+        sp = config.experiment.sparsities
+        fig, axes = plt.subplots(1, len(sp), figsize=(5 * len(sp), 3.6), squeeze=False)
+        for ax, s in zip(axes[0], sp, strict=True):
+            for arm in config.experiment.arms:
+                rs = [r for r in results if r["sparsity"] == s and r["arm"] == arm and r["last"]]
+                if not rs:
+                    continue
+                layers = _layer_order(rs[0]["last"][key]["per_layer"])
+                vals = np.mean([[r["last"][key]["per_layer"][n] for n in layers] for r in rs], 0)
+                scale = 100 if key == "flips_vs_init" else 1
+                ax.plot(range(len(layers)), scale * vals, marker="o", label=LABELS[arm])
+            ax.set_xticks(range(len(layers)))
+            ax.set_xticklabels([n.removesuffix("/kernel") for n in layers], rotation=60,
+                               fontsize=7, ha="right")
+            ax.set_title(f"{_pct(s)} % sparse")
+            ax.set_ylabel(label)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"{key}_per_layer.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_balance(config: ConfigDict, results: list[dict], out: Path) -> Path | None:
+    """Mean ``m^2 - w^2`` at the end of every epoch (first seed), per Sign-In arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sp = config.experiment.sparsities
+    fig, axes = plt.subplots(1, len(sp), figsize=(5 * len(sp), 3.2), squeeze=False)
+    drawn = False
+    for ax, s in zip(axes[0], sp, strict=True):
+        for arm in config.experiment.arms:
+            rs = [r for r in results if r["sparsity"] == s and r["arm"] == arm and r["records"]
+                  and "balance" in r["records"][0]]
+            if rs:
+                recs = rs[0]["records"]
+                ax.plot([x["epoch"] for x in recs], [x["balance"]["overall"] for x in recs],
+                        marker="o", label=LABELS[arm])
+                drawn = True
+        ax.set_title(f"{_pct(s)} % sparse")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean m²-w²")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "balance_over_epochs.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path if drawn else None
+
+
+def _layer_order(per_layer: dict) -> list[str]:
+    """Input to output: stems first, the head last, the rest in name order (conv0 < conv1,
+    stage0 < stage1, ...)."""
+    first = [n for n in per_layer if n.startswith(("stem", "conv0", "fc0"))]
+    last = [n for n in per_layer if n.startswith("head")]
+    return first + sorted(n for n in per_layer if n not in first + last) + last
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", default=None, help="default: results/sign_in/<config name>")
+    parser.add_argument("--no-progress", action="store_true")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
+    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
+    for arm in config.experiment.arms:
+        if arm not in ARMS:
+            raise SystemExit(f"unknown arm {arm!r} in experiment.arms; available: {list(ARMS)}")
+    if config.experiment.compile_cache:
+        # Arms differ only in values (masks, seeds), so their programs are identical: compile
+        # each once per machine instead of once per run.
+        jax.config.update("jax_compilation_cache_dir",
+                          str(Path(args.runs_root).absolute() / ".jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    out = Path(args.out or Path("results") / "sign_in" / Path(args.config).stem)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(config.data, args.data_dir)
+    results = []
+    for seed in config.experiment.seeds:
+        for s in config.experiment.sparsities:
+            for arm in config.experiment.arms:
+                results.append(run_arm(config, arm, seed, s, dataset, args.runs_root,
+                                       not args.no_progress))
+                r = results[-1]
+                print(f"seed {seed} sparsity {s} {arm}: acc {r['test_accuracy']:.4f} "
+                      f"lambda_max {r['hessian_top']:.2f}", flush=True)
+    write_json_atomic(out / "results.json", results)
+    print(make_table(config, results, out, f"Sign-In — {Path(args.config).stem}"))
+    for p in [*plot_flips(config, results, out), plot_balance(config, results, out)]:
+        if p is not None:
+            print(f"figure: {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
