@@ -34,8 +34,16 @@ class TwoWeights(nn.Module):
         return nn.Dense(self.num_classes, name="head")(h)
 
 
-models.register("test_tinyconv", overwrite=True)(TinyConv)
-models.register("test_twoweights", overwrite=True)(TwoWeights)
+@pytest.fixture(autouse=True, scope="module")
+def _test_models():
+    """Register the tiny test models for this module only (other tests list the registry)."""
+    from signticket.models import registry
+
+    models.register("test_tinyconv", overwrite=True)(TinyConv)
+    models.register("test_twoweights", overwrite=True)(TwoWeights)
+    yield
+    for name in ("test_tinyconv", "test_twoweights"):
+        registry._REGISTRY.pop(name, None)
 
 
 def _dataset(n=64):

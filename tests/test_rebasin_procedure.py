@@ -7,25 +7,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import synthetic_dataset
 from test_rebasin import random_variables
 
 from experiments.configs.permuted_common import base, sgd
-from signticket import data as data_lib
 from signticket import masks, models
 from signticket.checkpoint import Checkpointer
 from signticket.rebasin import apply_permutation, random_perms, spec_for
 from signticket.rebasin import procedure as proc
 
 
-def _dataset(n=64):
-    rs = np.random.RandomState(0)
-    labels = rs.randint(0, 10, n).astype(np.int32)
-    images = (rs.randint(0, 60, (n, 6, 6, 1)) + labels[:, None, None, None] * 19).astype(np.uint8)
-    return data_lib.Dataset(
-        name="synthetic", num_classes=10, image_shape=(6, 6, 1), train_images=images,
-        train_labels=labels, test_images=images[:32], test_labels=labels[:32],
-        preprocess=data_lib.Preprocess(mean=(0.5,), std=(0.25,)),
-    )
+def _dataset():
+    return synthetic_dataset(n=64, n_test=32)
 
 
 def _config(**kw):
@@ -96,7 +89,7 @@ def test_imp_hits_each_target_exactly_with_nested_masks_and_reuses_rounds(dense)
 
 def test_sparse_methods_start_from_the_right_weights_and_masks():
     model = models.get("mlp", 10, widths=(8, 8), batch_norm=True)
-    va, vb = random_variables(model, (1, 6, 6, 1), 1), random_variables(model, (1, 6, 6, 1), 2)
+    va, vb = random_variables(model, (1, 8, 8, 1), 1), random_variables(model, (1, 8, 8, 1), 2)
     a = proc.DenseRun(None, va, {1: va}, {})
     b = proc.DenseRun(None, vb, {1: vb}, {})
     spec = spec_for("mlp", va)

@@ -1,0 +1,154 @@
+"""Permuted lottery-ticket masks (Adnan, Jain, Sharma, Krishnan, Ioannou, ICML 2025): sparse
+training from a new init B with A's IMP mask, unpermuted (naive), aligned by a permutation
+(permuted), or randomly permuted (control), against the lottery ticket itself (LTH).
+
+    python -m experiments.permuted_masks --config experiments/configs/permuted_fmnist_mlp.py \
+        [--config.key=value ...] [--seeds 0 1]
+
+Per seed: dense A and B (same schedule, rewind points after exactly k epochs), IMP on A to each
+target sparsity, matching pi(A_T) ≈ B_T, the dense barriers A–B and A–pi^-1(B) (BN statistics
+re-estimated at every alpha), and the sparse runs of every (sparsity, k, method). Every training
+run is a resumable config-hashed run (see ``signticket.rebasin.procedure``); per-seed results and
+barriers are cached. Writes ``table.md``/``.csv``, ``dense.md``/``.csv`` and ``results.json`` to
+``--out`` (default ``results/permuted_masks/<config name>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from experiments.tables import mean_std, write_table
+from signticket import config as config_lib
+from signticket import lmc
+from signticket.checkpoint import config_hash, write_json_atomic
+from signticket.rebasin import procedure
+from signticket.runs import DEFAULT_RUNS_ROOT, build_model, load_dataset
+
+PAPER_NUMBERS = Path(__file__).parent / "paper_numbers" / "permuted_masks.json"
+LABELS = {"lth": "LTH", "naive": "naive", "permuted": "permuted", "random": "random-perm control"}
+
+
+def make_barrier_fn(config: ConfigDict, dataset, runs_root):
+    """``(a, b, ids) -> barrier dict`` over ``signticket.lmc.barrier_curve``, cached as JSON."""
+    exp = config.experiment
+    model = build_model(config.model, dataset.num_classes)
+
+    def barrier(a, b, ids):
+        settings = {"ids": ids, "points": exp.barrier_points, "bn": exp.bn_batches,
+                    "bs": exp.barrier_batch_size}
+        path = Path(runs_root) / "barriers" / f"pm-{config_hash(settings)}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        curve = lmc.barrier_curve(
+            model, dataset.preprocess, a, b, dataset,
+            alphas=np.linspace(0, 1, exp.barrier_points), bn_batches=exp.bn_batches,
+            batch_size=exp.barrier_batch_size,
+        )
+        out = {"alphas": np.asarray(curve.alphas).tolist(),
+               "error": np.asarray(curve.error).tolist(), "loss": np.asarray(curve.loss).tolist(),
+               "error_barrier": float(lmc.error_barrier(curve)),
+               "loss_barrier": float(lmc.loss_barrier(curve))}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, out)
+        return out
+
+    return barrier
+
+
+def paper_rows(config: ConfigDict) -> dict:
+    key = config.experiment.get("paper_key", "")
+    if not key:
+        return {}
+    return json.loads(PAPER_NUMBERS.read_text()).get(key, {})
+
+
+def make_tables(config: ConfigDict, results: list[dict], out: Path, title: str) -> str:
+    """Sparse table (rows sparsity x k; mean ± std over seeds; paper beside) and dense table."""
+    exp = config.experiment
+    paper = paper_rows(config)
+    methods = list(exp.methods)
+    header = ["sparsity", "k"] + [LABELS[m] for m in methods]
+    if paper:
+        header += [f"paper {LABELS[m]}" for m in ("lth", "naive", "permuted")]
+    header += ["permuted − naive"]
+    rows = []
+    for s in exp.sparsities:
+        for k in config.rewind_epochs:
+            per = [r["sparse"][f"{float(s)}"][f"{int(k)}"] for r in results]
+            row = [f"{float(s):.0%}", str(k)]
+            row += [mean_std([p[m] for p in per], 100) for m in methods]
+            if paper:
+                ref = paper.get(f"{float(s)}/{int(k)}", {})
+                row += [f"{ref[m]:.2f}" if m in ref else "—" for m in ("lth", "naive", "permuted")]
+            if "permuted" in methods and "naive" in methods:
+                row.append(mean_std([p["permuted"] - p["naive"] for p in per], 100))
+            rows.append(row)
+    seeds = [r["seed"] for r in results]
+    notes = (
+        f"Test accuracy (%), mean ± std over seeds {seeds} ({len(seeds)} run(s) per cell). "
+        f"Model {config.model.name} {dict(config.model.kwargs)} on {config.data.name}; dense "
+        f"{config.dense_epochs} epochs ({config.optimizer.name} lr {config.optimizer.learning_rate}"
+        f" {config.optimizer.schedule}); mask: global IMP-{config.imp.mode} "
+        f"({config.imp.fraction:.0%}/round, {config.imp.ft_epochs} epoch(s) at lr "
+        f"{config.imp.ft_optimizer.learning_rate}); sparse runs {config.dense_epochs} − k epochs "
+        f"at lr {config.sparse.optimizer.learning_rate} from the weights after exactly k epochs; "
+        f"{config.matching.method} matching. 'permuted − naive' is paired per seed."
+    )
+    md = write_table(out / "table", header, rows, title=title, notes=notes)
+
+    dense_header = ["dense A", "dense B", "error barrier A–B", "error barrier A–π(B)",
+                    "loss barrier A–B", "loss barrier A–π(B)"]
+    dense_row = [mean_std([r["dense_a"] for r in results], 100),
+                 mean_std([r["dense_b"] for r in results], 100)]
+    for key in ("error_barrier", "loss_barrier"):
+        for which in ("barrier_ab", "barrier_a_pib"):
+            scale = 100 if key == "error_barrier" else 1
+            dense_row.append(mean_std([r[which][key] for r in results], scale,
+                                      2 if key == "error_barrier" else 3))
+    dense_notes = ("Dense test accuracy (%); error barriers in points of test error, loss "
+                   "barriers in nats, along the linear path with BN statistics re-estimated at "
+                   f"each of {exp.barrier_points} alphas.")
+    md += "\n" + write_table(out / "dense", dense_header, [dense_row],
+                             title=f"{title} — dense models", notes=dense_notes)
+    return md
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--seeds", type=int, nargs="*", default=None,
+                        help="run only these seeds (default: config.experiment.seeds); the "
+                             "table uses every seed whose result exists in --out")
+    parser.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
+    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
+    out = Path(args.out or Path("results") / "permuted_masks" / Path(args.config).stem)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(config.data, args.data_dir)
+    barrier_fn = make_barrier_fn(config, dataset, args.runs_root)
+    seeds = list(config.experiment.seeds if args.seeds is None else args.seeds)
+    tag = config_hash(config)
+    for seed in seeds:
+        result = procedure.run_seed(config, dataset, seed, runs_root=args.runs_root,
+                                    progress=not args.no_progress, barrier_fn=barrier_fn)
+        procedure.save_result(out / f"seed{seed}-{tag}.json", result)
+    results = [json.loads(p.read_text()) for p in sorted(out.glob(f"seed*-{tag}.json"))]
+    write_json_atomic(out / "results.json", results)
+    print(make_tables(config, results, out, f"Permuted masks — {Path(args.config).stem}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

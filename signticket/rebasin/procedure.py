@@ -1,0 +1,332 @@
+"""Permuted lottery-ticket masks (Adnan et al., ICML 2025) as a composition of resumable runs.
+
+Dense A (init A) and dense B (init B) share one schedule; their weights after exactly ``k``
+epochs are kept as rewind points. IMP on A gives the mask ``M_A`` (``ft``: prune 20 % of the
+survivors, fine-tune, repeat; ``rewind``: LTH-style, rewind the survivors each round). The
+matching ``pi`` with ``pi(A_T) ≈ B_T`` carries A's mask into B's basin, and four sparse runs
+train for the remaining ``T - k`` epochs:
+
+* ``lth``:      ``A_k * M_A``           (the lottery ticket itself),
+* ``naive``:    ``B_k * M_A``           (the mask on a foreign init),
+* ``permuted``: ``B_k * pi(M_A)``       (the mask aligned to B's basin),
+* ``random``:   ``B_k * rho(M_A)``      (control: a random permutation rho of the same mask).
+
+Every training stage is a :func:`signticket.runs.train_run` in a config-hashed directory whose
+config names everything upstream (seed, parent run, pruning count, ...), so finished stages are
+reused and a killed pipeline resumes. This module imports the training stack; the core of
+:mod:`signticket.rebasin` does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from signticket import data as data_lib
+from signticket.checkpoint import config_hash, run_dir, write_json_atomic
+from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune
+from signticket.rebasin.activation_matching import activation_matching
+from signticket.rebasin.apply import apply_permutation
+from signticket.rebasin.perms import check_perms, invert, random_perms
+from signticket.rebasin.registry import spec_for
+from signticket.rebasin.spec import Perms, PermutationSpec
+from signticket.rebasin.weight_matching import weight_matching
+from signticket.runs import DEFAULT_RUNS_ROOT, build_model, initial_variables, train_run
+from signticket.train import TrainState
+from signticket.tree import PyTree, is_prunable, named_leaves
+
+METHODS = ("lth", "naive", "permuted", "random")
+IMP_MODES = ("ft", "rewind")
+MATCHINGS = ("weight", "activation")
+_TRAIN_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every")
+
+
+def stage_config(config: ConfigDict, stage: str, *, seed: int, optimizer: ConfigDict,
+                 epochs: int, data_seed: int, **extra) -> ConfigDict:
+    """The config of one train run: what :func:`train_run` reads plus everything upstream that
+    shapes it, so its hash names the run uniquely."""
+    c = ConfigDict({k: config[k] for k in _TRAIN_KEYS if k in config})
+    c.seed, c.data_seed, c.epochs, c.stage = seed, data_seed, epochs, stage
+    c.optimizer = ConfigDict(optimizer.to_dict())
+    for k, v in extra.items():
+        c[k] = v
+    return ConfigDict(c.to_dict())
+
+
+def _variables(state: TrainState) -> dict[str, PyTree]:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+# -- dense runs with rewind points ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DenseRun:
+    """A trained dense network and its variables after exactly ``k`` epochs, per rewind ``k``."""
+
+    directory: Path
+    final: dict[str, PyTree]
+    rewind: dict[int, dict[str, PyTree]]
+    summary: dict[str, float]
+
+
+def _rewind_file(directory: Path, epoch: int) -> Path:
+    return directory / f"rewind-e{epoch:03d}.msgpack"
+
+
+def _save_rewind_points(directory: Path, epochs: Sequence[int]):
+    wanted = set(epochs)
+
+    def hook(epoch: int, state: TrainState) -> TrainState:
+        # Called after epoch ``epoch`` (1-based) finished: the state after exactly that many
+        # epochs (the official code stores epoch k + 1 under the name k; we do not).
+        if epoch in wanted:
+            blob = flax.serialization.to_bytes(_variables(state))
+            tmp = _rewind_file(directory, epoch).with_suffix(".tmp")
+            tmp.write_bytes(blob)
+            os.replace(tmp, _rewind_file(directory, epoch))
+        return state
+
+    return hook
+
+
+def dense_run(config: ConfigDict, dataset: data_lib.Dataset, *, seed: int, name: str,
+              runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, progress: bool = True) -> DenseRun:
+    """Dense training from init ``seed`` (data order ``seed``) for ``config.dense_epochs``,
+    keeping the variables after each epoch ``k`` in ``config.rewind_epochs``."""
+    rewinds = sorted({int(k) for k in config.rewind_epochs})
+    if any(k < 0 or k >= config.dense_epochs for k in rewinds):
+        raise ValueError(
+            f"rewind epochs {rewinds} must lie in [0, dense_epochs={config.dense_epochs}): the "
+            "sparse runs train for the remaining dense_epochs - k epochs"
+        )
+    saved = [k for k in rewinds if k > 0]
+    cfg = stage_config(config, "dense", seed=seed, optimizer=config.optimizer,
+                       epochs=config.dense_epochs, data_seed=seed, save_epochs=saved)
+    directory = run_dir(runs_root, cfg, name)
+    res = train_run(cfg, dataset, name=name, runs_root=runs_root,
+                    on_epoch_end=_save_rewind_points(directory, saved), progress=progress)
+    final = _variables(res.state)
+    points = {}
+    for k in rewinds:
+        if k == 0:
+            points[k] = initial_variables(cfg, dataset)
+            continue
+        path = _rewind_file(res.directory, k)
+        if not path.exists():
+            raise ValueError(f"{path} is missing; delete {res.directory} to retrain it")
+        points[k] = flax.serialization.from_bytes(final, path.read_bytes())
+    return DenseRun(res.directory, final, points, res.summary)
+
+
+# -- iterative magnitude pruning to exact target sparsities -------------------------------------
+
+
+def _prunable_counts(mask: PyTree) -> tuple[int, int]:
+    """(pruned, total) entries over the prunable leaves."""
+    leaves = [np.asarray(m) for p, m in named_leaves(mask) if is_prunable(p)]
+    total = sum(m.size for m in leaves)
+    return total - int(sum(m.sum() for m in leaves)), total
+
+
+def _prune_count(params: PyTree, mask: PyTree, n: int) -> PyTree:
+    """Remove exactly ``n`` more of the smallest surviving prunable weights (global)."""
+    pruned, total = _prunable_counts(mask)
+    return magnitude_prune(params, mask, n / (total - pruned), "global")
+
+
+@dataclasses.dataclass
+class ImpResult:
+    """Masks at each target sparsity, and the run directory of the round each was cut from."""
+
+    masks: dict[float, PyTree]
+    sources: dict[float, str]
+    rounds: int
+
+
+def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
+              targets: Sequence[float], *, seed: int,
+              runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, progress: bool = True) -> ImpResult:
+    """Global magnitude IMP on the trained ``dense`` network until every target sparsity.
+
+    Each round prunes ``config.imp.fraction`` of the surviving prunable weights and then
+    trains: ``ft`` fine-tunes the pruned weights for ``imp.ft_epochs`` with ``imp.ft_optimizer``
+    (fresh optimizer each round); ``rewind`` resets the survivors to the dense run's epoch
+    ``imp.rewind_epoch`` and trains the remaining epochs with the dense optimizer. A target is
+    cut exactly (``round(target * prunable)`` pruned) from the round that would pass it, and
+    one chain serves all targets, so the rounds before a target are shared and reused.
+    """
+    imp = config.imp
+    if imp.mode not in IMP_MODES:
+        raise ValueError(f"unknown imp.mode {imp.mode!r}; available: {', '.join(IMP_MODES)}")
+    check_unit_interval("imp.fraction", imp.fraction)
+    for t in targets:
+        check_unit_interval("target sparsity", t)
+    if imp.mode == "rewind" and imp.rewind_epoch not in dense.rewind:
+        raise ValueError(
+            f"imp.rewind_epoch={imp.rewind_epoch} must be one of rewind_epochs "
+            f"{sorted(dense.rewind)}"
+        )
+    params, stats = dense.final["params"], dense.final["batch_stats"]
+    mask = full_mask(params)
+    parent = dense.directory.name
+    pending = sorted(set(float(t) for t in targets))
+    out = ImpResult({}, {}, 0)
+    r = 0
+    while pending:
+        pruned, total = _prunable_counts(mask)
+        step = round(imp.fraction * (total - pruned))
+        for t in list(pending):
+            need = round(t * total) - pruned
+            if need <= step:
+                out.masks[t] = _prune_count(params, mask, need) if need > 0 else mask
+                out.sources[t] = parent
+                pending.remove(t)
+        if not pending:
+            break
+        if step < 1:
+            raise ValueError(f"IMP round {r + 1}: nothing left to prune at {pruned}/{total}")
+        r += 1
+        mask = _prune_count(params, mask, step)
+        if imp.mode == "ft":
+            start, start_stats = apply_mask(params, mask), stats
+            optimizer, epochs = imp.ft_optimizer, imp.ft_epochs
+        else:
+            rewind = dense.rewind[imp.rewind_epoch]
+            start, start_stats = apply_mask(rewind["params"], mask), rewind["batch_stats"]
+            optimizer, epochs = config.optimizer, config.dense_epochs - imp.rewind_epoch
+        cfg = stage_config(config, f"imp_{imp.mode}", seed=seed, optimizer=optimizer,
+                           epochs=epochs, data_seed=seed + r, parent=parent, round=r,
+                           pruned=pruned + step)
+        name = f"pm-imp-{imp.mode}-r{r:02d}"
+        res = train_run(cfg, dataset, name=name, runs_root=runs_root, init_params=start,
+                        init_batch_stats=start_stats, mask=mask, progress=progress)
+        params, stats, parent = res.state.params, res.state.batch_stats, res.directory.name
+    out.rounds = r
+    return out
+
+
+# -- matching -----------------------------------------------------------------------------------
+
+
+def _matching_batches(config: ConfigDict, dataset: data_lib.Dataset, seed: int):
+    m = config.matching
+    idx = np.random.RandomState(seed).permutation(dataset.num_train)
+    idx = idx[: m.batches * m.batch_size]
+    for i in range(0, len(idx), m.batch_size):
+        yield dataset.preprocess(jnp.asarray(dataset.train_images[idx[i : i + m.batch_size]]),
+                                 None, False)
+
+
+def match(config: ConfigDict, dataset: data_lib.Dataset, spec: PermutationSpec,
+          reference: DenseRun, moving: DenseRun, *, seed: int,
+          runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT) -> tuple[Perms, dict]:
+    """``pi`` with ``pi(moving) ≈ reference`` by ``config.matching.method``; cached on disk
+    under ``<runs_root>/perms`` by the two runs and the matching settings."""
+    m = config.matching
+    if m.method not in MATCHINGS:
+        raise ValueError(f"unknown matching {m.method!r}; available: {', '.join(MATCHINGS)}")
+    ident = {"reference": reference.directory.name, "moving": moving.directory.name,
+             "matching": m.to_dict(), "seed": seed}
+    path = Path(runs_root) / "perms" / f"{m.method}-{config_hash(ident)}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            info = json.loads(str(f["__info__"]))
+            perms = {p: jnp.asarray(f[p], jnp.int32) for p in f.files if p != "__info__"}
+        check_perms(spec, perms)  # a stale cache of another spec fails loudly
+        return perms, info
+    start = time.perf_counter()
+    if m.method == "weight":
+        perms = weight_matching(jax.random.PRNGKey(seed), spec, reference.final["params"],
+                                moving.final["params"], max_iter=m.max_iter)
+    else:
+        model = build_model(config.model, dataset.num_classes)
+        perms = activation_matching(spec, model, reference.final, moving.final,
+                                    _matching_batches(config, dataset, seed))
+    info = {"method": m.method, "seconds": time.perf_counter() - start,
+            "moved_units": {p: int(np.sum(np.asarray(v) != np.arange(v.size)))
+                            for p, v in perms.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, __info__=json.dumps(info), **{p: np.asarray(v) for p, v in perms.items()})
+    os.replace(tmp, path)
+    return perms, info
+
+
+# -- the sparse runs -----------------------------------------------------------------------------
+
+
+def sparse_init(method: str, a: DenseRun, b: DenseRun, k: int, mask: PyTree, pi: Perms,
+                rho: Perms, spec: PermutationSpec) -> tuple[PyTree, PyTree, PyTree]:
+    """``(params, batch_stats, mask)`` a sparse run of ``method`` starts from at rewind ``k``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    source = a.rewind[k] if method == "lth" else b.rewind[k]
+    if method == "permuted":
+        mask = apply_permutation(spec, pi, mask)
+    elif method == "random":
+        mask = apply_permutation(spec, rho, mask)
+    return apply_mask(source["params"], mask), source["batch_stats"], mask
+
+
+def run_seed(config: ConfigDict, dataset: data_lib.Dataset, seed: int, *,
+             runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, progress: bool = True,
+             barrier_fn=None) -> dict:
+    """The whole procedure for one seed; returns test accuracies of every sparse run, dense
+    accuracies, matching info and (with ``barrier_fn(a_vars, b_vars, ids) -> dict``) the dense
+    barriers A–B and A–pi^-1(B)."""
+    exp = config.experiment
+    a = dense_run(config, dataset, seed=seed, name="pm-dense", runs_root=runs_root,
+                  progress=progress)
+    b = dense_run(config, dataset, seed=seed + exp.seed_b_offset, name="pm-dense",
+                  runs_root=runs_root, progress=progress)
+    spec = spec_for(config.model.name, a.final)
+    imp = imp_masks(config, dataset, a, exp.sparsities, seed=seed, runs_root=runs_root,
+                    progress=progress)
+    pi, info = match(config, dataset, spec, reference=b, moving=a, seed=seed, runs_root=runs_root)
+    rho = random_perms(jax.random.PRNGKey(seed + exp.control_seed_offset), spec)
+    result = {"seed": seed, "dense_a": a.summary["test_accuracy"],
+              "dense_b": b.summary["test_accuracy"], "imp_rounds": imp.rounds,
+              "matching": info, "sparse": {}}
+    if barrier_fn is not None:
+        b_in_a = {c: apply_permutation(spec, invert(pi), t) for c, t in b.final.items()}
+        ids = [a.directory.name, b.directory.name]
+        result["barrier_ab"] = barrier_fn(a.final, b.final, ids)
+        result["barrier_a_pib"] = barrier_fn(a.final, b_in_a, [*ids, config_hash(info)])
+    for s in exp.sparsities:
+        s = float(s)
+        for k in config.rewind_epochs:
+            k = int(k)
+            for method in exp.methods:
+                params, stats, mask = sparse_init(method, a, b, k, imp.masks[s], pi, rho, spec)
+                cfg = stage_config(
+                    config, "sparse", seed=seed, optimizer=config.sparse.optimizer,
+                    epochs=config.dense_epochs - k, data_seed=seed, method=method,
+                    sparsity=s, rewind=k, mask_from=imp.sources[s],
+                    init_from=(a if method == "lth" else b).directory.name,
+                    matching=config.matching.to_dict() if method == "permuted" else "none",
+                    control_seed=seed + exp.control_seed_offset if method == "random" else -1,
+                )
+                res = train_run(cfg, dataset, name=f"pm-sparse-{method}", runs_root=runs_root,
+                                init_params=params, init_batch_stats=stats, mask=mask,
+                                progress=progress)
+                result["sparse"].setdefault(f"{s}", {}).setdefault(f"{k}", {})[method] = (
+                    res.summary["test_accuracy"]
+                )
+    return result
+
+
+def save_result(path: Path, result: dict) -> None:
+    """Atomic JSON write of one seed's result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, result)
