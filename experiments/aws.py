@@ -13,7 +13,6 @@ run is a resumable config-hashed run; barriers are cached. Writes ``table.md``/`
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,14 +21,12 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from experiments.cli_common import experiment_parser, parse
 from experiments.tables import mean_std, write_table
-from signticket import config as config_lib
 from signticket import lmc, lottery
 from signticket.checkpoint import config_hash, write_json_atomic
 from signticket.runs import (
-    DEFAULT_RUNS_ROOT,
     build_model,
-    enable_compilation_cache,
     initial_variables,
     load_dataset,
 )
@@ -181,18 +178,8 @@ def plot_curves(results: list[dict], out: Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default=None, help="default: results/aws/<config name>")
-    parser.add_argument("--no-progress", action="store_true")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
-    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
-    enable_compilation_cache()
-    config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
+    parser = experiment_parser(__doc__, "default: results/aws/<config name>")
+    args, config = parse(parser, argv)
     out = Path(args.out or Path("results") / "aws" / Path(args.config).stem)
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(config.data, args.data_dir)

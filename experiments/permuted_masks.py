@@ -15,7 +15,6 @@ barriers are cached. Writes ``table.md``/``.csv``, ``dense.md``/``.csv`` and ``r
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,12 +22,12 @@ from pathlib import Path
 import numpy as np
 from ml_collections import ConfigDict
 
+from experiments.cli_common import experiment_parser, parse
 from experiments.tables import mean_std, write_table
-from signticket import config as config_lib
 from signticket import lmc
 from signticket.checkpoint import config_hash, write_json_atomic
 from signticket.rebasin import procedure
-from signticket.runs import DEFAULT_RUNS_ROOT, build_model, load_dataset
+from signticket.runs import build_model, load_dataset
 
 PAPER_NUMBERS = Path(__file__).parent / "paper_numbers" / "permuted_masks.json"
 LABELS = {"lth": "LTH", "naive": "naive", "permuted": "permuted", "random": "random-perm control"}
@@ -120,20 +119,11 @@ def make_tables(config: ConfigDict, results: list[dict], out: Path, title: str) 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
+    parser = experiment_parser(__doc__, "default: results/permuted_masks/<config name>")
     parser.add_argument("--seeds", type=int, nargs="*", default=None,
                         help="run only these seeds (default: config.experiment.seeds); the "
                              "table uses every seed whose result exists in --out")
-    parser.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--no-progress", action="store_true")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
-    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
-    config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
+    args, config = parse(parser, argv)
     out = Path(args.out or Path("results") / "permuted_masks" / Path(args.config).stem)
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(config.data, args.data_dir)

@@ -15,7 +15,6 @@ plots to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,15 +25,14 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
+from experiments.cli_common import experiment_parser, parse
 from experiments.tables import mean_std, write_table
-from signticket import config as config_lib
 from signticket import data as data_lib
 from signticket.checkpoint import run_dir, write_json_atomic
 from signticket.curvature import top_hessian_eigenvalue
 from signticket.optim import get_mask, sign_in
 from signticket.rigl import dense_grad_fn, rigl_hook
 from signticket.runs import (
-    DEFAULT_RUNS_ROOT,
     build_model,
     build_optimizer,
     initial_variables,
@@ -374,17 +372,8 @@ def _layer_order(per_layer: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default=None, help="default: results/sign_in/<config name>")
-    parser.add_argument("--no-progress", action="store_true")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
-    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
-    config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
+    parser = experiment_parser(__doc__, "default: results/sign_in/<config name>")
+    args, config = parse(parser, argv)
     for arm in config.experiment.arms:
         if arm not in ARMS:
             raise SystemExit(f"unknown arm {arm!r} in experiment.arms; available: {list(ARMS)}")
