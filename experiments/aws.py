@@ -122,7 +122,8 @@ BARRIERS = [("(i) norm path", "barrier_norm"), ("(ii) ST vs retrain", "barrier_s
 
 def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -> str:
     header = ["remaining"] + [c[0] for c in COLUMNS] + [
-        f"{m.upper()} barrier {b}" for b, _ in BARRIERS for m in METHODS]
+        f"{m.upper()} barrier {b}" for b, _ in BARRIERS for m in METHODS] + [
+        f"{m.upper()} err(ψ_init) − err(ψ)" for m in METHODS]
     rows = []
     for k in config.experiment.final_rounds:
         per = [r["rounds"][str(k)] for r in results]
@@ -139,12 +140,17 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
         for _, key in BARRIERS:
             for m in METHODS:
                 row.append(mean_std([p[m][key]["error_barrier"] for p in per], 100))
+        for m in METHODS:  # the norm path is often monotone: its barrier misses the damage
+            row.append(mean_std([p[m]["barrier_norm"]["error"][-1]
+                                 - p[m]["barrier_norm"]["error"][0] for p in per], 100))
         rows.append(row)
     notes = (f"Test accuracy (%) and error barriers (points of test error), mean ± std over "
              f"seeds {list(config.experiment.seeds)} (sign transfer: both fresh inits of every "
              f"seed). Pruning stage: {config.imp.mode}, {config.imp.rounds} rounds x "
              f"{config.imp.epochs_per_round} epochs after {config.imp.warmup_epochs} warm-up; "
-             f"final runs {config.final.epochs} epochs ({config.final.optimizer.schedule}).")
+             f"final runs {config.final.epochs} epochs ({config.final.optimizer.schedule}). "
+             f"Last columns: test-error rise when the norm params go back to init (end of "
+             f"path (i)), in points.")
     return write_table(out / "table", header, rows, title=title, notes=notes)
 
 
@@ -179,13 +185,18 @@ def plot_curves(results: list[dict], out: Path) -> list[Path]:
 
 def main(argv=None) -> int:
     parser = experiment_parser(__doc__, "default: results/aws/<config name>")
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite the table and figures from <out>/results.json")
     args, config = parse(parser, argv)
     out = Path(args.out or Path("results") / "aws" / Path(args.config).stem)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(config.data, args.data_dir)
-    results = [run_seed(config, seed, dataset, args.runs_root, not args.no_progress)
-               for seed in config.experiment.seeds]
-    write_json_atomic(out / "results.json", results)
+    if args.table_only:
+        results = json.loads((out / "results.json").read_text())
+    else:
+        dataset = load_dataset(config.data, args.data_dir)
+        results = [run_seed(config, seed, dataset, args.runs_root, not args.no_progress)
+                   for seed in config.experiment.seeds]
+        write_json_atomic(out / "results.json", results)
     print(make_table(config, results, out, f"AWS — {Path(args.config).stem}"))
     for p in plot_curves(results, out):
         print(f"figure: {p}")
