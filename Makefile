@@ -8,7 +8,7 @@ setup:
 	bash scripts/setup.sh
 
 quickstart: setup
-	$(PYTHON) -m signticket.cli train
+	$(PYTHON) -m signticket.cli quickstart
 
 test: setup
 	$(PYTHON) -m ruff check signticket tests bench experiments

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments.cli_common import experiment_parser, parse
+from experiments.cli_common import experiment_main
 from experiments.tables import mean_std, write_table
 from signticket import lmc, lottery
 from signticket.checkpoint import config_hash, write_json_atomic
@@ -32,6 +32,8 @@ from signticket.runs import (
 )
 from signticket.tree import is_norm, select
 
+NAME = "aws"
+TITLE = "AWS"
 METHODS = ("lrr", "aws")
 
 
@@ -79,6 +81,12 @@ def run_seed(config: ConfigDict, seed: int, dataset, runs_root, progress: bool) 
         cfg = _seeded(config, seed, method)
         rounds = lottery.imp(cfg, dataset, runs_root=runs_root, progress=progress)
         psi_init = initial_variables(cfg, dataset)["params"]
+        # Round r trains under round r - 1's mask, then prunes: its accuracy belongs to the
+        # density it was trained at.
+        trained_at = [1.0] + [r.remaining for r in rounds[:-1]]
+        result.setdefault("imp_curve", {})[method] = [
+            {"round": r.index, "remaining": f, "accuracy": r.summary["test_accuracy"]}
+            for r, f in zip(rounds, trained_at, strict=True)]
         for k in exp.final_rounds:
             src = rounds[k]
             kw = dict(runs_root=runs_root, progress=progress)
@@ -183,24 +191,61 @@ def plot_curves(results: list[dict], out: Path) -> list[Path]:
     return paths
 
 
+def training_epochs(config: ConfigDict) -> float:
+    """Epochs of training the whole experiment runs (for cost estimates)."""
+    imp, exp = config.imp, config.experiment
+    pruning = len(METHODS) * (imp.warmup_epochs + imp.rounds * imp.epochs_per_round)
+    finals = 1 + len(METHODS) * len(exp.final_rounds) * (2 + len(exp.transfer_seeds))
+    return len(exp.seeds) * (pruning + finals * config.final.epochs)
+
+
+def run(config: ConfigDict, args, out: Path) -> list[dict]:
+    dataset = load_dataset(config.data, args.data_dir)
+    return [run_seed(config, seed, dataset, args.runs_root, not args.no_progress)
+            for seed in config.experiment.seeds]
+
+
+def report(config: ConfigDict, results: list[dict], out: Path, title: str
+           ) -> tuple[str, list[Path]]:
+    figures = plot_curves(results, out)
+    if all("imp_curve" in r for r in results):
+        figures.append(plot_imp_curve(results, out))
+    return make_table(config, results, out, title), figures
+
+
+def plot_imp_curve(results: list[dict], out: Path) -> Path:
+    """Test accuracy of the pruned-stage network after every IMP round vs remaining weights."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for m, color in zip(METHODS, ("tab:blue", "tab:red"), strict=True):
+        for i, r in enumerate(results):
+            pts = r["imp_curve"][m]
+            ax.plot([p["remaining"] * 100 for p in pts], [p["accuracy"] * 100 for p in pts],
+                    "o-", ms=3, color=color, alpha=0.8, label=m.upper() if i == 0 else None)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    lowest = min(p["remaining"] for r in results for c in r["imp_curve"].values() for p in c)
+    ax.set_xticks([t for t in (100, 50, 20, 10, 5, 2, 1) if t >= 90 * lowest])
+    ax.invert_xaxis()
+    ax.set_xlabel("remaining weights (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("IMP: accuracy at the end of each round")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "imp_rounds.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
-    parser = experiment_parser(__doc__, "default: results/aws/<config name>")
-    parser.add_argument("--table-only", action="store_true",
-                        help="rewrite the table and figures from <out>/results.json")
-    args, config = parse(parser, argv)
-    out = Path(args.out or Path("results") / "aws" / Path(args.config).stem)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.table_only:
-        results = json.loads((out / "results.json").read_text())
-    else:
-        dataset = load_dataset(config.data, args.data_dir)
-        results = [run_seed(config, seed, dataset, args.runs_root, not args.no_progress)
-                   for seed in config.experiment.seeds]
-        write_json_atomic(out / "results.json", results)
-    print(make_table(config, results, out, f"AWS — {Path(args.config).stem}"))
-    for p in plot_curves(results, out):
-        print(f"figure: {p}")
-    return 0
+    return experiment_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,14 @@ barriers are cached. Writes ``table.md``/``.csv``, ``dense.md``/``.csv`` and ``r
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 from ml_collections import ConfigDict
 
-from experiments.cli_common import experiment_parser, parse
+from experiments.cli_common import experiment_main
 from experiments.tables import mean_std, write_table
 from signticket import lmc
 from signticket.checkpoint import config_hash, write_json_atomic
@@ -30,6 +31,8 @@ from signticket.rebasin import procedure
 from signticket.runs import build_model, load_dataset
 
 PAPER_NUMBERS = Path(__file__).parent / "paper_numbers" / "permuted_masks.json"
+NAME = "permuted_masks"
+TITLE = "Permuted masks"
 LABELS = {"lth": "LTH", "naive": "naive", "permuted": "permuted", "random": "random-perm control"}
 
 
@@ -75,6 +78,7 @@ def make_tables(config: ConfigDict, results: list[dict], out: Path, title: str) 
     header = ["sparsity", "k"] + [LABELS[m] for m in methods]
     if paper:
         header += [f"paper {LABELS[m]}" for m in ("lth", "naive", "permuted")]
+        header += ["ours − paper (LTH / naive / permuted)"]
     header += ["permuted − naive"]
     rows = []
     for s in exp.sparsities:
@@ -85,6 +89,9 @@ def make_tables(config: ConfigDict, results: list[dict], out: Path, title: str) 
             if paper:
                 ref = paper.get(f"{float(s)}/{int(k)}", {})
                 row += [f"{ref[m]:.2f}" if m in ref else "—" for m in ("lth", "naive", "permuted")]
+                row.append(" / ".join(
+                    f"{100 * np.mean([p[m] for p in per]) - ref[m]:+.2f}"
+                    if m in ref and m in methods else "—" for m in ("lth", "naive", "permuted")))
             if "permuted" in methods and "naive" in methods:
                 row.append(mean_std([p["permuted"] - p["naive"] for p in per], 100))
             rows.append(row)
@@ -118,14 +125,17 @@ def make_tables(config: ConfigDict, results: list[dict], out: Path, title: str) 
     return md
 
 
-def main(argv=None) -> int:
-    parser = experiment_parser(__doc__, "default: results/permuted_masks/<config name>")
-    parser.add_argument("--seeds", type=int, nargs="*", default=None,
-                        help="run only these seeds (default: config.experiment.seeds); the "
-                             "table uses every seed whose result exists in --out")
-    args, config = parse(parser, argv)
-    out = Path(args.out or Path("results") / "permuted_masks" / Path(args.config).stem)
-    out.mkdir(parents=True, exist_ok=True)
+def training_epochs(config: ConfigDict) -> float:
+    """Epochs of training the whole experiment runs (for cost estimates)."""
+    exp = config.experiment
+    rounds = math.ceil(math.log(1 - max(exp.sparsities)) / math.log(1 - config.imp.fraction))
+    pruning = rounds * (config.imp.ft_epochs if config.imp.mode == "ft" else config.dense_epochs)
+    sparse = sum(len(exp.methods) * (config.dense_epochs - k)
+                 for k in config.rewind_epochs) * len(exp.sparsities)
+    return len(exp.seeds) * (2 * config.dense_epochs + pruning + sparse)
+
+
+def run(config: ConfigDict, args, out: Path) -> list[dict]:
     dataset = load_dataset(config.data, args.data_dir)
     barrier_fn = make_barrier_fn(config, dataset, args.runs_root)
     seeds = list(config.experiment.seeds if args.seeds is None else args.seeds)
@@ -134,10 +144,47 @@ def main(argv=None) -> int:
         result = procedure.run_seed(config, dataset, seed, runs_root=args.runs_root,
                                     progress=not args.no_progress, barrier_fn=barrier_fn)
         procedure.save_result(out / f"seed{seed}-{tag}.json", result)
-    results = [json.loads(p.read_text()) for p in sorted(out.glob(f"seed*-{tag}.json"))]
-    write_json_atomic(out / "results.json", results)
-    print(make_tables(config, results, out, f"Permuted masks — {Path(args.config).stem}"))
-    return 0
+    return [json.loads(p.read_text()) for p in sorted(out.glob(f"seed*-{tag}.json"))]
+
+
+def report(config: ConfigDict, results: list[dict], out: Path, title: str
+           ) -> tuple[str, list[Path]]:
+    return make_tables(config, results, out, title), [plot_barriers(results, out)]
+
+
+def plot_barriers(results: list[dict], out: Path) -> Path:
+    """Test error along the dense paths A–B and A–π(B) (one line per seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for key, label, color in (("barrier_ab", "A–B (naive)", "tab:gray"),
+                              ("barrier_a_pib", "A–π(B) (permuted)", "tab:green")):
+        for i, r in enumerate(results):
+            c = r[key]
+            ax.plot(c["alphas"], 100 * np.asarray(c["error"]), color=color, alpha=0.8,
+                    label=label if i == 0 else None)
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("test error (%)")
+    ax.set_title("Dense interpolation, BN re-estimated")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "barriers_dense.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _add_arguments(parser) -> None:
+    parser.add_argument("--seeds", type=int, nargs="*", default=None,
+                        help="run only these seeds (default: config.experiment.seeds); the "
+                             "table uses every seed whose result exists in --out")
+
+
+def main(argv=None) -> int:
+    return experiment_main(sys.modules[__name__], argv, _add_arguments)
 
 
 if __name__ == "__main__":

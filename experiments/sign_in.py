@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
-from experiments.cli_common import experiment_parser, parse
+from experiments.cli_common import experiment_main
 from experiments.tables import mean_std, write_table
 from signticket import data as data_lib
 from signticket.checkpoint import run_dir, write_json_atomic
@@ -44,6 +44,9 @@ from signticket.sign_metrics import balance_per_layer, cumulative_flips, flip_tr
 from signticket.signs import sign_flips
 from signticket.train import Engine, cross_entropy
 from signticket.tree import PyTree, is_kernel, is_prunable, named_leaves
+
+NAME = "sign_in"
+TITLE = "Sign-In"
 
 #: What each arm changes in ``config.method``.
 ARMS: dict[str, dict] = {
@@ -256,7 +259,7 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
     header = ["sparsity", "arm", "test acc (%)", "Δ vs random (paired)", "flips vs init (%)",
               "cum. flips / weight", "m²-w² (epoch avg)", "λ_max(H)"]
     if paper:
-        header.append("paper acc (%)")
+        header += ["paper acc (%)", "ours − paper"]
     rows = []
     for s in exp.sparsities:
         base = {r["seed"]: r["test_accuracy"] for r in results
@@ -274,8 +277,9 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
                              for r in rs if r["records"] and "balance" in r["records"][0]], 1, 3),
                    mean_std([r["hessian_top"] for r in rs], 1, 1)]
             if paper:
-                row.append(f"{paper[arm][_pct(s)]:.2f}" if _pct(s) in paper.get(arm, {})
-                           else "—")
+                ref = paper.get(arm, {}).get(_pct(s))
+                row += ["—", "—"] if ref is None or not acc else [
+                    f"{ref:.2f}", f"{100 * np.mean(acc) - ref:+.2f}"]
             rows.append(row)
     m = config.method
     notes = (f"{exp.note + '. ' if exp.note else ''}{config.model.name} on {config.data.name} "
@@ -371,9 +375,13 @@ def _layer_order(per_layer: dict) -> list[str]:
     return first + sorted(n for n in per_layer if n not in first + last) + last
 
 
-def main(argv=None) -> int:
-    parser = experiment_parser(__doc__, "default: results/sign_in/<config name>")
-    args, config = parse(parser, argv)
+def training_epochs(config: ConfigDict) -> float:
+    """Epochs of training the whole experiment runs (for cost estimates)."""
+    exp = config.experiment
+    return len(exp.seeds) * len(exp.sparsities) * len(exp.arms) * config.epochs
+
+
+def run(config: ConfigDict, args, out: Path) -> list[dict]:
     for arm in config.experiment.arms:
         if arm not in ARMS:
             raise SystemExit(f"unknown arm {arm!r} in experiment.arms; available: {list(ARMS)}")
@@ -383,24 +391,27 @@ def main(argv=None) -> int:
         jax.config.update("jax_compilation_cache_dir",
                           str(Path(args.runs_root).absolute() / ".jax_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    out = Path(args.out or Path("results") / "sign_in" / Path(args.config).stem)
-    out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(config.data, args.data_dir)
     results = []
     for seed in config.experiment.seeds:
         for s in config.experiment.sparsities:
             for arm in config.experiment.arms:
-                results.append(run_arm(config, arm, seed, s, dataset, args.runs_root,
-                                       not args.no_progress))
-                r = results[-1]
-                print(f"seed {seed} sparsity {s} {arm}: acc {r['test_accuracy']:.4f} "
-                      f"lambda_max {r['hessian_top']:.2f}", flush=True)
-    write_json_atomic(out / "results.json", results)
-    print(make_table(config, results, out, f"Sign-In — {Path(args.config).stem}"))
-    for p in [*plot_flips(config, results, out), plot_balance(config, results, out)]:
-        if p is not None:
-            print(f"figure: {p}")
-    return 0
+                r = run_arm(config, arm, seed, s, dataset, args.runs_root, not args.no_progress)
+                results.append(r)
+                if args.no_progress:
+                    print(f"seed {seed} sparsity {s} {arm}: acc {r['test_accuracy']:.4f} "
+                          f"lambda_max {r['hessian_top']:.2f}", flush=True)
+    return results
+
+
+def report(config: ConfigDict, results: list[dict], out: Path, title: str
+           ) -> tuple[str, list[Path]]:
+    figures = [*plot_flips(config, results, out), plot_balance(config, results, out)]
+    return make_table(config, results, out, title), [p for p in figures if p is not None]
+
+
+def main(argv=None) -> int:
+    return experiment_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

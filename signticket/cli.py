@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -36,6 +37,62 @@ def _cmd_train(args, overrides) -> int:
     return 0
 
 
+def _suite():
+    # experiments/ holds the configs and table writers; it ships beside the package.
+    from experiments import suite
+
+    return suite
+
+
+def _cmd_list(args, overrides) -> int:
+    print(_suite().list_tables())
+    return 0
+
+
+def _cmd_reproduce(args, overrides) -> int:
+    suite = _suite()
+    markdown, figures = suite.reproduce(
+        args.table, args.scale, overrides, results=args.results, runs_root=args.runs_root,
+        data_dir=args.data_dir, progress=not args.no_progress)
+    print(markdown)
+    for path in figures:
+        print(f"figure: {path}")
+    return 0
+
+
+def _cmd_tables(args, overrides) -> int:
+    from pathlib import Path
+
+    sections, problems = _suite().regenerate_tables(Path(args.results))
+    print("\n".join(sections))
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    if not sections:
+        print(f"signticket tables: no finished results under {args.results}", file=sys.stderr)
+        return 1
+    print(f"index: {Path(args.results) / 'README.md'}")
+    return 0
+
+
+def _cmd_quickstart(args, overrides) -> int:
+    from pathlib import Path
+
+    if overrides:
+        raise ValueError("quickstart takes no --config overrides; use `signticket reproduce`")
+    done = _suite().quickstart(results=Path(args.results), runs_root=args.runs_root,
+                               data_dir=args.data_dir, progress=not args.no_progress)
+    print("\n=== quickstart: the three tables ===")
+    for _, markdown, _ in done:
+        print(markdown)
+    print("figures:")
+    for _, _, figures in done:
+        for path in figures:
+            print(f"  {path}")
+    print("Regenerate the tables from disk with `signticket tables "
+          f"--results {args.results}`; re-running resumes and reuses finished runs.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="signticket", description="Sign-aware lottery tickets in JAX."
@@ -48,7 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", help="Python file with get_config() (default: built-in)")
     train.set_defaults(func=_cmd_train)
-    for p in (train,):
+    quick = sub.add_parser(
+        "quickstart", help="the three papers at reduced CPU scale on offline Fashion-MNIST",
+        description="AWS, permuted masks and Sign-In, reduced to ~15 minutes on 2 CPU cores; "
+                    "prints three tables. Killed runs resume; finished runs are reused.")
+    quick.set_defaults(func=_cmd_quickstart, results="results/quickstart")
+    reproduce = sub.add_parser(
+        "reproduce", help="run one paper table (see `signticket list`)",
+        description="Run a paper table's whole pipeline (resumable); --config.key=value "
+                    "overrides its config.")
+    reproduce.add_argument("table", help="table name (see `signticket list`)")
+    reproduce.add_argument("--scale", choices=("paper", "cpu"), default="paper",
+                           help="paper hyperparameters, or the offline Fashion-MNIST variant")
+    reproduce.set_defaults(func=_cmd_reproduce, results="results")
+    tables = sub.add_parser("tables", help="regenerate every table and figure from disk",
+                            description="Rewrite tables, figures and results/README.md from "
+                                        "finished results; trains nothing.")
+    tables.set_defaults(func=_cmd_tables, results="results")
+    listing = sub.add_parser("list", help="the paper tables and their estimated cost")
+    listing.set_defaults(func=_cmd_list)
+    for p in (quick, reproduce, tables):
+        p.add_argument("--results", default=p.get_default("results"),
+                       help="where result tables and figures go")
+    for p in (train, quick, reproduce, tables):
         p.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT, help="where run dirs live")
         p.add_argument("--data-dir", default=None, help="TFDS data dir (default: env or ~)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -68,8 +147,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     try:
         return args.func(args, overrides)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"signticket {args.command}: error: no space left on the device writing "
+              f"{e.filename or 'a checkpoint'}; free some space and re-run (finished runs and "
+              f"the last checkpoint are kept)", file=sys.stderr)
+        return 2
     except (
         ConfigError,
+        FileNotFoundError,
         DatasetUnavailableError,
         CheckpointError,
         NonFiniteLossError,
