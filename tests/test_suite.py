@@ -66,7 +66,7 @@ def test_rerun_reuses_every_finished_run(quick):
 
 
 def test_tables_regenerates_from_disk_and_skips_half_written_runs(quick, capsys):
-    root, _, first = quick
+    root, _, _ = quick
     results = root / "results"
     for p in results.rglob("table.md"):
         p.unlink()
