@@ -14,5 +14,6 @@ test: setup
 	$(PYTHON) -m ruff check signticket tests bench experiments
 	$(PYTHON) -m pytest -q -n 2 --durations=15
 
+# One table + bench/results/suite.json; PyTorch baselines need the extra: pip install -e ".[bench]"
 bench: setup
-	$(PYTHON) -m bench.train_step
+	$(PYTHON) -m bench.suite

@@ -167,9 +167,11 @@ def barrier_curve(
 
     At each alpha, BN statistics are re-estimated from ``bn_batches`` training batches of
     ``batch_size`` (a fixed random subset, no augmentation), unless ``reestimate_bn=False``
-    (then the interpolated statistics are used). One vmapped program over alpha;
-    ``alpha_chunk`` alphas are evaluated at once (default: all). ``loop=True`` runs the same
-    program one alpha at a time (the reference the benchmark compares against).
+    (then the interpolated statistics are used). One compiled program over every alpha, which
+    evaluates ``alpha_chunk`` alphas at once (vmapped). Default: all of them on GPU/TPU, one at
+    a time on CPU, where vmapping over weights turns convolutions into grouped convolutions that
+    XLA's CPU backend runs ~20 % slower than a sequence of plain ones (``python -m bench.suite``).
+    ``loop=True`` runs one program call per alpha (the reference the benchmark compares with).
     """
     alphas = check_alphas(np.linspace(0, 1, 11) if alphas is None else alphas)
     data = _prepare(
@@ -190,7 +192,9 @@ def barrier_curve(
         error = jnp.concatenate([p[0] for p in points])
         loss = jnp.concatenate([p[1] for p in points])
     else:
-        fn = _curve_fn(model, preprocess, reestimate_bn, alpha_chunk or len(alphas))
+        if alpha_chunk is None:
+            alpha_chunk = 1 if jax.default_backend() == "cpu" else len(alphas)
+        fn = _curve_fn(model, preprocess, reestimate_bn, alpha_chunk)
         error, loss = fn(a, b, alphas, *data)
     return BarrierCurve(alphas, error, loss)
 

@@ -2,7 +2,9 @@
 
 import json
 
-from bench import train_step
+import pytest
+
+from bench import suite, torch_models, train_step
 
 
 def test_train_step_bench_runs(tmp_path):
@@ -10,3 +12,56 @@ def test_train_step_bench_runs(tmp_path):
     result = train_step.main(["--tiny", "--model", "convnet", "--image-shape", "28,28,1",
                               "--sparsity", "0.5", "--out", str(out)])
     assert result["img_per_s_median"] > 0 and json.loads(out.read_text())["model"] == "convnet"
+
+
+# Rows every full --tiny run must produce, with a positive signticket figure.
+EXPECTED_ROWS = [
+    "train_resnet20", "train_resnet20_compile", "train_convnet", "train_convnet_compile",
+    "train_vgg11", "train_vgg11_compile", "xla_flag", "xla_flag_compile", "barrier",
+    "barrier_first_call", "matching", "matching_first_call", "matching_objective", "seeds_2",
+    "sign_in_step", "sign_in_bytes", "imp_round1", "imp_round2",
+    *(f"imp_round{r}_{p}" for r in (1, 2) for p in ("training", "evaluation", "checkpointing",
+                                                    "pruning")),
+]
+# Rows compared with a baseline (the train-step rows' baseline is PyTorch).
+TORCH_ROWS = {"train_resnet20", "train_convnet", "train_vgg11"}
+BASELINE_ROWS = {"xla_flag", "xla_flag_compile", "barrier", "barrier_first_call", "matching",
+                 "matching_first_call", "matching_objective", "seeds_2", "sign_in_step",
+                 "sign_in_bytes"}
+
+
+def test_suite_tiny_runs_every_row(tmp_path):
+    out = tmp_path / "suite.json"
+    result = suite.main(["--tiny", "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written["errors"] == {}, written["errors"]
+    rows = {r["key"]: r for r in written["rows"]}
+    assert sorted(rows) == sorted(EXPECTED_ROWS)
+    for key, row in rows.items():
+        assert row["signticket"] is not None and row["signticket"] > 0, row
+        if key in BASELINE_ROWS:
+            assert row["baseline"] > 0 and row["ratio"] > 0, row
+    has_torch = torch_models.torch_available()
+    for key in TORCH_ROWS:
+        if has_torch:
+            assert rows[key]["baseline"] > 0 and rows[key]["ratio"] > 0, rows[key]
+        else:
+            assert rows[key]["baseline"] == torch_models.TORCH_MISSING
+    machine = written["machine"]
+    assert machine["cpu_count"] >= 1 and machine["backend"] and machine["jax"]
+    assert isinstance(machine["ynn_fusion_flag"], bool)
+    # The flag row's child ran without the YNNPACK flag, whatever this process runs with.
+    assert written["details"]["xla_flag"]["off"]["ynn_fusion_flag"] is False
+    assert result["rows"] == written["rows"]
+
+
+def test_suite_reports_missing_torch(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch_models, "torch_available", lambda: False)
+    result = suite.main(["--tiny", "--only", "train_convnet", "--out", str(tmp_path / "s.json")])
+    row = next(r for r in result["rows"] if r["key"] == "train_convnet")
+    assert row["baseline"] == torch_models.TORCH_MISSING and row["ratio"] is None
+
+
+def test_suite_rejects_unknown_rows(tmp_path):
+    with pytest.raises(SystemExit):
+        suite.main(["--only", "nope", "--out", str(tmp_path / "s.json")])

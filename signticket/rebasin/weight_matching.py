@@ -9,6 +9,7 @@ until one changes nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -48,15 +49,17 @@ def check_matchable(
     spec.check_tree(tree_a, f"{what} of A")
 
 
-def _cost_fn(spec: PermutationSpec, p: str, touching: list[tuple[KeyPath, int]]) -> Callable:
-    """Jit-compiled ``C_p(leaves_a, leaves_b, perms)``; only the leaves touching ``p`` go in,
-    and only B's *other* permuted axes are gathered (nothing else is rebuilt)."""
-    n = spec.sizes[p]
+@functools.lru_cache(maxsize=256)
+def _compiled_cost(n: int, layout: tuple[tuple[KeyPath, int, tuple], ...]) -> Callable:
+    """Jit-compiled ``C_p(leaves_a, leaves_b, perms)`` for the leaves ``layout`` lists (path,
+    the axis ``p`` permutes, every axis's permutation name). Cached on that layout, so matching
+    the same architecture again (every seed, every IMP round) reuses the compiled programs
+    instead of rebuilding and recompiling a dozen of them per call."""
 
     def cost(leaves_a, leaves_b, perms):
         c = jnp.zeros((n, n), jnp.float32)
-        for (path, axis), wa, wb in zip(touching, leaves_a, leaves_b, strict=True):
-            wb = permute_leaf(wb, spec.axes[path], perms, except_axis=axis)
+        for (_, axis, axes), wa, wb in zip(layout, leaves_a, leaves_b, strict=True):
+            wb = permute_leaf(wb, axes, perms, except_axis=axis)
             wa = jnp.moveaxis(wa, axis, 0).reshape(n, -1).astype(jnp.float32)
             wb = jnp.moveaxis(wb, axis, 0).reshape(n, -1).astype(jnp.float32)
             # Full f32 matmuls: TF32/bf16 defaults on accelerators could flip near-ties.
@@ -64,6 +67,13 @@ def _cost_fn(spec: PermutationSpec, p: str, touching: list[tuple[KeyPath, int]])
         return c
 
     return jax.jit(cost)
+
+
+def _cost_fn(spec: PermutationSpec, p: str, touching: list[tuple[KeyPath, int]]) -> Callable:
+    """``C_p``; only the leaves touching ``p`` go in, and only B's *other* permuted axes are
+    gathered (nothing else is rebuilt)."""
+    layout = tuple((path, axis, tuple(spec.axes[path])) for path, axis in touching)
+    return _compiled_cost(spec.sizes[p], layout)
 
 
 def weight_matching(

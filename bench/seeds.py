@@ -1,0 +1,105 @@
+"""N seeds of the small convnet: one vmapped, jitted train step vs N sequential jitted steps.
+
+What is vmapped: :func:`train_step`, a pure function built from the engine's pieces — the
+dataset's :class:`~signticket.data.Preprocess` (normalization; no augmentation), the Flax
+``model.apply`` in train mode with mutable ``batch_stats``,
+:func:`signticket.train.cross_entropy`, ``jax.value_and_grad``, the optimizer
+``optim.masked(optim.sgd(0.05, momentum 0.9, weight decay 5e-4))`` and ``optax.apply_updates``
+— over a leading seed axis of ``(params, batch_stats, opt_state, images, labels)``: every seed
+has its own init (``PRNGKey(seed)``), its own optimizer state and its own batch of 128
+Fashion-MNIST-shaped (28x28x1 uint8, synthetic) images. The state is donated in both variants.
+
+Baseline: the same ``train_step`` jitted for one seed, called once per seed per step. Figure:
+total images/s over all seeds (median over repeats, compile timed apart).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bench import timing, workloads
+from signticket import data as data_lib
+from signticket import models, optim
+from signticket.train import cross_entropy
+
+IMAGE_SHAPE = (28, 28, 1)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, preprocess):
+    """``(params, batch_stats, opt_state, images, labels) -> (params, batch_stats, opt_state,
+    loss)``: one SGD step of one seed, pure (no jit, no sharding)."""
+
+    def train_step(params, batch_stats, opt_state, images, labels):
+        x = preprocess(images, None, False)
+
+        def loss_fn(p):
+            logits, updates = model.apply({"params": p, "batch_stats": batch_stats}, x,
+                                          train=True, mutable=["batch_stats"])
+            return cross_entropy(logits, labels).mean(), updates["batch_stats"]
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+    return train_step
+
+
+def _stack(trees: list) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _measure(n: int, model, tx, single, batched, batch: int, steps: int,
+             repeats: int) -> dict[str, Any]:
+    variables = [workloads.init_variables(model, IMAGE_SHAPE, s) for s in range(n)]
+    data = [workloads.synthetic_batch(batch, IMAGE_SHAPE, seed=s) for s in range(n)]
+    states = [[v["params"], v["batch_stats"], tx.init(v["params"])] for v in variables]
+    # Private copies: both steps donate their state.
+    seq = [jax.tree.map(jnp.copy, s) for s in states]
+    vec = [_stack([s[i] for s in states]) for i in range(3)]
+    images = [jnp.asarray(d["image"]) for d in data]
+    labels = [jnp.asarray(d["label"]) for d in data]
+    all_images, all_labels = jnp.stack(images), jnp.stack(labels)
+
+    def sequential():
+        losses = []
+        for i in range(n):
+            *seq[i], loss = single(*seq[i], images[i], labels[i])
+            losses.append(loss)
+        return losses
+
+    def vmapped():
+        params, stats, opt_state, loss = batched(*vec, all_images, all_labels)
+        vec[:] = [params, stats, opt_state]
+        return loss
+
+    t_seq = timing.time_calls(sequential, repeats=repeats, number=steps)
+    t_vec = timing.time_calls(vmapped, repeats=repeats, number=steps)
+    return {
+        "vmapped_img_per_s": round(t_vec.rate(n * batch), 1),
+        "sequential_img_per_s": round(t_seq.rate(n * batch), 1),
+        "speedup": round(t_seq.median_s / t_vec.median_s, 3),
+        "vmapped": t_vec.to_json(),
+        "sequential": t_seq.to_json(),
+    }
+
+
+def run(tiny: bool = False) -> dict[str, Any]:
+    """Total img/s of N seeds, vmapped vs sequential, for N in (4, 8) (tiny: 2)."""
+    model = models.get("convnet", num_classes=10, channels=(16, 32, 64))
+    tx = optim.masked(optim.sgd(0.05, 0.9, 5e-4))
+    pre = data_lib.Preprocess(mean=(0.5,), std=(0.25,))
+    step = make_train_step(model, tx, pre)
+    single = jax.jit(step, donate_argnums=(0, 1, 2))
+    batched = jax.jit(jax.vmap(step), donate_argnums=(0, 1, 2))
+    batch, steps, repeats, seeds = (16, 1, 1, (2,)) if tiny else (128, 5, 5, (4, 8))
+    return {
+        "model": "convnet (16, 32, 64)",
+        "batch_per_seed": batch,
+        "image_shape": list(IMAGE_SHAPE),
+        "by_seeds": {str(n): _measure(n, model, tx, single, batched, batch, steps, repeats)
+                     for n in seeds},
+    }

@@ -1,0 +1,271 @@
+"""The benchmark suite: one command, one table, one JSON file.
+
+    python -m bench.suite                          # everything (several minutes on 2 cores)
+    python -m bench.suite --tiny                   # smoke sizes: checks it runs, claims nothing
+    python -m bench.suite --only barrier,seeds     # some rows
+    python -m bench.suite --out bench/results/suite.json
+
+Rows (``--only`` names):
+
+* ``train_resnet20``, ``train_convnet``, ``train_vgg11``: img/s of signticket's engine train
+  step (masked SGD, sharded jit, no augmentation; :mod:`bench.train_step`) vs the same model
+  in eager PyTorch (:mod:`bench.torch_models`, run in a child process; the faster of
+  contiguous / channels_last). Goal >= 1x.
+* ``xla_flag``: the ResNet-20 step again in a subprocess with ``SIGNTICKET_XLA_DEFAULTS=0``
+  (no YNNPACK fusion flag; ``signticket/_xla_flags.py``): the lever's before/after.
+* ``barrier``: ``lmc.barrier_curve`` (one program) vs per-alpha loop (:mod:`bench.barrier`).
+  Goal 3x.
+* ``matching``: weight matching on ResNet-20x4 vs a naive loop (:mod:`bench.matching`). Goal 2x.
+* ``seeds``: 4 and 8 seeds of the convnet step, vmapped vs sequential (:mod:`bench.seeds`).
+  Goal 1.5x.
+* ``sign_in``: Sign-In vs masked SGD, step time and state bytes (:mod:`bench.sign_in`).
+* ``imp_round``: one IMP round on real Fashion-MNIST, split into its phases
+  (:mod:`bench.imp_round`).
+
+Every timing goes through :mod:`bench.timing` (first call incl. compilation apart, then the
+median of steady-state repeats, blocked with ``jax.block_until_ready``). The JSON holds every
+figure, the table's rows and the machine (platform, CPUs, load, versions, backend, XLA flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from bench import barrier, imp_round, matching, seeds, sign_in, torch_models, train_step, workloads
+from bench.report import Row, format_table, machine_info
+from signticket._xla_flags import YNN_FLAG
+
+GROUPS = ("train_resnet20", "train_convnet", "train_vgg11", "xla_flag", "barrier", "matching",
+          "seeds", "sign_in", "imp_round")
+LABELS = {"resnet20": "ResNet-20", "convnet": "convnet", "vgg11": "VGG-11"}
+
+
+class Suite:
+    """Runs the groups, shares results between them (the flag row reuses the ResNet-20 row)."""
+
+    def __init__(self, tiny: bool, torch_baseline: bool, groups: list[str]) -> None:
+        self.tiny = tiny
+        self.torch_baseline = torch_baseline
+        self.train_names = [g.removeprefix("train_") for g in groups if g.startswith("train_")]
+        self.details: dict[str, Any] = {}
+        self._torch: dict[str, Any] | None = None
+
+    def _child(self, module: str, args: list[str], env: dict[str, str] | None = None) -> dict:
+        """Run ``python -m module args --out FILE`` (plus ``--tiny``) and read FILE."""
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "child.json"
+            cmd = [sys.executable, "-m", module, *args, "--out", str(out)]
+            cmd += ["--tiny"] if self.tiny else []
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800,
+                                  cwd=Path(__file__).resolve().parent.parent)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{module} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+            return json.loads(out.read_text())
+
+    def torch_baselines(self) -> dict[str, Any]:
+        """Every selected train-step workload in PyTorch, in one child process."""
+        if self._torch is None:
+            self._torch = self._child("bench.torch_models", ["--only", ",".join(self.train_names)])
+        return self._torch
+
+    # -- train-step throughput -----------------------------------------------------------------
+
+    def engine_result(self, name: str) -> dict[str, Any]:
+        key = f"train_{name}"
+        if "signticket" not in self.details.get(key, {}):
+            w = workloads.train_workload(name, self.tiny)
+            steps, repeats = workloads.train_steps(name, self.tiny)
+            result = train_step.measure_engine(w.model, w.batch, w.image_shape, steps=steps,
+                                               repeats=repeats, augment=False)
+            self.details.setdefault(key, {}).update({**w.describe(), "signticket": result})
+        return self.details[key]["signticket"]
+
+    def train(self, name: str) -> list[Row]:
+        w = workloads.train_workload(name, self.tiny)
+        ours = self.engine_result(name)
+        label = f"train step {LABELS[name]} b{w.batch} {'x'.join(map(str, w.image_shape))}"
+        row = Row(f"train_{name}", f"{label} (img/s)", "img/s", ours["img_per_s_median"],
+                  goal=1.0)
+        compile_row = Row(f"train_{name}_compile", f"  {LABELS[name]} step compile (s)", "s",
+                          ours["compile_s"], higher_is_better=False)
+        details = self.details[f"train_{name}"]
+        if not self.torch_baseline:
+            row.baseline = "skipped (--no-torch)"
+        elif not torch_models.torch_available():
+            row.baseline = torch_models.TORCH_MISSING
+        else:
+            variants = self.torch_baselines()[name]
+            best = max(variants, key=lambda k: variants[k]["img_per_s_median"])
+            details["torch"] = {**variants, "reported": best}
+            row.baseline = variants[best]["img_per_s_median"]
+            row.baseline_note = f"(torch {best})"
+        return [row, compile_row]
+
+    def xla_flag(self) -> list[Row]:
+        on = self.engine_result("resnet20")
+        env = dict(os.environ, SIGNTICKET_XLA_DEFAULTS="0")
+        env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                    if not f.startswith(YNN_FLAG))
+        cache = jax.config.jax_compilation_cache_dir
+        if cache:  # let the child share the parent's persistent compilation cache (tests)
+            env["JAX_COMPILATION_CACHE_DIR"] = cache
+        child = self._child("bench.suite", ["--only", "train_resnet20", "--no-torch"], env)
+        off = child["details"]["train_resnet20"]["signticket"]
+        self.details["xla_flag"] = {
+            "on": {k: on[k] for k in ("img_per_s_median", "compile_s", "ynn_fusion_flag",
+                                      "xla_flags")},
+            "off": {k: off[k] for k in ("img_per_s_median", "compile_s", "ynn_fusion_flag",
+                                        "xla_flags", "SIGNTICKET_XLA_DEFAULTS")},
+            "child_machine": child["machine"],
+        }
+        return [
+            Row("xla_flag", "ResNet-20 step, YNN flag on vs SIGNTICKET_XLA_DEFAULTS=0 (img/s)",
+                "img/s", on["img_per_s_median"], off["img_per_s_median"],
+                signticket_note="(on)" if on["ynn_fusion_flag"] else "(flag NOT active)",
+                baseline_note="(off)" if not off["ynn_fusion_flag"] else "(flag still on!)"),
+            Row("xla_flag_compile", "  ResNet-20 step compile, flag on vs off (s)", "s",
+                on["compile_s"], off["compile_s"], higher_is_better=False),
+        ]
+
+    # -- the other benchmarks ------------------------------------------------------------------
+
+    def barrier(self) -> list[Row]:
+        r = self.details["barrier"] = barrier.run(self.tiny)
+        rows = [
+            Row("barrier", "barrier curve 11 alphas + BN re-est., one program vs loop (s)", "s",
+                r["vmapped"]["median_s"], r["loop"]["median_s"], higher_is_better=False,
+                goal=3.0),
+            Row("barrier_first_call", "  same, first call incl. compile (s)", "s",
+                r["vmapped"]["first_call_s"], r["loop"]["first_call_s"], higher_is_better=False),
+        ]
+        if "vmap_all" in r:
+            rows.append(Row("barrier_vmap_all", "  vmap all 11 alphas at once, vs loop (s)", "s",
+                            r["vmap_all"]["median_s"], r["loop"]["median_s"],
+                            higher_is_better=False))
+        return rows
+
+    def matching(self) -> list[Row]:
+        r = self.details["matching"] = matching.run(self.tiny)
+        s, n = r["signticket"], r["naive"]
+        return [
+            Row("matching", f"weight matching {r['model']} vs naive, 2nd call (s)", "s",
+                s["second_call_s"], n["seconds"], higher_is_better=False, goal=2.0,
+                signticket_note=f"({s['sweeps']} sweeps)", baseline_note=f"({n['sweeps']} sweeps)"),
+            Row("matching_first_call", "  same, signticket's first call (s)", "s",
+                s["first_call_s"], n["seconds"], higher_is_better=False),
+            Row("matching_objective", "  objective sum <W_A, pi(W_B)> reached", "", s["objective"],
+                n["objective"]),
+        ]
+
+    def seeds(self) -> list[Row]:
+        r = self.details["seeds"] = seeds.run(self.tiny)
+        return [
+            Row(f"seeds_{n}", f"{n} seeds convnet b{r['batch_per_seed']}, vmap vs sequential "
+                "(img/s)", "img/s", v["vmapped_img_per_s"], v["sequential_img_per_s"], goal=1.5)
+            for n, v in r["by_seeds"].items()
+        ]
+
+    def sign_in(self) -> list[Row]:
+        r = self.details["sign_in"] = sign_in.run(self.tiny)
+        si, ms = r["sign_in"], r["masked_sgd"]
+        return [
+            Row("sign_in_step", "Sign-In vs masked SGD step, ResNet-20 90% sparse (ms)", "ms",
+                si["step_ms_median"], ms["step_ms_median"], higher_is_better=False),
+            Row("sign_in_bytes", "  params + optimizer state (MB)", "MB",
+                si["state_bytes"]["total"] / 1e6, ms["state_bytes"]["total"] / 1e6,
+                higher_is_better=False),
+        ]
+
+    def imp_round(self) -> list[Row]:
+        r = self.details["imp_round"] = imp_round.run(self.tiny)
+        rows = []
+        for rd in r["rounds"]:
+            tag = "cold, incl. compile" if rd["round"] == 1 else "warm"
+            rows.append(Row(f"imp_round{rd['round']}",
+                            f"IMP round {rd['round']} ({tag}), {r['train_examples']} FMNIST (s)",
+                            "s", rd["total_s"], higher_is_better=False))
+            for phase in imp_round.PHASES:
+                rows.append(Row(f"imp_round{rd['round']}_{phase}", f"  {phase}", "s",
+                                rd["seconds"][phase], higher_is_better=False,
+                                signticket_note=f"({rd['percent'][phase]:.0f}%)"))
+        return rows
+
+    def run(self, group: str) -> list[Row]:
+        runners: dict[str, Callable[[], list[Row]]] = {
+            "train_resnet20": lambda: self.train("resnet20"),
+            "train_convnet": lambda: self.train("convnet"),
+            "train_vgg11": lambda: self.train("vgg11"),
+            "xla_flag": self.xla_flag,
+            "barrier": self.barrier,
+            "matching": self.matching,
+            "seeds": self.seeds,
+            "sign_in": self.sign_in,
+            "imp_round": self.imp_round,
+        }
+        return runners[group]()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the selected rows, print the table, write the JSON; returns what was written."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="smoke-test sizes (figures claim nothing)")
+    p.add_argument("--only", default="", help=f"comma-separated rows: {', '.join(GROUPS)}")
+    p.add_argument("--out", default="bench/results/suite.json")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    args = p.parse_args(argv)
+    groups = [g for g in args.only.split(",") if g] or list(GROUPS)
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        p.error(f"unknown rows {unknown}; available: {', '.join(GROUPS)}")
+
+    machine = machine_info()
+    suite = Suite(args.tiny, torch_baseline=not args.no_torch, groups=groups)
+    rows: list[Row] = []
+    errors: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for group in groups:
+        t0 = time.perf_counter()
+        print(f"[bench] {group} ...", file=sys.stderr, flush=True)
+        try:
+            rows += suite.run(group)
+        except Exception as e:  # one broken benchmark must not hide the others
+            errors[group] = traceback.format_exc()
+            rows.append(Row(group, group, "", None, error=f"{type(e).__name__}: {e}"))
+        seconds[group] = round(time.perf_counter() - t0, 1)
+    machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+    table = format_table(rows)
+    print(f"signticket benchmark suite{' (--tiny: smoke sizes, no claims)' if args.tiny else ''}"
+          f" - {machine['cpu_count']} CPUs, {machine['backend']}, jax {machine['jax']}, "
+          f"torch {machine['torch']}, YNN flag {'on' if machine['ynn_fusion_flag'] else 'off'}, "
+          f"load {machine['load_average_at_start'][0]:.1f}")
+    print(table)
+    result = {
+        "tiny": args.tiny,
+        "machine": machine,
+        "rows": [r.to_json() for r in rows],
+        "details": suite.details,
+        "group_wall_s": seconds,
+        "errors": errors,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main()["errors"] else 0)

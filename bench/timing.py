@@ -1,0 +1,122 @@
+"""The one timing helper every benchmark uses.
+
+What is measured: a zero-argument callable (a jitted step closing over its state, a torch step,
+a whole ``barrier_curve`` call, ...). Its *first* call is timed on its own: for JAX code it
+includes tracing and XLA compilation. Then ``warmup`` untimed calls, then ``repeats`` timed
+samples of ``number`` back-to-back calls each (so asynchronous dispatch can overlap consecutive
+steps, as in a training loop); every sample ends with ``jax.block_until_ready`` on the last
+result. The steady-state figure is the median over the samples, per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+from jax import monitoring
+
+
+def block(x: Any) -> Any:
+    """Wait until every JAX array in ``x`` is computed (other leaves, e.g. torch tensors, pass:
+    eager torch on CPU is synchronous)."""
+    return jax.block_until_ready(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds of one benchmarked call.
+
+    Attributes:
+        first_s: the first call alone (for JAX: tracing + compilation + one run).
+        median_s: steady state, seconds per call, median over the samples.
+        samples_s: every sample, seconds per call.
+        number: calls per sample.
+    """
+
+    first_s: float
+    median_s: float
+    samples_s: tuple[float, ...]
+    number: int
+
+    @property
+    def compile_s(self) -> float:
+        """First call minus one steady-state call: the one-off cost (compilation, tracing)."""
+        return max(0.0, self.first_s - self.median_s)
+
+    def rate(self, items_per_call: float) -> float:
+        """Steady-state items per second (e.g. images per second of a train step)."""
+        return items_per_call / self.median_s
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "first_call_s": round(self.first_s, 4),
+            "compile_s": round(self.compile_s, 4),
+            "median_s": round(self.median_s, 6),
+            "samples_s": [round(s, 6) for s in self.samples_s],
+            "calls_per_sample": self.number,
+        }
+
+
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """``(fn(*args, **kwargs), seconds)``, the result blocked on before the clock stops."""
+    t0 = time.perf_counter()
+    out = block(fn(*args, **kwargs))
+    return out, time.perf_counter() - t0
+
+
+def time_calls(
+    call: Callable[[], Any], *, repeats: int = 5, number: int = 1, warmup: int = 0
+) -> Timing:
+    """Time ``call()``: the first call alone, then ``warmup`` untimed calls, then ``repeats``
+    samples of ``number`` consecutive calls (blocking on the last result of each sample)."""
+    if repeats < 1 or number < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1, number >= 1, warmup >= 0; got {repeats}, "
+                         f"{number}, {warmup}")
+    _, first = timed(call)
+    for _ in range(warmup):
+        block(call())
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = None
+        for _ in range(number):
+            out = call()
+        block(out)
+        samples.append((time.perf_counter() - t0) / number)
+    return Timing(first, statistics.median(samples), tuple(samples), number)
+
+
+def tree_nbytes(tree: Any) -> int:
+    """Sum of ``nbytes`` over the array leaves of ``tree`` (``None`` leaves count 0)."""
+    return int(sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(tree)))
+
+
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+@contextlib.contextmanager
+def compile_seconds() -> Iterator[dict[str, float]]:
+    """``with compile_seconds() as c: ...`` -> ``c["seconds"]``: the seconds JAX reported spending
+    on tracing, lowering and XLA compilation inside the block (all threads), ``c["count"]``
+    the number of backend compilations."""
+    acc = {"seconds": 0.0, "count": 0}
+
+    def listener(event: str, duration: float, **kwargs: Any) -> None:
+        if event in _COMPILE_EVENTS:
+            acc["seconds"] += duration
+            acc["count"] += event == _COMPILE_EVENTS[-1]
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield acc
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
