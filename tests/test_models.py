@@ -358,3 +358,44 @@ def test_register(monkeypatch):
     with pytest.raises(ValueError, match="already registered"):
         models.register("tiny")(Tiny)
     models.register("tiny", overwrite=True)(Tiny)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (7, 7), (6, 5)])
+def test_max_pool_2x2_matches_flax_pool_and_its_gradient(hw):
+    from signticket.models.layers import max_pool_2x2
+
+    def flax_pool(x):
+        return nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 3))  # continuous: no ties
+    chex.assert_trees_all_close(max_pool_2x2(x), flax_pool(x))
+    loss = lambda f: lambda x: jnp.sum(f(x) ** 3)
+    chex.assert_trees_all_close(jax.grad(loss(max_pool_2x2))(x), jax.grad(loss(flax_pool))(x))
+
+
+@pytest.mark.parametrize(
+    "hw,kernel,strides", [((2, 2), 3, 1), ((1, 1), 3, 1), ((2, 1), 1, 1), ((4, 4), 3, 2)]
+)
+def test_conv_layer_equals_xla_conv_on_tiny_images(hw, kernel, strides):
+    """The im2col path (tiny outputs) and the fallback agree with lax.conv_general_dilated in
+    value and in both gradients."""
+    from signticket.models.layers import conv
+
+    layer = conv(6, kernel, strides=strides, name="conv0")
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, *hw, 5))
+    variables = layer.init(jax.random.PRNGKey(1), x)
+    pad = kernel // 2
+
+    def reference(kernel_, x_):
+        return jax.lax.conv_general_dilated(
+            x_, kernel_, (strides, strides), ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
+
+    def ours(kernel_, x_):
+        return layer.apply({"params": {"kernel": kernel_}}, x_)
+
+    w = variables["params"]["kernel"]
+    chex.assert_trees_all_close(ours(w, x), reference(w, x), atol=1e-5)
+    loss = lambda f: lambda k, x_: jnp.sum(jnp.sin(f(k, x_)))
+    chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(w, x),
+                                jax.grad(loss(reference), argnums=(0, 1))(w, x), atol=1e-5)
