@@ -52,11 +52,33 @@ def run(steps: int = 6):
     return state
 
 
+def curve(state):
+    """A barrier curve (BN re-estimated, all alphas in one vmapped program) from a fresh init
+    to the trained state, on the same mesh of every device."""
+    from types import SimpleNamespace
+
+    from signticket import lmc
+
+    rs = np.random.RandomState(1)
+    data = SimpleNamespace(
+        train_images=rs.randint(0, 255, (64, 8, 8, 1)).astype(np.uint8),
+        train_labels=rs.randint(0, 10, 64).astype(np.int32),
+        test_images=rs.randint(0, 255, (40, 8, 8, 1)).astype(np.uint8),
+        test_labels=rs.randint(0, 10, 40).astype(np.int32),
+    )
+    init = TinyNet().init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)))
+    trained = {"params": state.params, "batch_stats": state.batch_stats}
+    c = lmc.barrier_curve(TinyNet(), preprocess, init, trained, data, bn_batches=2,
+                          batch_size=16, alpha_chunk=11, mesh=make_mesh())
+    return {"curve_error": np.asarray(c.error), "curve_loss": np.asarray(c.loss)}
+
+
 if __name__ == "__main__":
     state = run()
     flat = {
         jax.tree_util.keystr(p): np.asarray(x)
         for p, x in jax.tree_util.tree_flatten_with_path((state.params, state.batch_stats))[0]
     }
+    flat.update(curve(state))
     np.savez(sys.argv[1], n_devices=len(jax.devices()), **flat)
     print(os.environ.get("XLA_FLAGS"), len(jax.devices()))

@@ -37,6 +37,8 @@ def _run_subprocess(n_devices: int, out: Path) -> dict:
 
 
 def test_sharded_step_8_devices_equals_1_device(tmp_path):
+    """Train steps, then a vmapped barrier curve with BN re-estimation, on 8 forced CPU
+    devices equal the same on 1 device."""
     one = _run_subprocess(1, tmp_path / "one.npz")
     eight = _run_subprocess(8, tmp_path / "eight.npz")
     assert int(one.pop("n_devices")) == 1 and int(eight.pop("n_devices")) == 8
