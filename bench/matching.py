@@ -5,8 +5,10 @@ random inits of ``resnet20``, width 4; matching trained models costs the same pe
 the call to the returned permutations, and the number of sweeps each needed.
 
 * signticket: one jitted cost-matrix function per permutation, fed only the leaves that touch
-  it, gathering only B's *other* permuted axes. Its first call includes compiling those
-  functions; a second call (the figure) compiles again only if JAX cannot reuse them.
+  it, gathering only B's *other* permuted axes; a permutation none of whose dependencies
+  changed since its last visit is skipped (it would be solved to the same answer). Its first
+  call includes compiling those functions; a second call (the figure) compiles again only
+  if JAX cannot reuse them.
 * naive (:func:`naive_weight_matching`), written like Git Re-Basin's loop: for every
   permutation, in a random order per sweep, rebuild *all* of B's params with every current
   permutation applied (a full permutation of the whole tree in numpy, the permutation being

@@ -4,7 +4,9 @@ Maximise ``sum_l <W_l^A, pi(W_l^B)>`` over the permutations by coordinate descen
 permutation at a time (in random order), holding the others fixed, the objective is linear in
 that permutation, ``<C_p, P>`` with ``C_p[i, j] = sum over leaves touching p of
 <A's unit i, B's unit j (other axes permuted)>``, a linear assignment problem. Sweeps repeat
-until one changes nothing.
+until one changes nothing. A permutation whose cost matrix depends on no permutation that changed
+since its last visit is still optimal and is skipped (its assignment problem would return the
+same answer): later sweeps solve only what moved around them.
 """
 
 from __future__ import annotations
@@ -110,6 +112,15 @@ def weight_matching(
     }
     names = [p for p in spec.names if touching[p]]
     costs = {p: _cost_fn(spec, p, touching[p]) for p in names}
+    # C_p reads the permutations on the other axes of the leaves touching p (p itself too, if a
+    # leaf carries p on two axes); ``version`` counts each permutation's changes.
+    depends = {
+        p: sorted({q for path, axis in touching[p] for i, q in enumerate(spec.axes[path])
+                   if q is not None and i != axis})
+        for p in names
+    }
+    version = dict.fromkeys(spec.names, 0)
+    solved_at: dict[str, tuple[int, ...]] = {}
 
     def cost_matrix(p: str) -> np.ndarray:
         la = [leaves_a[path] for path, _ in touching[p]]
@@ -123,6 +134,10 @@ def weight_matching(
         order = np.asarray(jax.random.permutation(jax.random.fold_in(key, sweep), len(names)))
         for i in order:
             p = names[int(i)]
+            stamp = tuple(version[q] for q in depends[p])
+            if solved_at.get(p) == stamp:
+                continue  # same C_p as at p's last visit: p is already its best assignment
+            solved_at[p] = stamp
             c = cost_matrix(p)
             rows, cols = linear_sum_assignment(c, maximize=True)
             old = c[np.arange(len(cols)), perms[p]].sum()
@@ -131,6 +146,7 @@ def weight_matching(
             # progress, or sweeps could cycle between ties.
             if new > old + 1e-7 * max(1.0, abs(old)):
                 perms[p] = cols
+                version[p] += 1
                 progress = True
         log.debug("weight matching sweep %d: progress=%s", sweep, progress)
         if not progress:
