@@ -373,6 +373,27 @@ def test_max_pool_2x2_matches_flax_pool_and_its_gradient(hw):
     chex.assert_trees_all_close(jax.grad(loss(max_pool_2x2))(x), jax.grad(loss(flax_pool))(x))
 
 
+def test_max_pool_2x2_sends_each_windows_gradient_to_its_first_maximum_like_pytorch():
+    from signticket.models.layers import max_pool_2x2
+
+    # Window 1: all zeros (a ReLU'd window); window 2: a tie at (0,1) and (1,0); window 3: the
+    # maximum last; window 4: a tie between (1,0) and (1,1).
+    x = jnp.array([[0., 0., 1., 3., 1., 2., 5., 0.],
+                   [0., 0., 3., 2., 0., 7., 6., 6.]]).reshape(1, 2, 8, 1)
+    g = jnp.array([1., 2., 3., 4.]).reshape(1, 1, 4, 1)
+    _, vjp = jax.vjp(max_pool_2x2, x)
+    (dx,) = jax.jit(vjp)(g)
+    expected = jnp.array([[1., 0., 0., 2., 0., 0., 0., 0.],
+                          [0., 0., 0., 0., 0., 3., 4., 0.]]).reshape(1, 2, 8, 1)
+    chex.assert_trees_all_equal(dx, expected)
+    # Every window passes on exactly its own gradient, also on random data with many ties.
+    x = jax.nn.relu(jax.random.normal(jax.random.PRNGKey(1), (3, 6, 6, 4)))
+    g = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 3, 4))
+    (dx,) = jax.vjp(max_pool_2x2, x)[1](g)
+    chex.assert_trees_all_close(dx.reshape(3, 3, 2, 3, 2, 4).sum((2, 4)), g)
+    assert int(jnp.sum(dx != 0)) == int(jnp.sum(g != 0))
+
+
 @pytest.mark.parametrize(
     "hw,kernel,strides", [((2, 2), 3, 1), ((1, 1), 3, 1), ((2, 1), 1, 1), ((4, 4), 3, 2)]
 )
