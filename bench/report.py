@@ -7,6 +7,7 @@ import os
 import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -100,6 +101,20 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name and its widest x86 vector extension, from ``/proc/cpuinfo``."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), platform.processor() or "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
+                  if line.startswith("flags")), [])
+    vector = next((f for f in ("avx512f", "avx2", "avx") if f in flags), None)
+    return f"{name} ({vector})" if vector else name
+
+
 def machine_info() -> dict[str, Any]:
     """Platform, CPU count, load, library versions, JAX backend and the XLA flags in effect."""
     try:
@@ -112,6 +127,7 @@ def machine_info() -> dict[str, Any]:
         "processor": platform.processor(),
         "node": platform.node(),
         "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": affinity,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

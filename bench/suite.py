@@ -13,6 +13,9 @@ Rows (``--only`` names):
   contiguous / channels_last). Goal >= 1x.
 * ``xla_flag``: the ResNet-20 step again in a subprocess with ``SIGNTICKET_XLA_DEFAULTS=0``
   (no YNNPACK fusion flag; ``signticket/_xla_flags.py``): the lever's before/after.
+* ``malloc``: the same with ``SIGNTICKET_MALLOC_DEFAULTS=0`` (glibc's default allocator
+  behaviour; ``signticket/_host_malloc.py``). The torch baselines run with the defaults on too
+  (their child process imports signticket), so both sides share one allocator setting.
 * ``barrier``: ``lmc.barrier_curve`` (one program) vs per-alpha loop (:mod:`bench.barrier`).
   Goal 3x.
 * ``matching``: weight matching on ResNet-20x4 vs a naive loop (:mod:`bench.matching`). Goal 2x.
@@ -45,10 +48,11 @@ import jax
 
 from bench import barrier, imp_round, matching, seeds, sign_in, torch_models, train_step, workloads
 from bench.report import Row, format_table, machine_info
+from signticket import _host_malloc
 from signticket._xla_flags import YNN_FLAG
 
-GROUPS = ("train_resnet20", "train_convnet", "train_vgg11", "xla_flag", "barrier", "matching",
-          "seeds", "sign_in", "imp_round")
+GROUPS = ("train_resnet20", "train_convnet", "train_vgg11", "xla_flag", "malloc", "barrier",
+          "matching", "seeds", "sign_in", "imp_round")
 LABELS = {"resnet20": "ResNet-20", "convnet": "convnet", "vgg11": "VGG-11"}
 
 
@@ -113,23 +117,26 @@ class Suite:
             row.baseline_note = f"(torch {best})"
         return [row, compile_row]
 
-    def xla_flag(self) -> list[Row]:
+    def _lever(self, key: str, env: dict[str, str], fields: tuple[str, ...]) -> tuple[dict, dict]:
+        """The ResNet-20 step here (lever on) and in a child process run with ``env`` (lever
+        off); records ``fields`` of both under ``details[key]`` and returns ``(on, off)``."""
         on = self.engine_result("resnet20")
+        cache = jax.config.jax_compilation_cache_dir
+        if cache:  # let the child share the parent's persistent compilation cache (tests)
+            env = {**env, "JAX_COMPILATION_CACHE_DIR": cache}
+        child = self._child("bench.suite", ["--only", "train_resnet20", "--no-torch"], env)
+        off = child["details"]["train_resnet20"]["signticket"]
+        fields = ("img_per_s_median", "compile_s", *fields)
+        self.details[key] = {"on": {k: on[k] for k in fields}, "off": {k: off[k] for k in fields},
+                             "child_machine": child["machine"]}
+        return on, off
+
+    def xla_flag(self) -> list[Row]:
         env = dict(os.environ, SIGNTICKET_XLA_DEFAULTS="0")
         env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                                     if not f.startswith(YNN_FLAG))
-        cache = jax.config.jax_compilation_cache_dir
-        if cache:  # let the child share the parent's persistent compilation cache (tests)
-            env["JAX_COMPILATION_CACHE_DIR"] = cache
-        child = self._child("bench.suite", ["--only", "train_resnet20", "--no-torch"], env)
-        off = child["details"]["train_resnet20"]["signticket"]
-        self.details["xla_flag"] = {
-            "on": {k: on[k] for k in ("img_per_s_median", "compile_s", "ynn_fusion_flag",
-                                      "xla_flags")},
-            "off": {k: off[k] for k in ("img_per_s_median", "compile_s", "ynn_fusion_flag",
-                                        "xla_flags", "SIGNTICKET_XLA_DEFAULTS")},
-            "child_machine": child["machine"],
-        }
+        on, off = self._lever("xla_flag", env, ("ynn_fusion_flag", "xla_flags",
+                                                "SIGNTICKET_XLA_DEFAULTS"))
         return [
             Row("xla_flag", "ResNet-20 step, YNN flag on vs SIGNTICKET_XLA_DEFAULTS=0 (img/s)",
                 "img/s", on["img_per_s_median"], off["img_per_s_median"],
@@ -137,6 +144,17 @@ class Suite:
                 baseline_note="(off)" if not off["ynn_fusion_flag"] else "(flag still on!)"),
             Row("xla_flag_compile", "  ResNet-20 step compile, flag on vs off (s)", "s",
                 on["compile_s"], off["compile_s"], higher_is_better=False),
+        ]
+
+    def malloc(self) -> list[Row]:
+        env = dict(os.environ, **{_host_malloc.ENV: "0"})
+        on, off = self._lever("malloc", env, ("host_malloc_defaults",))
+        return [
+            Row("malloc", "ResNet-20 step, host malloc defaults on vs "
+                f"{_host_malloc.ENV}=0 (img/s)", "img/s", on["img_per_s_median"],
+                off["img_per_s_median"],
+                signticket_note="(on)" if on["host_malloc_defaults"] else "(NOT applied)",
+                baseline_note="(off)" if not off["host_malloc_defaults"] else "(still on!)"),
         ]
 
     # -- the other benchmarks ------------------------------------------------------------------
@@ -208,6 +226,7 @@ class Suite:
             "train_convnet": lambda: self.train("convnet"),
             "train_vgg11": lambda: self.train("vgg11"),
             "xla_flag": self.xla_flag,
+            "malloc": self.malloc,
             "barrier": self.barrier,
             "matching": self.matching,
             "seeds": self.seeds,
@@ -248,8 +267,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     table = format_table(rows)
     print(f"signticket benchmark suite{' (--tiny: smoke sizes, no claims)' if args.tiny else ''}"
-          f" - {machine['cpu_count']} CPUs, {machine['backend']}, jax {machine['jax']}, "
-          f"torch {machine['torch']}, YNN flag {'on' if machine['ynn_fusion_flag'] else 'off'}, "
+          f" - {machine['cpu_count']} CPUs ({machine['cpu_model']}), {machine['backend']}, "
+          f"jax {machine['jax']}, torch {machine['torch']}, "
+          f"YNN flag {'on' if machine['ynn_fusion_flag'] else 'off'}, "
+          f"malloc defaults {'on' if machine['host_malloc_defaults'] else 'off'}, "
           f"load {machine['load_average_at_start'][0]:.1f}")
     print(table)
     result = {

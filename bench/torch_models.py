@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 
 from bench import timing, workloads
-from signticket import models
+from signticket import _host_malloc, models
 
 TORCH_MISSING = "torch not installed: pip install torch==2.13.0"
 
@@ -190,6 +190,7 @@ def measure_torch(
     return {
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
+        "host_malloc_defaults": _host_malloc.applied(),
         "channels_last": channels_last,
         "param_count": n_params,
         "img_per_s_median": round(t.rate(workload.batch), 1),

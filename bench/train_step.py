@@ -28,8 +28,8 @@ import numpy as np
 import optax
 
 from bench import timing, workloads  # bench/__init__ imports signticket (XLA flags) first
+from signticket import _host_malloc, models, optim
 from signticket import data as data_lib
-from signticket import models, optim
 from signticket._xla_flags import YNN_FLAG
 from signticket.sharding import batch_sharded, make_mesh
 from signticket.train import Engine
@@ -45,10 +45,12 @@ def masked_sgd(mask: PyTree | None) -> optax.GradientTransformation:
 
 
 def xla_flag_state() -> dict[str, Any]:
-    """``XLA_FLAGS`` as this process sees it and whether the YNNPACK fusion flag is in it."""
+    """``XLA_FLAGS`` as this process sees it, whether the YNNPACK fusion flag is in it and
+    whether the host malloc defaults are applied."""
     flags = os.environ.get("XLA_FLAGS", "")
     return {"xla_flags": flags, "ynn_fusion_flag": YNN_FLAG in flags,
-            "SIGNTICKET_XLA_DEFAULTS": os.environ.get("SIGNTICKET_XLA_DEFAULTS")}
+            "SIGNTICKET_XLA_DEFAULTS": os.environ.get("SIGNTICKET_XLA_DEFAULTS"),
+            "host_malloc_defaults": _host_malloc.applied()}
 
 
 def measure_engine(

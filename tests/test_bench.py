@@ -17,7 +17,7 @@ def test_train_step_bench_runs(tmp_path):
 # Rows every full --tiny run must produce, with a positive signticket figure.
 EXPECTED_ROWS = [
     "train_resnet20", "train_resnet20_compile", "train_convnet", "train_convnet_compile",
-    "train_vgg11", "train_vgg11_compile", "xla_flag", "xla_flag_compile", "barrier",
+    "train_vgg11", "train_vgg11_compile", "xla_flag", "xla_flag_compile", "malloc", "barrier",
     "barrier_first_call", "matching", "matching_first_call", "matching_objective", "seeds_2",
     "sign_in_step", "sign_in_bytes", "imp_round1", "imp_round2",
     *(f"imp_round{r}_{p}" for r in (1, 2) for p in ("training", "evaluation", "checkpointing",
@@ -25,9 +25,9 @@ EXPECTED_ROWS = [
 ]
 # Rows compared with a baseline (the train-step rows' baseline is PyTorch).
 TORCH_ROWS = {"train_resnet20", "train_convnet", "train_vgg11"}
-BASELINE_ROWS = {"xla_flag", "xla_flag_compile", "barrier", "barrier_first_call", "matching",
-                 "matching_first_call", "matching_objective", "seeds_2", "sign_in_step",
-                 "sign_in_bytes"}
+BASELINE_ROWS = {"xla_flag", "xla_flag_compile", "malloc", "barrier", "barrier_first_call",
+                 "matching", "matching_first_call", "matching_objective", "seeds_2",
+                 "sign_in_step", "sign_in_bytes"}
 
 
 def test_suite_tiny_runs_every_row(tmp_path):
@@ -52,6 +52,8 @@ def test_suite_tiny_runs_every_row(tmp_path):
     assert isinstance(machine["ynn_fusion_flag"], bool)
     # The flag row's child ran without the YNNPACK flag, whatever this process runs with.
     assert written["details"]["xla_flag"]["off"]["ynn_fusion_flag"] is False
+    # Likewise the malloc row's child ran with glibc's default allocator behaviour.
+    assert written["details"]["malloc"]["off"]["host_malloc_defaults"] is False
     assert result["rows"] == written["rows"]
 
 
