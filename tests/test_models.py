@@ -392,6 +392,17 @@ def test_max_pool_2x2_sends_each_windows_gradient_to_its_first_maximum_like_pyto
     (dx,) = jax.vjp(max_pool_2x2, x)[1](g)
     chex.assert_trees_all_close(dx.reshape(3, 3, 2, 3, 2, 4).sum((2, 4)), g)
     assert int(jnp.sum(dx != 0)) == int(jnp.sum(g != 0))
+    # Forward mode is the same linear map (curvature's Hessian-vector products run jvp over grad):
+    # <J t, g> == <t, J^T g>, and a forward-over-reverse product goes through.
+    t = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+    _, jt = jax.jvp(max_pool_2x2, (x,), (t,))
+    chex.assert_trees_all_close(jnp.vdot(jt, g), jnp.vdot(t, dx), rtol=1e-5)
+
+    def loss(x_):
+        return jnp.sum(max_pool_2x2(x_) ** 2)
+
+    _, hvp = jax.jit(lambda v: jax.jvp(jax.grad(loss), (x,), (v,)))(t)
+    chex.assert_trees_all_close(hvp, 2.0 * jnp.where(dx != 0, t, 0.0), atol=1e-6)
 
 
 @pytest.mark.parametrize(
