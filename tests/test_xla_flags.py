@@ -1,0 +1,35 @@
+"""The CPU XLA defaults signticket applies on import: which flags, and when it keeps out."""
+
+import os
+
+import pytest
+
+from signticket import _xla_flags
+
+
+def test_older_jaxlibs_get_only_the_fusion_types_they_accept():
+    # An unknown enum value in XLA_FLAGS aborts the process, so this must be exact.
+    assert _xla_flags.ynn_value((0, 8, 1)) == "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"
+    assert _xla_flags.ynn_value((0, 10, 2)).endswith(",LIBRARY_FUSION_TYPE_REDUCE")
+
+
+@pytest.mark.parametrize(
+    "env,expect_ours",
+    [({}, True), ({"SIGNTICKET_XLA_DEFAULTS": "0"}, False)],
+)
+def test_apply_appends_the_flag_unless_opted_out(monkeypatch, env, expect_ours):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(_xla_flags, "_jaxlib_version", lambda: (0, 10, 2))
+    assert _xla_flags.apply_cpu_defaults() is expect_ours
+    flags = os.environ["XLA_FLAGS"]
+    assert flags.startswith("--xla_force_host_platform_device_count=2")
+    assert (f"{_xla_flags.YNN_FLAG}=" in flags) is expect_ours
+
+
+def test_a_user_set_value_is_left_alone(monkeypatch):
+    mine = f"{_xla_flags.YNN_FLAG}=LIBRARY_FUSION_TYPE_DOT"
+    monkeypatch.setenv("XLA_FLAGS", mine)
+    assert _xla_flags.apply_cpu_defaults()
+    assert os.environ["XLA_FLAGS"] == mine
