@@ -406,15 +406,17 @@ def test_max_pool_2x2_sends_each_windows_gradient_to_its_first_maximum_like_pyto
 
 
 @pytest.mark.parametrize(
-    "hw,kernel,strides", [((2, 2), 3, 1), ((1, 1), 3, 1), ((2, 1), 1, 1), ((4, 4), 3, 2)]
+    "hw,kernel,strides,cin,im2col",
+    [((2, 2), 3, 1, 5, True), ((1, 1), 3, 1, 5, True), ((2, 1), 1, 1, 5, True),
+     ((4, 4), 3, 2, 5, False), ((9, 7), 3, 1, 1, True), ((9, 7), 3, 1, 2, False)],
 )
-def test_conv_layer_equals_xla_conv_on_tiny_images(hw, kernel, strides):
-    """The im2col path (tiny outputs) and the fallback agree with lax.conv_general_dilated in
-    value and in both gradients."""
+def test_conv_layer_equals_xla_conv_on_im2col_and_fallback_paths(hw, kernel, strides, cin, im2col):
+    """The im2col path (tiny outputs, single-channel inputs) and the fallback agree with
+    lax.conv_general_dilated in value and in both gradients."""
     from signticket.models.layers import conv
 
     layer = conv(6, kernel, strides=strides, name="conv0")
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, *hw, 5))
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, *hw, cin))
     variables = layer.init(jax.random.PRNGKey(1), x)
     pad = kernel // 2
 
@@ -427,6 +429,7 @@ def test_conv_layer_equals_xla_conv_on_tiny_images(hw, kernel, strides):
         return layer.apply({"params": {"kernel": kernel_}}, x_)
 
     w = variables["params"]["kernel"]
+    assert ("conv_general_dilated" not in str(jax.make_jaxpr(ours)(w, x))) == im2col
     chex.assert_trees_all_close(ours(w, x), reference(w, x), atol=1e-5)
     loss = lambda f: lambda k, x_: jnp.sum(jnp.sin(f(k, x_)))
     chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(w, x),
