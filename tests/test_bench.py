@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench import suite, torch_models, train_step
+from bench import conv_ops, suite, torch_models, train_step
 
 
 def test_train_step_bench_runs(tmp_path):
@@ -12,6 +12,17 @@ def test_train_step_bench_runs(tmp_path):
     result = train_step.main(["--tiny", "--model", "convnet", "--image-shape", "28,28,1",
                               "--sparsity", "0.5", "--out", str(out)])
     assert result["img_per_s_median"] > 0 and json.loads(out.read_text())["model"] == "convnet"
+
+
+def test_conv_ops_bench_runs(tmp_path):
+    out = tmp_path / "conv_ops.json"
+    result = conv_ops.main(["--tiny", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["conv"] for r in rows] == [r["conv"] for r in result["rows"]] and rows
+    for row in rows:
+        assert all(row[f"xla_{op}_ms"] > 0 for op in conv_ops.OPS)
+        assert all(row[f"torch_{op}_ms"] > 0 for op in conv_ops.OPS) or (
+            not torch_models.torch_available())
 
 
 # Rows every full --tiny run must produce, with a positive signticket figure.
