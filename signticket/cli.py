@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
     quick = sub.add_parser(
         "quickstart", help="the three papers at reduced CPU scale on offline Fashion-MNIST",
-        description="AWS, permuted masks and Sign-In, reduced to ~15 minutes on 2 CPU cores; "
+        description="AWS, permuted masks and Sign-In, reduced to a few minutes on 2 CPU cores; "
                     "prints three tables. Killed runs resume; finished runs are reused.")
     quick.set_defaults(func=_cmd_quickstart, results="results/quickstart")
     reproduce = sub.add_parser(
