@@ -405,6 +405,21 @@ def test_max_pool_2x2_sends_each_windows_gradient_to_its_first_maximum_like_pyto
     chex.assert_trees_all_close(hvp, 2.0 * jnp.where(dx != 0, t, 0.0), atol=1e-6)
 
 
+def test_pooling_before_the_relu_is_the_same_function_and_gradient():
+    """The convnet pools before its ReLU (cheaper); that must not change values or gradients,
+    including windows that are all negative and windows whose maximum is tied."""
+    from signticket.models.layers import max_pool_2x2
+
+    x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (4, 6, 6, 3)), 1)
+    g = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 3, 3))
+    relu_first = lambda x_: max_pool_2x2(jax.nn.relu(x_))
+    pool_first = lambda x_: jax.nn.relu(max_pool_2x2(x_))
+    y1, vjp1 = jax.vjp(relu_first, x)
+    y2, vjp2 = jax.vjp(pool_first, x)
+    chex.assert_trees_all_equal(y1, y2)
+    chex.assert_trees_all_equal(vjp1(g), vjp2(g))
+
+
 @pytest.mark.parametrize(
     "hw,kernel,strides,cin,im2col",
     [((2, 2), 3, 1, 5, True), ((1, 1), 3, 1, 5, True), ((2, 1), 1, 1, 5, True),
