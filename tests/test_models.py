@@ -449,3 +449,35 @@ def test_conv_layer_equals_xla_conv_on_im2col_and_fallback_paths(hw, kernel, str
     loss = lambda f: lambda k, x_: jnp.sum(jnp.sin(f(k, x_)))
     chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(w, x),
                                 jax.grad(loss(reference), argnums=(0, 1))(w, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_equals_flax_batch_norm(train):
+    """Our one-multiply-add BatchNorm has flax's variables, statistics, running-average update
+    and (up to rounding) outputs and gradients; it is only a cheaper evaluation."""
+    import flax.linen as nn
+
+    from signticket.models.layers import batch_norm
+
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(0), (8, 5, 5, 6))
+    ours = batch_norm(train, name="bn0")
+    ref = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    init_ours, init_ref = ours.init(jax.random.PRNGKey(1), x), ref.init(jax.random.PRNGKey(1), x)
+    chex.assert_trees_all_equal(init_ours, init_ref)
+    variables = {
+        "params": {"scale": jnp.linspace(0.5, 2.0, 6), "bias": jnp.linspace(-1.0, 1.0, 6)},
+        "batch_stats": {"mean": jnp.ones(6), "var": 2.0 * jnp.ones(6)},
+    }
+
+    def run(module, params, x_):
+        return module.apply({**variables, "params": params}, x_, mutable=["batch_stats"])
+
+    (y1, stats1), (y2, stats2) = run(ours, variables["params"], x), run(ref, variables["params"], x)
+    chex.assert_trees_all_close(y1, y2, atol=2e-6)
+    chex.assert_trees_all_close(stats1, stats2, rtol=1e-6)
+    if train:  # the running averages moved
+        assert not np.allclose(stats1["batch_stats"]["mean"], 1.0)
+    loss = lambda m: lambda p, x_: jnp.sum(jnp.sin(run(m, p, x_)[0]))
+    chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(variables["params"], x),
+                                jax.grad(loss(ref), argnums=(0, 1))(variables["params"], x),
+                                rtol=1e-4, atol=1e-5)

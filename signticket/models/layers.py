@@ -112,20 +112,50 @@ def dense(features: int, *, name: str, use_bias: bool = True) -> nn.Dense:
     )
 
 
-def batch_norm(train: bool, *, name: str) -> nn.BatchNorm:
+class BatchNorm(nn.Module):
+    """``flax.linen.BatchNorm`` over the last axis, applied as one multiply-add per element.
+
+    Same variables (``params``: ``scale``, ``bias``; ``batch_stats``: ``mean``, ``var``), the
+    same float32 statistics (``var = max(0, E[x^2] - E[x]^2)``) and running averages
+    (``r <- momentum * r + (1 - momentum) * batch``, skipped at init). Only the normalization
+    differs in rounding: ``y = x * a + b`` with ``a = scale / sqrt(var + eps)`` and
+    ``b = bias - mean * a`` (PyTorch's CPU kernel does the same), one pass over ``x`` where
+    ``(x - mean) * a + bias`` is three on XLA:CPU.
+    """
+
+    use_running_average: bool = False
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        axes = tuple(range(x.ndim - 1))
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+            mean = x32.mean(axes)
+            var = jnp.maximum(0.0, jnp.square(x32).mean(axes) - jnp.square(mean))
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+        a = scale * lax.rsqrt(var + self.epsilon)
+        b = bias - mean * a
+        return (x * a + b).astype(x.dtype)
+
+
+def batch_norm(train: bool, *, name: str) -> BatchNorm:
     """BatchNorm equivalent to ``torch.nn.BatchNorm2d`` defaults (torch momentum 0.1 = 0.9 here).
 
     ``name`` must satisfy the normalization-name rule of :mod:`signticket.tree` (``bn*``,
     ``*_bn``, ...), which is how pruning and sign transfer tell norm parameters apart.
     """
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        scale_init=nn.initializers.ones,
-        bias_init=nn.initializers.zeros,
-        name=name,
-    )
+    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
