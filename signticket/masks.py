@@ -6,6 +6,7 @@ statistics, and applying a mask. Everything here is a pure function of pytrees.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, NamedTuple
 
 import jax
@@ -75,26 +76,35 @@ def magnitude_prune(
     check_same_structure(params, mask, "params", "mask")
     targets = select(params, prunable)
     leaves, treedef = jax.tree.flatten(params)
-    masks = treedef.flatten_up_to(mask)
-    chosen = treedef.flatten_up_to(targets)
-    idx = [i for i, c in enumerate(chosen) if c]
-    out = [jnp.asarray(m, bool) for m in masks]
+    masks = [jnp.asarray(m, bool) for m in treedef.flatten_up_to(mask)]
+    idx = tuple(i for i, c in enumerate(treedef.flatten_up_to(targets)) if c)
     if not idx:
-        return jax.tree.unflatten(treedef, out)
+        return jax.tree.unflatten(treedef, masks)
+    return jax.tree.unflatten(treedef, _prune_leaves(leaves, masks, fraction, idx, scope))
+
+
+# One program for the whole selection (compiled once per architecture and scope) rather than
+# dozens of eager ops, each compiled on first use: IMP's pruning phase was mostly compilation.
+@functools.partial(jax.jit, static_argnames=("idx", "scope"))
+def _prune_leaves(
+    leaves: list[jax.Array], masks: list[jax.Array], fraction: float, idx: tuple[int, ...],
+    scope: str,
+) -> list[jax.Array]:
+    out = list(masks)
     if scope == "layerwise":
         for i in idx:
             flat = _prune_flat(jnp.abs(leaves[i]).ravel(), out[i].ravel(), fraction)
             out[i] = flat.reshape(out[i].shape)
-    else:
-        scores = jnp.concatenate([jnp.abs(leaves[i]).ravel() for i in idx])
-        active = jnp.concatenate([out[i].ravel() for i in idx])
-        kept = _prune_flat(scores, active, fraction)
-        offset = 0
-        for i in idx:
-            n = out[i].size
-            out[i] = kept[offset : offset + n].reshape(out[i].shape)
-            offset += n
-    return jax.tree.unflatten(treedef, out)
+        return out
+    scores = jnp.concatenate([jnp.abs(leaves[i]).ravel() for i in idx])
+    active = jnp.concatenate([out[i].ravel() for i in idx])
+    kept = _prune_flat(scores, active, fraction)
+    offset = 0
+    for i in idx:
+        n = out[i].size
+        out[i] = kept[offset : offset + n].reshape(out[i].shape)
+        offset += n
+    return out
 
 
 def erk_densities(
