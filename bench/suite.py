@@ -16,6 +16,8 @@ Rows (``--only`` names):
 * ``malloc``: the same with ``SIGNTICKET_MALLOC_DEFAULTS=0`` (glibc's default allocator
   behaviour; ``signticket/_host_malloc.py``). The torch baselines run with the defaults on too
   (their child process imports signticket), so both sides share one allocator setting.
+* ``bf16``: the ResNet-20 step with the engine's bfloat16 compute policy (``Engine(...,
+  compute_dtype="bfloat16")``: float32 params, optimizer state and BN statistics) vs float32.
 * ``barrier``: ``lmc.barrier_curve`` (one program) vs per-alpha loop (:mod:`bench.barrier`).
   Goal 3x.
 * ``matching``: weight matching on ResNet-20x4 vs a naive loop (:mod:`bench.matching`). Goal 2x.
@@ -51,8 +53,8 @@ from bench.report import Row, format_table, machine_info
 from signticket import _host_malloc
 from signticket._xla_flags import YNN_FLAG
 
-GROUPS = ("train_resnet20", "train_convnet", "train_vgg11", "xla_flag", "malloc", "barrier",
-          "matching", "seeds", "sign_in", "imp_round")
+GROUPS = ("train_resnet20", "train_convnet", "train_vgg11", "xla_flag", "malloc", "bf16",
+          "barrier", "matching", "seeds", "sign_in", "imp_round")
 LABELS = {"resnet20": "ResNet-20", "convnet": "convnet", "vgg11": "VGG-11"}
 
 
@@ -157,6 +159,20 @@ class Suite:
                 baseline_note="(off)" if not off["host_malloc_defaults"] else "(still on!)"),
         ]
 
+    def bf16(self) -> list[Row]:
+        w = workloads.train_workload("resnet20", self.tiny)
+        steps, repeats = workloads.train_steps("resnet20", self.tiny)
+        fp32 = self.engine_result("resnet20")
+        bf16 = train_step.measure_engine(w.model, w.batch, w.image_shape, steps=steps,
+                                         repeats=repeats, augment=False,
+                                         compute_dtype="bfloat16")
+        self.details["bf16"] = {"bfloat16": bf16, "float32_img_per_s": fp32["img_per_s_median"]}
+        return [
+            Row("bf16", "ResNet-20 step, bfloat16 compute vs float32 (img/s)", "img/s",
+                bf16["img_per_s_median"], fp32["img_per_s_median"],
+                signticket_note="(bf16)", baseline_note="(fp32)"),
+        ]
+
     # -- the other benchmarks ------------------------------------------------------------------
 
     def barrier(self) -> list[Row]:
@@ -227,6 +243,7 @@ class Suite:
             "train_vgg11": lambda: self.train("vgg11"),
             "xla_flag": self.xla_flag,
             "malloc": self.malloc,
+            "bf16": self.bf16,
             "barrier": self.barrier,
             "matching": self.matching,
             "seeds": self.seeds,

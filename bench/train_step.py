@@ -64,6 +64,7 @@ def measure_engine(
     augment: bool = True,
     make_tx: TxFactory = masked_sgd,
     seed: int = 0,
+    compute_dtype: Any = None,
 ) -> dict[str, Any]:
     """Time ``Engine(model, make_tx(mask)).train_step`` on a fixed random uint8 batch.
 
@@ -71,6 +72,7 @@ def measure_engine(
     random mask (seed 1) over the prunable leaves and starts from the masked params; with
     ``sparsity = 0`` the optimizer still masks (all True).
     ``augment`` adds random crops (padding 4, 32x32 inputs) and flips inside the step.
+    ``compute_dtype`` (e.g. ``"bfloat16"``) is the engine's mixed-precision policy.
     Returns compile time, img/s, seconds per step and the bytes of params + optimizer state.
     """
     mesh = make_mesh()
@@ -86,7 +88,7 @@ def measure_engine(
     mask = workloads.random_mask(params, sparsity, seed=1) if sparsity > 0 else None
     if mask is not None:
         params = jax.tree.map(lambda p, m: jnp.asarray(np.where(m, p, 0)), params, mask)
-    engine = Engine(model, make_tx(mask), pre, mesh)
+    engine = Engine(model, make_tx(mask), pre, mesh, compute_dtype=compute_dtype)
     batch = workloads.synthetic_batch(batch_size, image_shape)
     state = engine.init_state(jax.random.PRNGKey(seed), batch["image"][:1], params=params,
                               batch_stats=variables["batch_stats"])
@@ -105,6 +107,7 @@ def measure_engine(
         "image_shape": list(image_shape),
         "sparsity": sparsity,
         "augment": augment,
+        "compute_dtype": jnp.dtype(compute_dtype or jnp.float32).name,
         "devices": len(jax.devices()),
         "backend": jax.default_backend(),
         "param_count": workloads.param_count(params),
@@ -128,11 +131,12 @@ def measure(
     sparsity: float,
     model_kwargs: dict | None = None,
     augment: bool = True,
+    compute_dtype: Any = None,
 ) -> dict[str, Any]:
     """:func:`measure_engine` of the registry model ``model_name`` (10 classes)."""
     model = models.get(model_name, num_classes=10, **(model_kwargs or {}))
     result = measure_engine(model, batch_size, image_shape, steps=steps, repeats=repeats,
-                            sparsity=sparsity, augment=augment)
+                            sparsity=sparsity, augment=augment, compute_dtype=compute_dtype)
     return {"model": model_name, "model_kwargs": model_kwargs or {}, **result}
 
 
@@ -145,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--sparsity", type=float, default=0.0, help="random mask (masking is on anyway)")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips in the step")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype of forward and backward (params stay float32)")
     p.add_argument("--tiny", action="store_true", help="smoke-test sizes")
     p.add_argument("--out", default="bench/results/train_step.json")
     args = p.parse_args(argv)
@@ -159,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         repeats=args.repeats,
         sparsity=args.sparsity,
         augment=not args.no_augment,
+        compute_dtype=None if args.dtype == "float32" else args.dtype,
     )
     result["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}"
     print(f"{'model':<10} {'batch':>5} {'devices':>7} {'compile s':>9} {'img/s (median)':>15}")

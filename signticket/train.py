@@ -65,6 +65,11 @@ class Engine:
     a batch ``{"image": uint8 [B, ...], "label": int [B]}`` split over the mesh's data axis; the
     state is replicated. Gradients are global-batch means, and BatchNorm statistics are computed
     over the global batch, so 1 and N devices give the same result.
+
+    ``compute_dtype`` (e.g. ``jnp.bfloat16``) is a mixed-precision policy: the forward and
+    backward passes run in that dtype on a cast of the params and images, while params,
+    optimizer state, BatchNorm statistics and the loss stay float32 (gradients reach the float32
+    params through the cast). ``None`` computes in the params' dtype.
     """
 
     model: nn.Module
@@ -72,6 +77,11 @@ class Engine:
     preprocess: Preprocess = _identity_preprocess
     mesh: Mesh = dataclasses.field(default_factory=make_mesh)
     pre_forward: PreForward | None = None
+    compute_dtype: Any = None
+
+    def __post_init__(self):
+        if self.compute_dtype is not None and not jnp.issubdtype(self.compute_dtype, jnp.floating):
+            raise ValueError(f"compute_dtype must be a floating dtype, got {self.compute_dtype!r}")
 
     def init_state(
         self,
@@ -126,10 +136,18 @@ class Engine:
 
     # -- steps ---------------------------------------------------------------------------------
 
+    def _in_compute_dtype(self, params: PyTree, images: jax.Array) -> tuple[PyTree, jax.Array]:
+        if self.compute_dtype is None:
+            return params, images
+        dtype = jnp.dtype(self.compute_dtype)
+        cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+        return jax.tree.map(cast, params), images.astype(dtype)
+
     def _loss(self, params, state: TrainState, images, labels, rng):
         hook_rng, dropout_rng = jax.random.split(rng)
         if self.pre_forward is not None:
             params = self.pre_forward(params, state.hook_state, hook_rng)
+        params, images = self._in_compute_dtype(params, images)
         logits, updates = self.model.apply(
             _variables(params, state.batch_stats),
             images,
@@ -159,8 +177,9 @@ class Engine:
         return new, metrics
 
     def _eval_step(self, state: TrainState, batch: dict) -> dict:
-        images = self.preprocess(batch["image"], None, False)
-        logits = self.model.apply(_variables(state.params, state.batch_stats), images, train=False)
+        params, images = self._in_compute_dtype(
+            state.params, self.preprocess(batch["image"], None, False))
+        logits = self.model.apply(_variables(params, state.batch_stats), images, train=False)
         labels = batch["label"]
         weight = batch.get("weight", jnp.ones(labels.shape, jnp.float32))
         return {

@@ -104,6 +104,40 @@ def test_reset_optimizer_keeps_mask_semantics():
     assert all(float(jnp.abs(t).sum()) == 0 for t in trace)
 
 
+def test_bf16_compute_keeps_float32_state_pruned_zeros_and_tracks_float32():
+    """Mixed precision: the step computes in bfloat16 but params, optimizer state and BN stats
+    stay float32, pruned weights stay exactly zero, and the loss and gradient step track the
+    float32 engine's to bfloat16 accuracy."""
+    full = _engine()
+    batch = _batch(full.mesh)
+    state = full.init_state(jax.random.PRNGKey(0), batch["image"])
+    mask = jax.tree.map(lambda p: jnp.arange(p.size).reshape(p.shape) % 3 != 0, state.params)
+    tx = optim.masked(optim.sgd(0.05, momentum=0.9), mask)
+    f32 = Engine(TinyNet(), tx, preprocess, full.mesh)
+    bf16 = Engine(TinyNet(), tx, preprocess, full.mesh, compute_dtype=jnp.bfloat16)
+    start = f32.init_state(jax.random.PRNGKey(0), batch["image"],
+                           params=jax.tree.map(lambda p, m: p * m, state.params, mask),
+                           batch_stats=state.batch_stats)
+    s32, s16 = f32.place(start), bf16.place(start)
+    losses = []
+    for _ in range(20):
+        s32, m32 = f32.train_step(s32, batch)
+        s16, m16 = bf16.train_step(s16, batch)
+        np.testing.assert_allclose(float(m16["loss"]), float(m32["loss"]), rtol=0.05)
+        losses.append(float(m16["loss"]))
+    assert losses[-1] < 0.85 * losses[0]
+    for tree in (s16.params, s16.opt_state, s16.batch_stats):
+        floats = {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
+        assert floats == {jnp.dtype(jnp.float32)}
+    for p, m in zip(jax.tree.leaves(s16.params), jax.tree.leaves(mask), strict=True):
+        assert np.all(np.asarray(p)[~np.asarray(m)] == 0)
+    chex.assert_trees_all_close(s16.params, s32.params, atol=0.05)
+    sums = bf16.eval_step(s16, {**batch, "weight": jnp.ones(16)})
+    assert sums["loss_sum"].dtype == jnp.float32 and float(sums["count"]) == 16.0
+    with pytest.raises(ValueError, match="floating dtype"):
+        Engine(TinyNet(), tx, preprocess, full.mesh, compute_dtype=jnp.int8)
+
+
 def test_check_finite():
     check_finite({"loss": 1.0}, "x")
     with pytest.raises(NonFiniteLossError, match="nan"):
