@@ -14,6 +14,8 @@ for mod in ("jax", "flax", "optax", "orbax.checkpoint", "chex", "tensorflow_data
     importlib.import_module(mod)
 import signticket
 assert os.path.realpath(signticket.__file__).startswith(sys.argv[1] + os.sep)
+from signticket.native import build
+assert build.onednn_prefix() is not None
 PYEOF
 ) >/dev/null 2>&1; then
   echo "== installing signticket and its dependencies"
@@ -27,6 +29,16 @@ if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
 fi
+
+if ! command -v g++ >/dev/null 2>&1; then
+  echo "== installing a C++ compiler (oneDNN convolutions are built against the installed jaxlib)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq g++
+fi
+
+echo "== building the oneDNN convolution library (CPU; skipped when already built)"
+"$PY" -m signticket.native.build || echo "   (convolutions will run on XLA's own kernels)"
 
 echo "== preparing fashion_mnist (TFDS, offline)"
 "$PY" -m signticket.data.prepare fashion_mnist

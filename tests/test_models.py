@@ -425,10 +425,13 @@ def test_pooling_before_the_relu_is_the_same_function_and_gradient():
     [((2, 2), 3, 1, 5, True), ((1, 1), 3, 1, 5, True), ((2, 1), 1, 1, 5, True),
      ((4, 4), 3, 2, 5, False), ((9, 7), 3, 1, 1, True), ((9, 7), 3, 1, 2, False)],
 )
-def test_conv_layer_equals_xla_conv_on_im2col_and_fallback_paths(hw, kernel, strides, cin, im2col):
-    """The im2col path (tiny outputs, single-channel inputs) and the fallback agree with
-    lax.conv_general_dilated in value and in both gradients."""
+def test_conv_layer_equals_xla_conv_on_im2col_and_fallback_paths(
+        hw, kernel, strides, cin, im2col, monkeypatch):
+    """Without oneDNN, the im2col path (tiny outputs, single-channel inputs) and the fallback
+    agree with lax.conv_general_dilated in value and in both gradients."""
     from signticket.models.layers import conv
+
+    monkeypatch.setenv("SIGNTICKET_CONV", "xla")
 
     layer = conv(6, kernel, strides=strides, name="conv0")
     x = jax.random.normal(jax.random.PRNGKey(0), (3, *hw, cin))

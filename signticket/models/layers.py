@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from signticket.native import conv as native_conv
+
 # PyTorch's kaiming_normal_ (fan_in, gain sqrt(2)) draws from an untruncated normal; Flax's
 # he_normal truncates. Sign transfer keeps init magnitudes, so match the papers' code exactly.
 kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -44,18 +46,22 @@ def conv_general_dilated(
     """``lax.conv_general_dilated``, as one im2col matmul for plain NHWC/HWIO convs with at
     most :data:`IM2COL_MAX_OUTPUT_PIXELS` output pixels or one input channel on the CPU backend:
     ``y[n, p, o] = sum_{i, j, c} pad(x)[n, p + (i, j), c] * w[i, j, c, o]``."""
+    nhwc = lhs.ndim == 4 and dimension_numbers == lax.conv_dimension_numbers(
+        lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    undilated = all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
+    if (nhwc and undilated and feature_group_count == 1 and batch_group_count == 1
+            and preferred_element_type in (None, jnp.float32) and native_conv.enabled()):
+        pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+                if isinstance(padding, str) else padding)
+        if native_conv.supports(lhs, rhs, pads):
+            return native_conv.conv(lhs, rhs, window_strides, pads)
     kwargs = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                   dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                   batch_group_count=batch_group_count, precision=precision,
                   preferred_element_type=preferred_element_type)
-    plain = (
-        lhs.ndim == 4 and not isinstance(padding, str)
-        and all(s == 1 for s in window_strides)
-        and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
-        and feature_group_count == 1 and batch_group_count == 1
-        and dimension_numbers == lax.conv_dimension_numbers(
-            lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    )
+    plain = (nhwc and undilated and not isinstance(padding, str)
+             and all(s == 1 for s in window_strides)
+             and feature_group_count == 1 and batch_group_count == 1)
     if not plain or jax.default_backend() != "cpu":
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
     (top, bottom), (left, right) = padding

@@ -1,0 +1,1 @@
+"""Native CPU kernels behind JAX primitives (oneDNN convolutions); see :mod:`.conv`."""

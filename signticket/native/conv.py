@@ -1,0 +1,247 @@
+"""oneDNN 2D convolutions as JAX primitives for the CPU backend.
+
+XLA:CPU's convolution kernels run 2-4x slower than oneDNN's on our conv shapes (kernel
+gradients worst: ``python -m bench.conv_ops``), and convolutions are ~80% of a ResNet-20 train
+step. This module exposes oneDNN's forward, input-gradient and kernel-gradient convolutions
+(C++ in ``onednn_conv.cc``, XLA FFI custom calls) as three primitives that close under
+differentiation, like ``lax.conv_general_dilated`` itself:
+
+    conv(x, w)             y[n, p, o] = sum_{k, c} pad(x)[n, s * p + k, c] * w[k, c, o]
+    input_grad(dy, w)      the adjoint of x -> conv(x, w), applied to dy
+    kernel_grad(x, dy)     the adjoint of w -> conv(x, w), applied to dy
+
+Each is bilinear, and the transpose of each in either argument is another of the three, so
+reverse mode, forward mode and any nesting of them (GraSP's Hessian-vector products are
+``jvp`` of ``grad``) stay on oneDNN. Under ``vmap``, a batch of inputs with shared weights is
+folded into the conv's batch dimension; batched weights (vmapped seeds) run one conv per
+member. Layouts are NHWC / HWIO / NHWC, float32, explicit padding, no dilation, no groups:
+:func:`supports` says whether a conv qualifies, and :mod:`signticket.models.layers` routes
+qualifying convs here on a single-device CPU backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax._src import dispatch  # apply_primitive: the eager rule every lax primitive uses
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from signticket.native import build
+
+# Above this many vmapped members with batched weights, run them as a loop instead of one
+# custom call each: keeps compiled programs small for large vmaps (e.g. per-example grads).
+MAX_UNROLLED_MEMBERS = 16
+ENV_BACKEND = "SIGNTICKET_CONV"  # "auto" (default), "xla" or "onednn"
+_TARGETS = ("forward", "input_grad", "kernel_grad")
+_NOT_MAPPED = None  # how batching rules mark an unbatched operand
+
+
+@functools.cache
+def _load() -> str:
+    """Build/load the library and register its FFI targets once; ``""`` or why it failed."""
+    path, reason = build.library_path(build=True)
+    if path is None:
+        return reason
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(path))
+    except OSError as e:
+        return f"loading {path} failed: {e}"
+    for name in _TARGETS:
+        jax.ffi.register_ffi_target(f"signticket_conv_{name}",
+                                    jax.ffi.pycapsule(getattr(lib, f"signticket_conv_{name}")),
+                                    platform="cpu")
+    return ""
+
+
+def unavailable_reason() -> str:
+    """Why oneDNN convolutions cannot run here (``""`` when they can)."""
+    return _load()
+
+
+def available() -> bool:
+    """Whether the oneDNN library is built, loaded and registered with XLA."""
+    return not _load()
+
+
+def enabled() -> bool:
+    """Whether :mod:`signticket.models.layers` should send qualifying convs to oneDNN now.
+
+    ``SIGNTICKET_CONV=xla`` turns it off, ``=onednn`` makes an unavailable library an error;
+    by default it is on for a single-device CPU backend when the library is available. (With
+    several devices XLA would replicate the custom call instead of sharding it.)
+    """
+    choice = os.environ.get(ENV_BACKEND, "auto")
+    if choice not in ("auto", "xla", "onednn"):
+        raise ValueError(f"{ENV_BACKEND}={choice!r}: expected 'auto', 'xla' or 'onednn'")
+    if choice == "xla":
+        return False
+    if choice == "onednn":
+        if not available():
+            raise RuntimeError(f"{ENV_BACKEND}=onednn but {unavailable_reason()}")
+        return jax.default_backend() == "cpu"
+    return jax.default_backend() == "cpu" and jax.device_count() == 1 and available()
+
+
+def supports(x: jax.Array, w: jax.Array, padding: Sequence[tuple[int, int]]) -> bool:
+    """Whether ``conv(x, w)`` (NHWC x HWIO) is one this module computes."""
+    return (x.ndim == 4 and w.ndim == 4 and x.shape[-1] == w.shape[2]
+            and x.dtype == jnp.float32 and w.dtype == jnp.float32
+            and len(padding) == 2 and all(p >= 0 for pair in padding for p in pair)
+            and all(d > 0 for d in x.shape + w.shape))
+
+
+def _output_hw(in_hw, kernel_hw, strides, padding):
+    return tuple((i + lo + hi - k) // s + 1
+                 for i, k, s, (lo, hi) in zip(in_hw, kernel_hw, strides, padding, strict=True))
+
+
+def _params(strides, padding):
+    return dict(strides=tuple(int(s) for s in strides),
+                padding=tuple((int(lo), int(hi)) for lo, hi in padding))
+
+
+conv_p = Primitive("signticket_onednn_conv")
+input_grad_p = Primitive("signticket_onednn_conv_input_grad")
+kernel_grad_p = Primitive("signticket_onednn_conv_kernel_grad")
+
+
+def conv(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
+         padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0))) -> jax.Array:
+    """``y = conv(x, w)`` on oneDNN: x [N, H, W, C], w [KH, KW, C, O] -> y [N, OH, OW, O],
+    explicit ``((top, bottom), (left, right))`` padding; equals ``lax.conv_general_dilated``
+    with NHWC/HWIO/NHWC dimension numbers."""
+    if not supports(x, w, padding):
+        raise ValueError(f"onednn conv: unsupported operands x {x.shape} {x.dtype}, w {w.shape} "
+                         f"{w.dtype}, padding {padding} (NHWC x HWIO float32, padding >= 0)")
+    if not available():
+        raise RuntimeError(f"onednn conv: {unavailable_reason()}")
+    return conv_p.bind(x, w, **_params(strides, padding))
+
+
+# -- shapes ----------------------------------------------------------------------------------
+
+def _conv_abstract(x, w, *, strides, padding):
+    oh, ow = _output_hw(x.shape[1:3], w.shape[:2], strides, padding)
+    return jax.core.ShapedArray((x.shape[0], oh, ow, w.shape[3]), x.dtype)
+
+
+def _input_grad_abstract(dy, w, *, strides, padding, input_shape):
+    return jax.core.ShapedArray(input_shape, dy.dtype)
+
+
+def _kernel_grad_abstract(x, dy, *, strides, padding, kernel_shape):
+    return jax.core.ShapedArray(kernel_shape, x.dtype)
+
+
+# Outside jit, a bind compiles and runs the single op, as lax's own primitives do.
+for _prim in (conv_p, input_grad_p, kernel_grad_p):
+    _prim.def_impl(functools.partial(dispatch.apply_primitive, _prim))
+conv_p.def_abstract_eval(_conv_abstract)
+input_grad_p.def_abstract_eval(_input_grad_abstract)
+kernel_grad_p.def_abstract_eval(_kernel_grad_abstract)
+
+
+# -- lowering to the FFI custom calls ----------------------------------------------------------
+
+def _lowering(target):
+    rule = jax.ffi.ffi_lowering(f"signticket_conv_{target}")
+
+    def lower(ctx, a, b, *, strides, padding, **_shape):
+        return rule(ctx, a, b, strides=np.asarray(strides, np.int64),
+                    padding=np.asarray([p for pair in padding for p in pair], np.int64))
+
+    return lower
+
+
+for _prim, _target in zip((conv_p, input_grad_p, kernel_grad_p), _TARGETS, strict=True):
+    mlir.register_lowering(_prim, _lowering(_target), platform="cpu")
+
+
+# -- differentiation: each op is bilinear; its transposes are the other two ---------------------
+
+def _undefined_shape(v):
+    return v.aval.shape
+
+
+ad.defbilinear(
+    conv_p,
+    lambda ct, x, w, *, strides, padding: input_grad_p.bind(
+        ct, w, strides=strides, padding=padding, input_shape=_undefined_shape(x)),
+    lambda ct, x, w, *, strides, padding: kernel_grad_p.bind(
+        x, ct, strides=strides, padding=padding, kernel_shape=_undefined_shape(w)),
+)
+ad.defbilinear(
+    input_grad_p,
+    lambda ct, dy, w, *, strides, padding, input_shape: conv_p.bind(
+        ct, w, strides=strides, padding=padding),
+    lambda ct, dy, w, *, strides, padding, input_shape: kernel_grad_p.bind(
+        ct, dy, strides=strides, padding=padding, kernel_shape=_undefined_shape(w)),
+)
+ad.defbilinear(
+    kernel_grad_p,
+    lambda ct, x, dy, *, strides, padding, kernel_shape: input_grad_p.bind(
+        dy, ct, strides=strides, padding=padding, input_shape=_undefined_shape(x)),
+    lambda ct, x, dy, *, strides, padding, kernel_shape: conv_p.bind(
+        x, ct, strides=strides, padding=padding),
+)
+
+
+# -- vmap --------------------------------------------------------------------------------------
+
+def _per_member(prim, args, dims, params):
+    """One bind per vmapped member (batched weights): unrolled, or a loop for large vmaps."""
+    mapped = [d is not _NOT_MAPPED for d in dims]
+    size = next(a.shape[d] for a, d, m in zip(args, dims, mapped, strict=True) if m)
+    args = [jnp.moveaxis(a, d, 0) if m else a for a, d, m in zip(args, dims, mapped, strict=True)]
+
+    def member(batched_slices):
+        it = iter(batched_slices)
+        operands = [next(it) if m else a for a, m in zip(args, mapped, strict=True)]
+        return prim.bind(*operands, **params)
+
+    batched = [a for a, m in zip(args, mapped, strict=True) if m]
+    if size <= MAX_UNROLLED_MEMBERS:
+        return jnp.stack([member([a[i] for a in batched]) for i in range(size)]), 0
+    return lax.map(member, batched), 0
+
+
+def _fold_into_batch(prim, args, dims, params, shape_param=None):
+    """Inputs batched, weights shared: the vmapped axis joins the conv's batch axis."""
+    a, b = args
+    a = jnp.moveaxis(a, dims[0], 0)
+    members, n = a.shape[:2]
+    if shape_param is not None:
+        shape = params[shape_param]
+        params = {**params, shape_param: (members * n, *shape[1:])}
+    out = prim.bind(a.reshape(members * n, *a.shape[2:]), b, **params)
+    return out.reshape(members, n, *out.shape[1:]), 0
+
+
+def _conv_batch(args, dims, **params):
+    if dims[1] is _NOT_MAPPED:
+        return _fold_into_batch(conv_p, args, dims, params)
+    return _per_member(conv_p, args, dims, params)
+
+
+def _input_grad_batch(args, dims, **params):
+    if dims[1] is _NOT_MAPPED:
+        return _fold_into_batch(input_grad_p, args, dims, params, "input_shape")
+    return _per_member(input_grad_p, args, dims, params)
+
+
+def _kernel_grad_batch(args, dims, **params):
+    # Summed over the conv's batch axis: vmapped members never fold into it.
+    return _per_member(kernel_grad_p, args, dims, params)
+
+
+batching.primitive_batchers[conv_p] = _conv_batch
+batching.primitive_batchers[input_grad_p] = _input_grad_batch
+batching.primitive_batchers[kernel_grad_p] = _kernel_grad_batch
