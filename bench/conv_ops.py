@@ -1,11 +1,13 @@
-"""Where the train-step gap is: each convolution's three ops, XLA vs PyTorch, one at a time.
+"""Each convolution's three ops on their own: signticket (oneDNN), XLA and PyTorch.
 
     python -m bench.conv_ops                  # the convnet's and ResNet-20's conv shapes, batch 128
     python -m bench.conv_ops --tiny           # smoke run (CI): tiny sizes, no figures claimed
 
 For every 3x3 stride-1 conv shape of the two CPU workloads, times the forward pass, the input
 gradient and the kernel gradient, each jitted on its own (signticket's conv entry point and its
-VJPs, NHWC/HWIO: XLA's conv, or the im2col matmul for single-channel inputs), against
+VJPs, NHWC/HWIO: oneDNN where :mod:`signticket.native.conv` is enabled) and the same entry
+point with ``SIGNTICKET_CONV=xla`` (XLA's conv, or the im2col matmul for single-channel inputs),
+against
 ``torch.nn.functional.conv2d`` and ``aten.convolution_backward`` (channels_last) when torch is
 installed. Milliseconds, median over repeats (:mod:`bench.timing`). Writes the figures as JSON.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import jax
 
 from bench import report, timing, torch_models
 from signticket.models import layers
+from signticket.native import conv as native_conv
 
 # (name, batch, height, width, in channels, out channels): the convnet (16, 32, 64) on 28x28x1
 # and ResNet-20's three stages on 32x32x3.
@@ -36,13 +40,14 @@ OPS = ("forward", "input_grad", "kernel_grad")
 
 
 def _conv(x: jax.Array, k: jax.Array) -> jax.Array:
-    # signticket's conv entry point: XLA's conv, or im2col where layers.py routes it there.
+    # signticket's conv entry point: oneDNN, XLA's conv or im2col, as layers.py routes it.
     dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
     return layers.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
 
 
 def jax_ops(n: int, h: int, w: int, cin: int, cout: int) -> dict[str, Any]:
-    """Zero-argument callables running each op of one conv shape in XLA."""
+    """Zero-argument callables running each op of one conv shape through signticket's conv
+    entry point (traced on the first call, under the ``SIGNTICKET_CONV`` in effect then)."""
     kx, kk, ky = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, (n, h, w, cin))
     k = 0.1 * jax.random.normal(kk, (3, 3, cin, cout))
@@ -75,12 +80,33 @@ def torch_ops(n: int, h: int, w: int, cin: int, cout: int) -> dict[str, Any]:
             "kernel_grad": backward([False, True, False])}
 
 
+IMPLS = ("signticket", "xla", "torch")
+
+
+def _jax_ops_on(backend: str, dims) -> dict[str, Any]:
+    """``jax_ops`` traced with ``SIGNTICKET_CONV=backend`` (the routing is read at trace time)."""
+    ops = jax_ops(*dims)
+    previous = os.environ.get(native_conv.ENV_BACKEND)
+    os.environ[native_conv.ENV_BACKEND] = backend
+    try:
+        for op in ops.values():
+            jax.block_until_ready(op())
+    finally:
+        if previous is None:
+            del os.environ[native_conv.ENV_BACKEND]
+        else:
+            os.environ[native_conv.ENV_BACKEND] = previous
+    return ops
+
+
 def measure(shapes: list[tuple], repeats: int, with_torch: bool) -> list[dict[str, Any]]:
-    """Median milliseconds of every op of every shape, XLA and (optionally) torch."""
+    """Median milliseconds of every op of every shape: signticket's routing, XLA and
+    (optionally) torch."""
     results = []
     for name, *dims in shapes:
-        row: dict[str, Any] = {"conv": name, "shape_nhwc_cin_cout": dims}
-        impls = {"xla": jax_ops(*dims)}
+        row: dict[str, Any] = {"conv": name, "shape_nhwc_cin_cout": dims,
+                               "signticket_conv": "onednn" if native_conv.enabled() else "xla"}
+        impls = {"signticket": _jax_ops_on("auto", dims), "xla": _jax_ops_on("xla", dims)}
         if with_torch:
             impls["torch"] = torch_ops(*dims)
         for impl, ops in impls.items():
@@ -92,16 +118,16 @@ def measure(shapes: list[tuple], repeats: int, with_torch: bool) -> list[dict[st
 
 
 def format_rows(results: list[dict[str, Any]]) -> str:
-    lines = [f"{'conv':<17} {'NHW,cin,cout':<20}" + "".join(
-        f"{op + ' xla/torch ms':>28}" for op in OPS)]
+    lines = [f"{'conv':<17} {'NHW,cin,cout':<17}" + "".join(
+        f"{op + ' ours/xla/torch ms':>34}" for op in OPS)]
     for r in results:
         cells = []
         for op in OPS:
-            ours, theirs = r[f"xla_{op}_ms"], r.get(f"torch_{op}_ms")
+            ours, xla, theirs = (r.get(f"{impl}_{op}_ms") for impl in IMPLS)
             ratio = f" ({theirs / ours:.2f}x)" if theirs else ""
-            cells.append(f"{ours:>8.2f} / {theirs if theirs else '-':>6}{ratio:>9}")
+            cells.append(f"{ours:.2f} / {xla:.2f} / {theirs if theirs else '-'}{ratio}")
         dims = ",".join(str(d) for d in r["shape_nhwc_cin_cout"])
-        lines.append(f"{r['conv']:<17} {dims:<20}" + "".join(f"{c:>28}" for c in cells))
+        lines.append(f"{r['conv']:<17} {dims:<17}" + "".join(f"{c:>34}" for c in cells))
     return "\n".join(lines)
 
 
@@ -109,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--tiny", action="store_true", help="smoke-test sizes")
-    p.add_argument("--no-torch", action="store_true", help="XLA figures only")
+    p.add_argument("--no-torch", action="store_true", help="JAX figures only")
     p.add_argument("--out", default="bench/results/conv_ops.json")
     args = p.parse_args(argv)
     shapes = SHAPES
@@ -120,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with_torch = not args.no_torch and torch_models.torch_available()
     results = measure(shapes, args.repeats, with_torch)
     print(format_rows(results))
-    print("ratio = torch ms / xla ms (above 1: XLA is faster)")
+    print(f"ours = signticket's conv ({results[0]['signticket_conv']}); "
+          "ratio = torch ms / ours ms (above 1: signticket is faster)")
     out = {"machine": report.machine_info(), "tiny": args.tiny, "rows": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

@@ -20,7 +20,9 @@ def test_conv_ops_bench_runs(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["conv"] for r in rows] == [r["conv"] for r in result["rows"]] and rows
     for row in rows:
-        assert all(row[f"xla_{op}_ms"] > 0 for op in conv_ops.OPS)
+        assert all(row[f"{impl}_{op}_ms"] > 0 for op in conv_ops.OPS
+                   for impl in ("signticket", "xla"))
+        assert row["signticket_conv"] == "onednn"
         assert all(row[f"torch_{op}_ms"] > 0 for op in conv_ops.OPS) or (
             not torch_models.torch_available())
 

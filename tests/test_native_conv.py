@@ -176,3 +176,20 @@ def test_several_devices_keep_xla_convs():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def test_concurrent_convs_in_one_program_are_exact():
+    """XLA runs independent ops on several threads at once; each call must use its own
+    scratch (a shared oneDNN scratchpad would mix results). Many independent input and kernel
+    gradients of one shape in one program must equal the same ops run one by one."""
+    strides, padding = (2, 2), ((1, 1), (1, 1))
+    x, w = _operands(CASES[1])
+    members = 12
+    xs = [x * (i + 1) for i in range(members)]
+    ws = [w / (i + 1) for i in range(members)]
+    grad = jax.grad(_loss(_ours(strides, padding)), (0, 1))
+
+    together = jax.jit(lambda xs_, ws_: [grad(a, b) for a, b in zip(xs_, ws_, strict=True)])
+    one_by_one = [jax.jit(grad)(a, b) for a, b in zip(xs, ws, strict=True)]
+    for _ in range(3):
+        chex.assert_trees_all_equal(together(xs, ws), one_by_one)

@@ -11,7 +11,9 @@
 // Attributes: strides = (sh, sw), padding = (top, bottom, left, right). Activations stay in
 // the caller's layout (oneDNN's brgemm convs run NHWC directly); only the small kernel is
 // reordered into oneDNN's blocked layout and back. Primitives are built once per shape and
-// cached; executing one primitive from several XLA threads at once is safe in oneDNN.
+// cached. XLA runs independent ops on several threads at once (a layer's input and kernel
+// gradients, say), so nothing mutable is shared: primitives use user-managed scratchpads, and
+// each calling thread carves its scratchpad and blocked kernel from its own buffer.
 
 #include <cstdint>
 #include <map>
@@ -47,7 +49,20 @@ struct Cached {
   memory::desc user_weights;              // HWIO
   dnnl::reorder weights_reorder;          // user <-> blocked, when they differ
   bool reorder_weights = false;
+  memory::desc conv_scratchpad, reorder_scratchpad;
 };
+
+constexpr size_t kAlign = 64;
+
+size_t Aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+// A grow-only buffer per thread: a thread runs one op at a time, so its scratch is never shared.
+char* ThreadScratch(size_t bytes) {
+  thread_local std::vector<char> buffer;
+  if (buffer.size() < bytes + kAlign) buffer.resize(bytes + kAlign);
+  auto address = reinterpret_cast<uintptr_t>(buffer.data());
+  return buffer.data() + (Aligned(address) - address);
+}
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -61,9 +76,11 @@ Cached Build(Op op, const Geometry& g) {
   memory::desc wei_any({g.o, g.c, g.kh, g.kw}, dt::f32, tag::any);
   memory::desc wei_user({g.o, g.c, g.kh, g.kw}, dt::f32, tag::hwio);
   memory::dims strides{g.sh, g.sw}, pad_l{g.pt, g.pl}, pad_r{g.pb, g.pr};
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto fwd = dnnl::convolution_forward::primitive_desc(
       eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, wei_any,
-      dst, strides, pad_l, pad_r);
+      dst, strides, pad_l, pad_r, attr);
   Cached c;
   c.user_weights = wei_user;
   switch (op) {
@@ -72,35 +89,38 @@ Cached Build(Op op, const Geometry& g) {
       c.act_in = fwd.src_desc();
       c.weights = fwd.weights_desc();
       c.act_out = fwd.dst_desc();
+      c.conv_scratchpad = fwd.scratchpad_desc();
       break;
     case Op::kInputGrad: {
       auto pd = dnnl::convolution_backward_data::primitive_desc(
           eng, dnnl::algorithm::convolution_direct, src, wei_any, dst, strides, pad_l, pad_r,
-          fwd);
+          fwd, attr);
       c.conv = dnnl::convolution_backward_data(pd);
       c.act_in = pd.diff_dst_desc();
       c.weights = pd.weights_desc();
       c.act_out = pd.diff_src_desc();
+      c.conv_scratchpad = pd.scratchpad_desc();
       break;
     }
     case Op::kKernelGrad: {
       auto pd = dnnl::convolution_backward_weights::primitive_desc(
           eng, dnnl::algorithm::convolution_direct, src, wei_any, dst, strides, pad_l, pad_r,
-          fwd);
+          fwd, attr);
       c.conv = dnnl::convolution_backward_weights(pd);
       c.act_in = pd.src_desc();
       c.act_out = pd.diff_dst_desc();
       c.weights = pd.diff_weights_desc();
+      c.conv_scratchpad = pd.scratchpad_desc();
       break;
     }
   }
   c.reorder_weights = c.weights != wei_user;
   if (c.reorder_weights) {
-    c.weights_reorder = op == Op::kKernelGrad
-                            ? dnnl::reorder(dnnl::reorder::primitive_desc(eng, c.weights, eng,
-                                                                          wei_user))
-                            : dnnl::reorder(dnnl::reorder::primitive_desc(eng, wei_user, eng,
-                                                                          c.weights));
+    auto pd = op == Op::kKernelGrad
+                  ? dnnl::reorder::primitive_desc(eng, c.weights, eng, wei_user, attr)
+                  : dnnl::reorder::primitive_desc(eng, wei_user, eng, c.weights, attr);
+    c.weights_reorder = dnnl::reorder(pd);
+    c.reorder_scratchpad = pd.scratchpad_desc();
   }
   return c;
 }
@@ -138,29 +158,41 @@ ffi::Error Run(Op op, ffi::Span<const int64_t> strides, ffi::Span<const int64_t>
     const Cached& c = Lookup(op, g);
     auto& eng = Engine();
     dnnl::stream stream(eng);
+    // This thread's scratch: [blocked kernel | conv scratchpad | reorder scratchpad].
+    size_t weights_bytes = c.reorder_weights ? Aligned(c.weights.get_size()) : 0;
+    size_t conv_bytes = Aligned(c.conv_scratchpad.get_size());
+    char* scratch = ThreadScratch(weights_bytes + conv_bytes + c.reorder_scratchpad.get_size());
+    memory conv_scratchpad(c.conv_scratchpad, eng, scratch + weights_bytes);
+    memory reorder_scratchpad(c.reorder_scratchpad, eng, scratch + weights_bytes + conv_bytes);
     void* weights_ptr = op == Op::kKernelGrad ? out->untyped_data() : b.untyped_data();
     memory user_w(c.user_weights, eng, weights_ptr);
-    memory w = c.reorder_weights ? memory(c.weights, eng) : user_w;
-    if (c.reorder_weights && op != Op::kKernelGrad) {
-      c.weights_reorder.execute(stream, user_w, w);
-    }
+    memory w = c.reorder_weights ? memory(c.weights, eng, scratch) : user_w;
+    auto reorder = [&](memory& from, memory& to) {
+      c.weights_reorder.execute(stream, {{DNNL_ARG_FROM, from},
+                                         {DNNL_ARG_TO, to},
+                                         {DNNL_ARG_SCRATCHPAD, reorder_scratchpad}});
+    };
+    if (c.reorder_weights && op != Op::kKernelGrad) reorder(user_w, w);
     memory act_in(c.act_in, eng, a.untyped_data());
     switch (op) {
       case Op::kForward:
         c.conv.execute(stream, {{DNNL_ARG_SRC, act_in},
                                 {DNNL_ARG_WEIGHTS, w},
-                                {DNNL_ARG_DST, memory(c.act_out, eng, out->untyped_data())}});
+                                {DNNL_ARG_DST, memory(c.act_out, eng, out->untyped_data())},
+                                {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
         break;
       case Op::kInputGrad:
         c.conv.execute(stream, {{DNNL_ARG_DIFF_DST, act_in},
                                 {DNNL_ARG_WEIGHTS, w},
-                                {DNNL_ARG_DIFF_SRC, memory(c.act_out, eng, out->untyped_data())}});
+                                {DNNL_ARG_DIFF_SRC, memory(c.act_out, eng, out->untyped_data())},
+                                {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
         break;
       case Op::kKernelGrad:
         c.conv.execute(stream, {{DNNL_ARG_SRC, act_in},
                                 {DNNL_ARG_DIFF_DST, memory(c.act_out, eng, b.untyped_data())},
-                                {DNNL_ARG_DIFF_WEIGHTS, w}});
-        if (c.reorder_weights) c.weights_reorder.execute(stream, w, user_w);
+                                {DNNL_ARG_DIFF_WEIGHTS, w},
+                                {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
+        if (c.reorder_weights) reorder(w, user_w);
         break;
     }
     stream.wait();
