@@ -11,6 +11,8 @@ Rows (``--only`` names):
   step (masked SGD, sharded jit, no augmentation; :mod:`bench.train_step`) vs the same model
   in eager PyTorch (:mod:`bench.torch_models`, run in a child process; the faster of
   contiguous / channels_last). Goal >= 1x.
+* ``onednn``: the ResNet-20 step again in a subprocess with ``SIGNTICKET_CONV=xla`` (XLA's own
+  convolutions instead of oneDNN's; ``signticket/native/conv.py``).
 * ``xla_flag``: the ResNet-20 step again in a subprocess with ``SIGNTICKET_XLA_DEFAULTS=0``
   (no YNNPACK fusion flag; ``signticket/_xla_flags.py``): the lever's before/after.
 * ``malloc``: the same with ``SIGNTICKET_MALLOC_DEFAULTS=0`` (glibc's default allocator
@@ -52,8 +54,9 @@ from bench import barrier, imp_round, matching, seeds, sign_in, torch_models, tr
 from bench.report import Row, format_table, machine_info
 from signticket import _host_malloc
 from signticket._xla_flags import YNN_FLAG
+from signticket.native import conv as native_conv
 
-GROUPS = ("train_resnet20", "train_convnet", "train_vgg11", "xla_flag", "malloc", "bf16",
+GROUPS = ("train_resnet20", "train_convnet", "train_vgg11", "onednn", "xla_flag", "malloc", "bf16",
           "barrier", "matching", "seeds", "sign_in", "imp_round")
 LABELS = {"resnet20": "ResNet-20", "convnet": "convnet", "vgg11": "VGG-11"}
 
@@ -132,6 +135,18 @@ class Suite:
         self.details[key] = {"on": {k: on[k] for k in fields}, "off": {k: off[k] for k in fields},
                              "child_machine": child["machine"]}
         return on, off
+
+    def onednn(self) -> list[Row]:
+        env = dict(os.environ, **{native_conv.ENV_BACKEND: "xla"})
+        on, off = self._lever("onednn", env, ("conv_backend", "xla_flags"))
+        return [
+            Row("onednn", "ResNet-20 step, oneDNN convs vs SIGNTICKET_CONV=xla (img/s)",
+                "img/s", on["img_per_s_median"], off["img_per_s_median"],
+                signticket_note=f"({on['conv_backend']})",
+                baseline_note=f"({off['conv_backend']})"),
+            Row("onednn_compile", "  ResNet-20 step compile, oneDNN vs XLA convs (s)", "s",
+                on["compile_s"], off["compile_s"], higher_is_better=False),
+        ]
 
     def xla_flag(self) -> list[Row]:
         env = dict(os.environ, SIGNTICKET_XLA_DEFAULTS="0")
@@ -241,6 +256,7 @@ class Suite:
             "train_resnet20": lambda: self.train("resnet20"),
             "train_convnet": lambda: self.train("convnet"),
             "train_vgg11": lambda: self.train("vgg11"),
+            "onednn": self.onednn,
             "xla_flag": self.xla_flag,
             "malloc": self.malloc,
             "bf16": self.bf16,
@@ -286,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"signticket benchmark suite{' (--tiny: smoke sizes, no claims)' if args.tiny else ''}"
           f" - {machine['cpu_count']} CPUs ({machine['cpu_model']}), {machine['backend']}, "
           f"jax {machine['jax']}, torch {machine['torch']}, "
+          f"{machine['conv_backend']} convs, "
           f"YNN flag {'on' if machine['ynn_fusion_flag'] else 'off'}, "
           f"malloc defaults {'on' if machine['host_malloc_defaults'] else 'off'}, "
           f"load {machine['load_average_at_start'][0]:.1f}")

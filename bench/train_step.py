@@ -31,6 +31,7 @@ from bench import timing, workloads  # bench/__init__ imports signticket (XLA fl
 from signticket import _host_malloc, models, optim
 from signticket import data as data_lib
 from signticket._xla_flags import YNN_FLAG
+from signticket.native import conv as native_conv
 from signticket.sharding import batch_sharded, make_mesh
 from signticket.train import Engine
 from signticket.tree import PyTree
@@ -45,10 +46,11 @@ def masked_sgd(mask: PyTree | None) -> optax.GradientTransformation:
 
 
 def xla_flag_state() -> dict[str, Any]:
-    """``XLA_FLAGS`` as this process sees it, whether the YNNPACK fusion flag is in it and
-    whether the host malloc defaults are applied."""
+    """``XLA_FLAGS`` as this process sees it, whether the YNNPACK fusion flag is in it, where
+    convolutions run and whether the host malloc defaults are applied."""
     flags = os.environ.get("XLA_FLAGS", "")
     return {"xla_flags": flags, "ynn_fusion_flag": YNN_FLAG in flags,
+            "conv_backend": "onednn" if native_conv.enabled() else "xla",
             "SIGNTICKET_XLA_DEFAULTS": os.environ.get("SIGNTICKET_XLA_DEFAULTS"),
             "host_malloc_defaults": _host_malloc.applied()}
 

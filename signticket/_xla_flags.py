@@ -7,13 +7,20 @@ the forward pass). Routing dots and elementwise fusions through the YNNPACK libr
 train step from ~70 to ~170 img/s on 2 cores; ``python -m bench.suite`` measures it. Reductions
 (BatchNorm statistics and their gradients) go through YNNPACK too on jaxlib >= 0.10, where XLA
 otherwise rewrites them into slow ``reduce-window`` trees: ResNet-20's step 360 -> 330 ms, the
-convnet's 28 -> 24 ms (AVX-512, 3/3 interleaved rounds). The flag is ignored by GPU/TPU
-backends. Set ``SIGNTICKET_XLA_DEFAULTS=0`` to leave ``XLA_FLAGS`` untouched.
+convnet's 28 -> 24 ms (AVX-512, 3/3 interleaved rounds).
+
+When convolutions run on oneDNN instead (:mod:`signticket.native.conv`, the default on a
+single-device CPU backend where oneDNN is installed), YNNPACK's elementwise fusions only slow
+down what is left (BatchNorm, ReLU, residual adds): ResNet-20 627 -> 682 img/s, the convnet
+8900 -> 10400 img/s without them (2/2 interleaved rounds), so only dots and reductions go to
+YNNPACK then. The flag is ignored by GPU/TPU backends. Set ``SIGNTICKET_XLA_DEFAULTS=0`` to
+leave ``XLA_FLAGS`` untouched.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # Fusion types with the first jaxlib we ran them on: an unknown XLA flag or enum value aborts
@@ -24,11 +31,31 @@ _YNN_TYPES = (
     ("LIBRARY_FUSION_TYPE_REDUCE", (0, 10, 0)),
 )
 _MIN_JAXLIB = min(v for _, v in _YNN_TYPES)
+# With oneDNN convolutions: dots and reductions, and only together (dots alone measured slower
+# than no flag at all), so from the first jaxlib that accepts REDUCE.
+_YNN_TYPES_WITH_ONEDNN = ("LIBRARY_FUSION_TYPE_DOT", "LIBRARY_FUSION_TYPE_REDUCE")
+_MIN_JAXLIB_WITH_ONEDNN = (0, 10, 0)
 
 
-def ynn_value(jaxlib: tuple[int, ...]) -> str:
-    """The ``--xla_cpu_experimental_ynn_fusion_type`` value for a jaxlib version."""
+def ynn_value(jaxlib: tuple[int, ...], onednn_convs: bool = False) -> str:
+    """The ``--xla_cpu_experimental_ynn_fusion_type`` value for a jaxlib version, with
+    convolutions on oneDNN or on XLA (``""``: leave the flag out)."""
+    if onednn_convs:
+        return ",".join(_YNN_TYPES_WITH_ONEDNN) if jaxlib >= _MIN_JAXLIB_WITH_ONEDNN else ""
     return ",".join(t for t, since in _YNN_TYPES if jaxlib >= since)
+
+
+def onednn_convs_expected(xla_flags: str) -> bool:
+    """Whether this process will run its convolutions on oneDNN: not opted out, one CPU device
+    (several would keep XLA's convs) and oneDNN plus a compiler installed."""
+    if os.environ.get("SIGNTICKET_CONV", "auto") == "xla":
+        return False
+    devices = re.search(r"--xla_force_host_platform_device_count=(\d+)", xla_flags)
+    if devices and int(devices.group(1)) > 1:
+        return False
+    from signticket.native import build
+
+    return build.onednn_prefix() is not None and build.compiler() is not None
 
 
 def _jaxlib_version() -> tuple[int, ...]:
@@ -52,5 +79,8 @@ def apply_cpu_defaults() -> bool:
     jaxlib = _jaxlib_version()
     if os.environ.get("SIGNTICKET_XLA_DEFAULTS", "1") == "0" or jaxlib < _MIN_JAXLIB:
         return False
-    os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}={ynn_value(jaxlib)}".strip()
+    value = ynn_value(jaxlib, onednn_convs_expected(flags))
+    if not value:
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}={value}".strip()
     return True

@@ -30,7 +30,8 @@ def test_conv_ops_bench_runs(tmp_path):
 # Rows every full --tiny run must produce, with a positive signticket figure.
 EXPECTED_ROWS = [
     "train_resnet20", "train_resnet20_compile", "train_convnet", "train_convnet_compile",
-    "train_vgg11", "train_vgg11_compile", "xla_flag", "xla_flag_compile", "malloc", "bf16",
+    "train_vgg11", "train_vgg11_compile", "onednn", "onednn_compile", "xla_flag",
+    "xla_flag_compile", "malloc", "bf16",
     "barrier",
     "barrier_first_call", "matching", "matching_first_call", "matching_objective", "seeds_2",
     "sign_in_step", "sign_in_bytes", "imp_round1", "imp_round2",
@@ -39,7 +40,8 @@ EXPECTED_ROWS = [
 ]
 # Rows compared with a baseline (the train-step rows' baseline is PyTorch).
 TORCH_ROWS = {"train_resnet20", "train_convnet", "train_vgg11"}
-BASELINE_ROWS = {"xla_flag", "xla_flag_compile", "malloc", "bf16", "barrier", "barrier_first_call",
+BASELINE_ROWS = {"onednn", "onednn_compile", "xla_flag", "xla_flag_compile", "malloc", "bf16",
+                 "barrier", "barrier_first_call",
                  "matching", "matching_first_call", "matching_objective", "seeds_2",
                  "sign_in_step", "sign_in_bytes"}
 

@@ -33,3 +33,27 @@ def test_a_user_set_value_is_left_alone(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", mine)
     assert _xla_flags.apply_cpu_defaults()
     assert os.environ["XLA_FLAGS"] == mine
+
+
+def test_with_onednn_convs_only_dots_and_reductions_go_to_ynnpack():
+    assert _xla_flags.ynn_value((0, 10, 2), onednn_convs=True) == (
+        "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE")
+    # Dots alone measured slower than no flag: older jaxlibs get none.
+    assert _xla_flags.ynn_value((0, 9, 0), onednn_convs=True) == ""
+
+
+@pytest.mark.parametrize("jaxlib,expected", [((0, 10, 2), True), ((0, 9, 0), False)])
+def test_apply_with_onednn_convs(monkeypatch, jaxlib, expected):
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.delenv("SIGNTICKET_XLA_DEFAULTS", raising=False)
+    monkeypatch.setattr(_xla_flags, "_jaxlib_version", lambda: jaxlib)
+    monkeypatch.setattr(_xla_flags, "onednn_convs_expected", lambda flags: True)
+    assert _xla_flags.apply_cpu_defaults() is expected
+    assert ("LIBRARY_FUSION_TYPE_ELTWISE" in os.environ["XLA_FLAGS"]) is False
+
+
+def test_onednn_convs_are_not_expected_when_opted_out_or_with_several_devices(monkeypatch):
+    monkeypatch.delenv("SIGNTICKET_CONV", raising=False)
+    assert not _xla_flags.onednn_convs_expected("--xla_force_host_platform_device_count=8")
+    monkeypatch.setenv("SIGNTICKET_CONV", "xla")
+    assert not _xla_flags.onednn_convs_expected("")

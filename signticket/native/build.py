@@ -40,7 +40,8 @@ def onednn_prefix() -> Path | None:
     return None
 
 
-def _compiler() -> str | None:
+def compiler() -> str | None:
+    """The C++ compiler the build uses: ``$CXX``, else ``g++`` or ``c++`` on the PATH."""
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
@@ -66,7 +67,7 @@ def library_path(build: bool = True) -> tuple[Path | None, str]:
         return target, ""
     if not build:
         return None, f"not built yet (`python -m signticket.native.build`): {target}"
-    cxx = _compiler()
+    cxx = compiler()
     if cxx is None:
         return None, "no C++ compiler (g++) found; `apt-get install -y g++`"
     import jax
