@@ -38,7 +38,7 @@ if ! command -v g++ >/dev/null 2>&1; then
 fi
 
 echo "== building the oneDNN convolution library (CPU; skipped when already built)"
-"$PY" -m signticket.native.build || echo "   (convolutions will run on XLA's own kernels)"
+"$PY" -m signticket.native || echo "   (convolutions will run on XLA's own kernels)"
 
 echo "== preparing fashion_mnist (TFDS, offline)"
 "$PY" -m signticket.data.prepare fashion_mnist

@@ -112,10 +112,34 @@ def test_vmap_over_inputs_and_over_weights(members):
                                 atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.skipif(not native_conv.bf16_supported(), reason="no native bfloat16 on this CPU")
+@pytest.mark.parametrize("case", CASES[:2])
+def test_bfloat16_conv_and_gradients_track_float32(case):
+    """bfloat16 operands (float32 accumulation inside oneDNN): within bfloat16 rounding of the
+    float32 reference, outputs and both gradients in bfloat16."""
+    _, _, _, strides, padding = case
+    x, w = _operands(case)
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    ours, ref = _ours(strides, padding), _reference(strides, padding)
+    y = jax.jit(ours)(xb, wb)
+    assert y.dtype == jnp.bfloat16
+    y_ref = ref(xb.astype(jnp.float32), wb.astype(jnp.float32))
+    chex.assert_trees_all_close(y.astype(jnp.float32), y_ref, atol=0.05, rtol=0.02)
+    dy = jax.random.normal(jax.random.PRNGKey(3), y.shape)
+    _, vjp = jax.vjp(ours, xb, wb)
+    _, vjp_ref = jax.vjp(ref, xb.astype(jnp.float32), wb.astype(jnp.float32))
+    for g, g_ref in zip(vjp(dy.astype(jnp.bfloat16)), vjp_ref(dy), strict=True):
+        assert g.dtype == jnp.bfloat16
+        scale = float(jnp.abs(g_ref).max())
+        chex.assert_trees_all_close(g.astype(jnp.float32) / scale, g_ref / scale, atol=0.02)
+
+
 def test_rejects_unsupported_operands():
     x, w = _operands(CASES[0])
     with pytest.raises(ValueError, match="unsupported operands"):
-        native_conv.conv(x.astype(jnp.bfloat16), w, (1, 1), ((1, 1), (1, 1)))
+        native_conv.conv(x.astype(jnp.bfloat16), w, (1, 1), ((1, 1), (1, 1)))  # mixed
+    with pytest.raises(ValueError, match="unsupported operands"):
+        native_conv.conv(x.astype(jnp.float16), w.astype(jnp.float16), (1, 1), ((1, 1), (1, 1)))
     with pytest.raises(ValueError, match="unsupported operands"):
         native_conv.conv(x, w, (1, 1), ((-1, 1), (1, 1)))
 
@@ -133,11 +157,13 @@ def test_layers_route_to_onednn_unless_turned_off(monkeypatch):
     monkeypatch.setenv("SIGNTICKET_CONV", "cudnn")
     with pytest.raises(ValueError, match="SIGNTICKET_CONV='cudnn'"):
         routed()
-    # bfloat16 (Engine compute_dtype) stays on XLA.
+    # bfloat16 (Engine compute_dtype) goes to oneDNN where the CPU has it; float16 never.
     monkeypatch.setenv("SIGNTICKET_CONV", "auto")
-    bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), variables)
-    assert "signticket_onednn_conv[" not in str(
-        jax.make_jaxpr(layer.apply)(bf16, x.astype(jnp.bfloat16)))
+    for dtype, routed_there in ((jnp.bfloat16, native_conv.bf16_supported()),
+                                (jnp.float16, False)):
+        cast = jax.tree.map(lambda a, d=dtype: a.astype(d), variables)
+        jaxpr = str(jax.make_jaxpr(layer.apply)(cast, x.astype(dtype)))
+        assert ("signticket_onednn_conv[" in jaxpr) is routed_there, dtype
 
 
 def test_resnet_gradients_equal_on_both_backends(monkeypatch):

@@ -50,7 +50,7 @@ def conv_general_dilated(
         lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
     undilated = all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
     if (nhwc and undilated and feature_group_count == 1 and batch_group_count == 1
-            and preferred_element_type in (None, jnp.float32) and native_conv.enabled()):
+            and preferred_element_type in (None, lhs.dtype) and native_conv.enabled()):
         pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
                 if isinstance(padding, str) else padding)
         if native_conv.supports(lhs, rhs, pads):

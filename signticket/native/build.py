@@ -1,6 +1,6 @@
 """Build (once) and locate the oneDNN convolution library behind :mod:`signticket.native.conv`.
 
-    python -m signticket.native.build         # build now; prints the library's path
+    python -m signticket.native               # build now; prints the library's path
 
 The C++ source ships with the package; it is compiled against jaxlib's XLA FFI headers and the
 oneDNN wheel (``onednn-cpu-gomp`` + ``onednn-devel-cpu-gomp``, installed with signticket on
@@ -66,7 +66,7 @@ def library_path(build: bool = True) -> tuple[Path | None, str]:
     if target.is_file():
         return target, ""
     if not build:
-        return None, f"not built yet (`python -m signticket.native.build`): {target}"
+        return None, f"not built yet (`python -m signticket.native`): {target}"
     cxx = compiler()
     if cxx is None:
         return None, "no C++ compiler (g++) found; `apt-get install -y g++`"
@@ -96,6 +96,3 @@ def main() -> None:
         raise SystemExit(1)
     print(path)
 
-
-if __name__ == "__main__":
-    main()

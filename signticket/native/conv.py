@@ -14,7 +14,8 @@ Each is bilinear, and the transpose of each in either argument is another of the
 reverse mode, forward mode and any nesting of them (GraSP's Hessian-vector products are
 ``jvp`` of ``grad``) stay on oneDNN. Under ``vmap``, a batch of inputs with shared weights is
 folded into the conv's batch dimension; batched weights (vmapped seeds) run one conv per
-member. Layouts are NHWC / HWIO / NHWC, float32, explicit padding, no dilation, no groups:
+member. Layouts are NHWC / HWIO / NHWC, float32 (or bfloat16 where the CPU has it), explicit
+padding, no dilation, no groups:
 :func:`supports` says whether a conv qualifies, and :mod:`signticket.models.layers` routes
 qualifying convs here on a single-device CPU backend.
 """
@@ -45,20 +46,32 @@ _NOT_MAPPED = None  # how batching rules mark an unbatched operand
 
 
 @functools.cache
-def _load() -> str:
-    """Build/load the library and register its FFI targets once; ``""`` or why it failed."""
+def _library() -> tuple[ctypes.CDLL | None, str]:
+    """Build/load the library and register its FFI targets once: ``(lib, "")`` or
+    ``(None, why it failed)``."""
     path, reason = build.library_path(build=True)
     if path is None:
-        return reason
+        return None, reason
     try:
         lib = ctypes.cdll.LoadLibrary(str(path))
     except OSError as e:
-        return f"loading {path} failed: {e}"
+        return None, f"loading {path} failed: {e}"
     for name in _TARGETS:
         jax.ffi.register_ffi_target(f"signticket_conv_{name}",
                                     jax.ffi.pycapsule(getattr(lib, f"signticket_conv_{name}")),
                                     platform="cpu")
-    return ""
+    return lib, ""
+
+
+def _load() -> str:
+    return _library()[1]
+
+
+@functools.cache
+def bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 convs natively in oneDNN (AVX512-BF16 or newer)."""
+    lib = _library()[0]
+    return lib is not None and bool(lib.signticket_conv_bf16_supported())
 
 
 def unavailable_reason() -> str:
@@ -91,9 +104,11 @@ def enabled() -> bool:
 
 
 def supports(x: jax.Array, w: jax.Array, padding: Sequence[tuple[int, int]]) -> bool:
-    """Whether ``conv(x, w)`` (NHWC x HWIO) is one this module computes."""
-    return (x.ndim == 4 and w.ndim == 4 and x.shape[-1] == w.shape[2]
-            and x.dtype == jnp.float32 and w.dtype == jnp.float32
+    """Whether ``conv(x, w)`` (NHWC x HWIO) is one this module computes: float32, or bfloat16
+    on CPUs with native bfloat16 (:func:`bf16_supported`)."""
+    dtypes_ok = x.dtype == w.dtype and (
+        x.dtype == jnp.float32 or (x.dtype == jnp.bfloat16 and bf16_supported()))
+    return (x.ndim == 4 and w.ndim == 4 and x.shape[-1] == w.shape[2] and dtypes_ok
             and len(padding) == 2 and all(p >= 0 for pair in padding for p in pair)
             and all(d > 0 for d in x.shape + w.shape))
 
@@ -120,7 +135,8 @@ def conv(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
     with NHWC/HWIO/NHWC dimension numbers."""
     if not supports(x, w, padding):
         raise ValueError(f"onednn conv: unsupported operands x {x.shape} {x.dtype}, w {w.shape} "
-                         f"{w.dtype}, padding {padding} (NHWC x HWIO float32, padding >= 0)")
+                         f"{w.dtype}, padding {padding} (NHWC x HWIO, float32 or bfloat16, "
+                         "padding >= 0)")
     if not available():
         raise RuntimeError(f"onednn conv: {unavailable_reason()}")
     return conv_p.bind(x, w, **_params(strides, padding))

@@ -8,6 +8,7 @@
 //   dx = conv_input_grad(dy, w) the adjoint of x -> conv(x, w), applied to dy
 //   dw = conv_kernel_grad(x, dy) the adjoint of w -> conv(x, w), applied to dy
 //
+// float32 or bfloat16 (all three operands alike; oneDNN accumulates bf16 convs in float32).
 // Attributes: strides = (sh, sw), padding = (top, bottom, left, right). Activations stay in
 // the caller's layout (oneDNN's brgemm convs run NHWC directly); only the small kernel is
 // reordered into oneDNN's blocked layout and back. Primitives are built once per shape and
@@ -37,9 +38,11 @@ enum class Op { kForward, kInputGrad, kKernelGrad };
 
 // One conv's geometry: everything a primitive depends on.
 struct Geometry {
+  dt type;
   int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr;
   auto key() const {
-    return std::make_tuple(n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr);
+    return std::make_tuple(static_cast<int>(type), n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt,
+                           pb, pl, pr);
   }
 };
 
@@ -71,10 +74,10 @@ dnnl::engine& Engine() {
 
 Cached Build(Op op, const Geometry& g) {
   auto& eng = Engine();
-  memory::desc src({g.n, g.c, g.h, g.w}, dt::f32, tag::nhwc);
-  memory::desc dst({g.n, g.o, g.oh, g.ow}, dt::f32, tag::nhwc);
-  memory::desc wei_any({g.o, g.c, g.kh, g.kw}, dt::f32, tag::any);
-  memory::desc wei_user({g.o, g.c, g.kh, g.kw}, dt::f32, tag::hwio);
+  memory::desc src({g.n, g.c, g.h, g.w}, g.type, tag::nhwc);
+  memory::desc dst({g.n, g.o, g.oh, g.ow}, g.type, tag::nhwc);
+  memory::desc wei_any({g.o, g.c, g.kh, g.kw}, g.type, tag::any);
+  memory::desc wei_user({g.o, g.c, g.kh, g.kw}, g.type, tag::hwio);
   memory::dims strides{g.sh, g.sw}, pad_l{g.pt, g.pl}, pad_r{g.pb, g.pr};
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -138,10 +141,15 @@ const Cached& Lookup(Op op, const Geometry& g) {
 }
 
 ffi::Error Run(Op op, ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
-               const ffi::Buffer<ffi::F32>& a, const ffi::Buffer<ffi::F32>& b,
-               ffi::ResultBuffer<ffi::F32>& out) {
+               const ffi::AnyBuffer& a, const ffi::AnyBuffer& b,
+               ffi::Result<ffi::AnyBuffer>& out) {
   if (strides.size() != 2 || padding.size() != 4) {
     return ffi::Error::InvalidArgument("onednn conv: strides must have 2 and padding 4 entries");
+  }
+  auto element = a.element_type();
+  if (b.element_type() != element || out->element_type() != element ||
+      (element != ffi::DataType::F32 && element != ffi::DataType::BF16)) {
+    return ffi::Error::InvalidArgument("onednn conv: operands must be all float32 or bfloat16");
   }
   // Which buffer is which: forward (x, w) -> y; input grad (dy, w) -> dx; kernel grad (x, dy) -> dw.
   auto x_dims = op == Op::kInputGrad ? out->dimensions() : a.dimensions();
@@ -151,9 +159,10 @@ ffi::Error Run(Op op, ffi::Span<const int64_t> strides, ffi::Span<const int64_t>
   if (x_dims.size() != 4 || w_dims.size() != 4 || y_dims.size() != 4) {
     return ffi::Error::InvalidArgument("onednn conv: operands must be rank 4 (NHWC, HWIO)");
   }
-  Geometry g{x_dims[0], x_dims[1], x_dims[2], x_dims[3], w_dims[0], w_dims[1], w_dims[3],
-             y_dims[1], y_dims[2], strides[0], strides[1], padding[0], padding[1], padding[2],
-             padding[3]};
+  dt type = element == ffi::DataType::F32 ? dt::f32 : dt::bf16;
+  Geometry g{type,      x_dims[0],  x_dims[1],  x_dims[2],  x_dims[3],  w_dims[0],
+             w_dims[1], w_dims[3],  y_dims[1],  y_dims[2],  strides[0], strides[1],
+             padding[0], padding[1], padding[2], padding[3]};
   try {
     const Cached& c = Lookup(op, g);
     auto& eng = Engine();
@@ -202,20 +211,20 @@ ffi::Error Run(Op op, ffi::Span<const int64_t> strides, ffi::Span<const int64_t>
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w,
+                   ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> strides,
                    ffi::Span<const int64_t> padding) {
   return Run(Op::kForward, strides, padding, x, w, y);
 }
 
-ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                     ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
+ffi::Error InputGrad(ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                     ffi::Result<ffi::AnyBuffer> dx, ffi::Span<const int64_t> strides,
                      ffi::Span<const int64_t> padding) {
   return Run(Op::kInputGrad, strides, padding, dy, w, dx);
 }
 
-ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                      ffi::ResultBuffer<ffi::F32> dw, ffi::Span<const int64_t> strides,
+ffi::Error KernelGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                      ffi::Result<ffi::AnyBuffer> dw, ffi::Span<const int64_t> strides,
                       ffi::Span<const int64_t> padding) {
   return Run(Op::kKernelGrad, strides, padding, x, dy, dw);
 }
@@ -225,12 +234,24 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 #define SIGNTICKET_CONV_HANDLER(symbol, impl)                                       \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, impl,                                       \
                                 ffi::Ffi::Bind()                                    \
-                                    .Arg<ffi::Buffer<ffi::F32>>()                   \
-                                    .Arg<ffi::Buffer<ffi::F32>>()                   \
-                                    .Ret<ffi::Buffer<ffi::F32>>()                   \
+                                    .Arg<ffi::AnyBuffer>()                          \
+                                    .Arg<ffi::AnyBuffer>()                          \
+                                    .Ret<ffi::AnyBuffer>()                          \
                                     .Attr<ffi::Span<const int64_t>>("strides")      \
                                     .Attr<ffi::Span<const int64_t>>("padding"));
 
 SIGNTICKET_CONV_HANDLER(signticket_conv_forward, Forward)
 SIGNTICKET_CONV_HANDLER(signticket_conv_input_grad, InputGrad)
 SIGNTICKET_CONV_HANDLER(signticket_conv_kernel_grad, KernelGrad)
+
+// Whether this CPU runs bfloat16 convolutions (all three ops) natively; queried once from
+// Python, which otherwise keeps bfloat16 convs on XLA.
+extern "C" int signticket_conv_bf16_supported() {
+  Geometry g{dt::bf16, 2, 8, 8, 16, 3, 3, 16, 8, 8, 1, 1, 1, 1, 1, 1};
+  try {
+    for (Op op : {Op::kForward, Op::kInputGrad, Op::kKernelGrad}) Lookup(op, g);
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+  return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_bf16 ? 1 : 0;
+}
