@@ -219,3 +219,21 @@ def test_concurrent_convs_in_one_program_are_exact():
     one_by_one = [jax.jit(grad)(a, b) for a, b in zip(xs, ws, strict=True)]
     for _ in range(3):
         chex.assert_trees_all_equal(together(xs, ws), one_by_one)
+
+
+def test_unavailable_library_falls_back_to_xla_with_one_warning(monkeypatch):
+    monkeypatch.setattr(native_conv, "_load", lambda: "oneDNN not found; install it with ...")
+    native_conv._warn_fallback_once.cache_clear()
+    with pytest.warns(RuntimeWarning, match="convolutions stay on XLA"):
+        assert not native_conv.enabled()
+    monkeypatch.setenv("SIGNTICKET_CONV", "onednn")
+    with pytest.raises(RuntimeError, match="SIGNTICKET_CONV=onednn but oneDNN not found"):
+        native_conv.enabled()
+
+
+def test_unwritable_cache_is_a_reason_not_a_crash(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SIGNTICKET_NATIVE_CACHE", str(blocker / "sub"))
+    path, reason = build.library_path()
+    assert path is None and "SIGNTICKET_NATIVE_CACHE" in reason

@@ -72,7 +72,12 @@ def library_path(build: bool = True) -> tuple[Path | None, str]:
         return None, "no C++ compiler (g++) found; `apt-get install -y g++`"
     import jax
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"signticket: building the oneDNN convolution library (once) into {target.parent}",
+          file=sys.stderr)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return None, f"cannot create {target.parent} ({e}); set SIGNTICKET_NATIVE_CACHE"
     libdirs = [d for d in (prefix / "lib", prefix / "lib" / "x86_64-linux-gnu") if d.is_dir()]
     # Build to a temporary name and rename: concurrent builders (pytest-xdist workers) never
     # load a half-written library.

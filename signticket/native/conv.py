@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -100,7 +101,18 @@ def enabled() -> bool:
         if not available():
             raise RuntimeError(f"{ENV_BACKEND}=onednn but {unavailable_reason()}")
         return jax.default_backend() == "cpu"
-    return jax.default_backend() == "cpu" and jax.device_count() == 1 and available()
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+        return False
+    if not available():
+        _warn_fallback_once()
+        return False
+    return True
+
+
+@functools.cache
+def _warn_fallback_once() -> None:
+    warnings.warn(f"signticket: convolutions stay on XLA's CPU kernels (2-4x slower gradients): "
+                  f"{unavailable_reason()}", RuntimeWarning, stacklevel=3)
 
 
 def supports(x: jax.Array, w: jax.Array, padding: Sequence[tuple[int, int]]) -> bool:
