@@ -122,6 +122,8 @@ def supports(x: jax.Array, w: jax.Array, padding: Sequence[tuple[int, int]]) -> 
         x.dtype == jnp.float32 or (x.dtype == jnp.bfloat16 and bf16_supported()))
     return (x.ndim == 4 and w.ndim == 4 and x.shape[-1] == w.shape[2] and dtypes_ok
             and len(padding) == 2 and all(p >= 0 for pair in padding for p in pair)
+            and all(i + lo + hi >= k for i, k, (lo, hi)
+                    in zip(x.shape[1:3], w.shape[:2], padding, strict=True))
             and all(d > 0 for d in x.shape + w.shape))
 
 
