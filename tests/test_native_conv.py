@@ -106,7 +106,11 @@ def test_vmap_over_inputs_and_over_weights(members):
     shared = jax.vmap(ours, (0, None))
     assert str(jax.make_jaxpr(shared)(xs, w)).count("signticket_onednn_conv[") == 1
     chex.assert_trees_all_close(shared(xs, w), jax.vmap(ref, (0, None))(xs, w), atol=1e-4)
+    # Per-member weights: one custom call over a members axis, not one per member.
+    assert str(jax.make_jaxpr(jax.vmap(ours))(xs, ws)).count("signticket_onednn_conv[") == 1
     chex.assert_trees_all_close(jax.vmap(ours)(xs, ws), jax.vmap(ref)(xs, ws), atol=1e-4)
+    chex.assert_trees_all_close(jax.vmap(ours, (None, 0))(x, ws),
+                                jax.vmap(ref, (None, 0))(x, ws), atol=1e-4)
     grads = jax.jit(jax.vmap(jax.grad(_loss(ours), (0, 1))))(xs, ws)
     chex.assert_trees_all_close(grads, jax.vmap(jax.grad(_loss(ref), (0, 1)))(xs, ws),
                                 atol=1e-3, rtol=1e-4)
@@ -132,6 +136,48 @@ def test_bfloat16_conv_and_gradients_track_float32(case):
         assert g.dtype == jnp.bfloat16
         scale = float(jnp.abs(g_ref).max())
         chex.assert_trees_all_close(g.astype(jnp.float32) / scale, g_ref / scale, atol=0.02)
+
+
+@pytest.mark.parametrize("in_axes", [(0, 0), (None, 0), (0, None), (1, 2)])
+def test_derivatives_of_vmapped_convs_equal_xla(in_axes):
+    """Differentiating through vmap (members axis on some operands, a shared operand's
+    cotangent summed over members), vmap of forward-over-reverse, and nested vmaps."""
+    case = CASES[1]
+    _, _, _, strides, padding = case
+    x, w = _operands(case)
+    members = 3
+    xs = jnp.stack([x * (i + 1) for i in range(members)], axis=in_axes[0] or 0)
+    ws = jnp.stack([w * (-1) ** i / (i + 1) for i in range(members)], axis=in_axes[1] or 0)
+    xs = x if in_axes[0] is None else xs
+    ws = w if in_axes[1] is None else ws
+    ours, ref = _ours(strides, padding), _reference(strides, padding)
+
+    def total(f):
+        return lambda a, b: jnp.sum(jnp.sin(jax.vmap(f, in_axes)(a, b)))
+
+    chex.assert_trees_all_close(jax.jit(jax.grad(total(ours), (0, 1)))(xs, ws),
+                                jax.grad(total(ref), (0, 1))(xs, ws), atol=1e-3, rtol=1e-4)
+    tangent = jax.random.normal(jax.random.PRNGKey(5), jnp.shape(ws))
+
+    def hvp(f):
+        return jax.jvp(lambda b: jax.grad(total(f), 1)(xs, b), (ws,), (tangent,))[1]
+
+    chex.assert_trees_all_close(jax.jit(lambda: hvp(ours))(), hvp(ref), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("outer", [2, native_conv.MAX_UNROLLED_MEMBERS + 1])
+def test_nested_vmaps_equal_xla(outer):
+    case = CASES[0]
+    _, _, _, strides, padding = case
+    x, w = _operands(case)
+    xss = jnp.stack([jnp.stack([x + i + j for j in range(2)]) for i in range(outer)])
+    wss = jnp.stack([jnp.stack([w * (i - j) for j in range(2)]) for i in range(outer)])
+    ours, ref = _ours(strides, padding), _reference(strides, padding)
+    loss = lambda f: lambda a, b: jnp.sum(jnp.sin(jax.vmap(jax.vmap(f))(a, b)))
+    chex.assert_trees_all_close(jax.jit(jax.vmap(jax.vmap(ours)))(xss, wss),
+                                jax.vmap(jax.vmap(ref))(xss, wss), atol=1e-4)
+    chex.assert_trees_all_close(jax.jit(jax.grad(loss(ours), (0, 1)))(xss, wss),
+                                jax.grad(loss(ref), (0, 1))(xss, wss), atol=1e-3, rtol=1e-4)
 
 
 def test_rejects_unsupported_operands():

@@ -13,9 +13,9 @@ differentiation, like ``lax.conv_general_dilated`` itself:
 Each is bilinear, and the transpose of each in either argument is another of the three, so
 reverse mode, forward mode and any nesting of them (GraSP's Hessian-vector products are
 ``jvp`` of ``grad``) stay on oneDNN. Under ``vmap``, a batch of inputs with shared weights is
-folded into the conv's batch dimension; batched weights (vmapped seeds) run one conv per
-member. Layouts are NHWC / HWIO / NHWC, float32 (or bfloat16 where the CPU has it), explicit
-padding, no dilation, no groups:
+folded into the conv's batch dimension; batched weights (vmapped seeds) become a leading
+members axis that one custom call loops over in place. Layouts are NHWC / HWIO / NHWC,
+float32 (or bfloat16 where the CPU has it), explicit padding, no dilation, no groups:
 :func:`supports` says whether a conv qualifies, and :mod:`signticket.models.layers` routes
 qualifying convs here on a single-device CPU backend.
 """
@@ -38,8 +38,8 @@ from jax.interpreters import ad, batching, mlir
 
 from signticket.native import build
 
-# Above this many vmapped members with batched weights, run them as a loop instead of one
-# custom call each: keeps compiled programs small for large vmaps (e.g. per-example grads).
+# Nested vmaps over an already member-batched op: above this many members, a loop instead of
+# one custom call each (keeps compiled programs small).
 MAX_UNROLLED_MEMBERS = 16
 ENV_BACKEND = "SIGNTICKET_CONV"  # "auto" (default), "xla" or "onednn"
 _TARGETS = ("forward", "input_grad", "kernel_grad")
@@ -132,9 +132,12 @@ def _output_hw(in_hw, kernel_hw, strides, padding):
                  for i, k, s, (lo, hi) in zip(in_hw, kernel_hw, strides, padding, strict=True))
 
 
+_UNBATCHED = (False, False)
+
+
 def _params(strides, padding):
     return dict(strides=tuple(int(s) for s in strides),
-                padding=tuple((int(lo), int(hi)) for lo, hi in padding))
+                padding=tuple((int(lo), int(hi)) for lo, hi in padding), batched=_UNBATCHED)
 
 
 conv_p = Primitive("signticket_onednn_conv")
@@ -157,18 +160,31 @@ def conv(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
 
 
 # -- shapes ----------------------------------------------------------------------------------
+# ``batched = (a, b)`` says which operand carries a leading axis of vmapped members (see the
+# batching rules below); the output carries it when either does.
 
-def _conv_abstract(x, w, *, strides, padding):
-    oh, ow = _output_hw(x.shape[1:3], w.shape[:2], strides, padding)
-    return jax.core.ShapedArray((x.shape[0], oh, ow, w.shape[3]), x.dtype)
+def _members(a, b, batched) -> tuple[int, ...]:
+    if batched[0]:
+        return (a.shape[0],)
+    return (b.shape[0],) if batched[1] else ()
 
 
-def _input_grad_abstract(dy, w, *, strides, padding, input_shape):
-    return jax.core.ShapedArray(input_shape, dy.dtype)
+def _per_member(shape, is_batched):
+    return tuple(shape[1:]) if is_batched else tuple(shape)
 
 
-def _kernel_grad_abstract(x, dy, *, strides, padding, kernel_shape):
-    return jax.core.ShapedArray(kernel_shape, x.dtype)
+def _conv_abstract(x, w, *, strides, padding, batched):
+    xs, ws = _per_member(x.shape, batched[0]), _per_member(w.shape, batched[1])
+    oh, ow = _output_hw(xs[1:3], ws[:2], strides, padding)
+    return jax.core.ShapedArray((*_members(x, w, batched), xs[0], oh, ow, ws[3]), x.dtype)
+
+
+def _input_grad_abstract(dy, w, *, strides, padding, batched, input_shape):
+    return jax.core.ShapedArray((*_members(dy, w, batched), *input_shape), dy.dtype)
+
+
+def _kernel_grad_abstract(x, dy, *, strides, padding, batched, kernel_shape):
+    return jax.core.ShapedArray((*_members(x, dy, batched), *kernel_shape), x.dtype)
 
 
 # Outside jit, a bind compiles and runs the single op, as lax's own primitives do.
@@ -184,9 +200,10 @@ kernel_grad_p.def_abstract_eval(_kernel_grad_abstract)
 def _lowering(target):
     rule = jax.ffi.ffi_lowering(f"signticket_conv_{target}")
 
-    def lower(ctx, a, b, *, strides, padding, **_shape):
+    def lower(ctx, a, b, *, strides, padding, batched, **_shape):
         return rule(ctx, a, b, strides=np.asarray(strides, np.int64),
-                    padding=np.asarray([p for pair in padding for p in pair], np.int64))
+                    padding=np.asarray([p for pair in padding for p in pair], np.int64),
+                    batched=np.asarray(batched, np.int64))
 
     return lower
 
@@ -196,38 +213,86 @@ for _prim, _target in zip((conv_p, input_grad_p, kernel_grad_p), _TARGETS, stric
 
 
 # -- differentiation: each op is bilinear; its transposes are the other two ---------------------
+# With vmapped members, an operand shared by all members gets the sum of their cotangents.
 
-def _undefined_shape(v):
-    return v.aval.shape
+def _member_shape(undefined, is_batched):
+    return _per_member(undefined.aval.shape, is_batched)
 
 
-ad.defbilinear(
-    conv_p,
-    lambda ct, x, w, *, strides, padding: input_grad_p.bind(
-        ct, w, strides=strides, padding=padding, input_shape=_undefined_shape(x)),
-    lambda ct, x, w, *, strides, padding: kernel_grad_p.bind(
-        x, ct, strides=strides, padding=padding, kernel_shape=_undefined_shape(w)),
-)
-ad.defbilinear(
-    input_grad_p,
-    lambda ct, dy, w, *, strides, padding, input_shape: conv_p.bind(
-        ct, w, strides=strides, padding=padding),
-    lambda ct, dy, w, *, strides, padding, input_shape: kernel_grad_p.bind(
-        ct, dy, strides=strides, padding=padding, kernel_shape=_undefined_shape(w)),
-)
-ad.defbilinear(
-    kernel_grad_p,
-    lambda ct, x, dy, *, strides, padding, kernel_shape: input_grad_p.bind(
-        dy, ct, strides=strides, padding=padding, input_shape=_undefined_shape(x)),
-    lambda ct, x, dy, *, strides, padding, kernel_shape: conv_p.bind(
-        x, ct, strides=strides, padding=padding),
-)
+def _shared_sum(g, out_batched, operand_batched):
+    return g.sum(0) if out_batched and not operand_batched else g
+
+
+def _conv_t_x(ct, x, w, *, strides, padding, batched):
+    (bx, bw), ob = batched, any(batched)
+    g = input_grad_p.bind(ct, w, strides=strides, padding=padding, batched=(ob, bw),
+                          input_shape=_member_shape(x, bx))
+    return _shared_sum(g, ob, bx)
+
+
+def _conv_t_w(ct, x, w, *, strides, padding, batched):
+    (bx, bw), ob = batched, any(batched)
+    g = kernel_grad_p.bind(x, ct, strides=strides, padding=padding, batched=(bx, ob),
+                           kernel_shape=_member_shape(w, bw))
+    return _shared_sum(g, ob, bw)
+
+
+def _input_grad_t_dy(ct, dy, w, *, strides, padding, batched, input_shape):
+    (bdy, bw), ob = batched, any(batched)
+    g = conv_p.bind(ct, w, strides=strides, padding=padding, batched=(ob, bw))
+    return _shared_sum(g, ob, bdy)
+
+
+def _input_grad_t_w(ct, dy, w, *, strides, padding, batched, input_shape):
+    (bdy, bw), ob = batched, any(batched)
+    g = kernel_grad_p.bind(ct, dy, strides=strides, padding=padding, batched=(ob, bdy),
+                           kernel_shape=_member_shape(w, bw))
+    return _shared_sum(g, ob, bw)
+
+
+def _kernel_grad_t_x(ct, x, dy, *, strides, padding, batched, kernel_shape):
+    (bx, bdy), ob = batched, any(batched)
+    g = input_grad_p.bind(dy, ct, strides=strides, padding=padding, batched=(bdy, ob),
+                          input_shape=_member_shape(x, bx))
+    return _shared_sum(g, ob, bx)
+
+
+def _kernel_grad_t_dy(ct, x, dy, *, strides, padding, batched, kernel_shape):
+    (bx, bdy), ob = batched, any(batched)
+    g = conv_p.bind(x, ct, strides=strides, padding=padding, batched=(bx, ob))
+    return _shared_sum(g, ob, bdy)
+
+
+ad.defbilinear(conv_p, _conv_t_x, _conv_t_w)
+ad.defbilinear(input_grad_p, _input_grad_t_dy, _input_grad_t_w)
+ad.defbilinear(kernel_grad_p, _kernel_grad_t_x, _kernel_grad_t_dy)
 
 
 # -- vmap --------------------------------------------------------------------------------------
+# Shared weights: the vmapped axis joins the conv's batch axis (one conv). Otherwise the vmapped
+# axis becomes the members axis: one custom call, one conv per member on offsets into the same
+# buffers. A vmap over an already member-batched op (nested vmaps) binds once per member.
 
-def _per_member(prim, args, dims, params):
-    """One bind per vmapped member (batched weights): unrolled, or a loop for large vmaps."""
+def _fold_into_batch(prim, args, dims, params, shape_param):
+    a, b = args
+    n_axis = 1 if params["batched"][0] else 0
+    a = jnp.moveaxis(a, dims[0], n_axis)
+    new, n = a.shape[n_axis], a.shape[n_axis + 1]
+    a = a.reshape(*a.shape[:n_axis], new * n, *a.shape[n_axis + 2:])
+    if shape_param is not None:
+        params = {**params, shape_param: (new * n, *params[shape_param][1:])}
+    out = prim.bind(a, b, **params)
+    out_n_axis = 1 if any(params["batched"]) else 0
+    return out.reshape(*out.shape[:out_n_axis], new, n, *out.shape[out_n_axis + 1:]), out_n_axis
+
+
+def _as_members(prim, args, dims, params):
+    mapped = tuple(d is not _NOT_MAPPED for d in dims)
+    a, b = (jnp.moveaxis(x, d, 0) if m else x for x, d, m in zip(args, dims, mapped, strict=True))
+    return prim.bind(a, b, **{**params, "batched": mapped}), 0
+
+
+def _per_member_binds(prim, args, dims, params):
     mapped = [d is not _NOT_MAPPED for d in dims]
     size = next(a.shape[d] for a, d, m in zip(args, dims, mapped, strict=True) if m)
     args = [jnp.moveaxis(a, d, 0) if m else a for a, d, m in zip(args, dims, mapped, strict=True)]
@@ -243,35 +308,18 @@ def _per_member(prim, args, dims, params):
     return lax.map(member, batched), 0
 
 
-def _fold_into_batch(prim, args, dims, params, shape_param=None):
-    """Inputs batched, weights shared: the vmapped axis joins the conv's batch axis."""
-    a, b = args
-    a = jnp.moveaxis(a, dims[0], 0)
-    members, n = a.shape[:2]
-    if shape_param is not None:
-        shape = params[shape_param]
-        params = {**params, shape_param: (members * n, *shape[1:])}
-    out = prim.bind(a.reshape(members * n, *a.shape[2:]), b, **params)
-    return out.reshape(members, n, *out.shape[1:]), 0
+def _batch_rule(prim, shape_param, foldable):
+    def rule(args, dims, **params):
+        if foldable and dims[1] is _NOT_MAPPED:
+            return _fold_into_batch(prim, args, dims, params, shape_param)
+        if params["batched"] == _UNBATCHED:
+            return _as_members(prim, args, dims, params)
+        return _per_member_binds(prim, args, dims, params)
+
+    return rule
 
 
-def _conv_batch(args, dims, **params):
-    if dims[1] is _NOT_MAPPED:
-        return _fold_into_batch(conv_p, args, dims, params)
-    return _per_member(conv_p, args, dims, params)
-
-
-def _input_grad_batch(args, dims, **params):
-    if dims[1] is _NOT_MAPPED:
-        return _fold_into_batch(input_grad_p, args, dims, params, "input_shape")
-    return _per_member(input_grad_p, args, dims, params)
-
-
-def _kernel_grad_batch(args, dims, **params):
-    # Summed over the conv's batch axis: vmapped members never fold into it.
-    return _per_member(kernel_grad_p, args, dims, params)
-
-
-batching.primitive_batchers[conv_p] = _conv_batch
-batching.primitive_batchers[input_grad_p] = _input_grad_batch
-batching.primitive_batchers[kernel_grad_p] = _kernel_grad_batch
+batching.primitive_batchers[conv_p] = _batch_rule(conv_p, None, foldable=True)
+batching.primitive_batchers[input_grad_p] = _batch_rule(input_grad_p, "input_shape", foldable=True)
+# The kernel gradient sums over the conv's batch axis: vmapped members never fold into it.
+batching.primitive_batchers[kernel_grad_p] = _batch_rule(kernel_grad_p, None, foldable=False)

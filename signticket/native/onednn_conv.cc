@@ -9,7 +9,9 @@
 //   dw = conv_kernel_grad(x, dy) the adjoint of w -> conv(x, w), applied to dy
 //
 // float32 or bfloat16 (all three operands alike; oneDNN accumulates bf16 convs in float32).
-// Attributes: strides = (sh, sw), padding = (top, bottom, left, right). Activations stay in
+// Attributes: strides = (sh, sw), padding = (top, bottom, left, right), batched = (a, b): which
+// operand carries a leading axis of vmapped members (one conv per member, shared operands
+// reused; the output has the axis when either does). Activations stay in
 // the caller's layout (oneDNN's brgemm convs run NHWC directly); only the small kernel is
 // reordered into oneDNN's blocked layout and back. Primitives are built once per shape and
 // cached. XLA runs independent ops on several threads at once (a layer's input and kernel
@@ -140,29 +142,46 @@ const Cached& Lookup(Op op, const Geometry& g) {
   return *it->second;
 }
 
+// The trailing four dimensions of a buffer (a leading member axis, if any, is stripped).
+std::vector<int64_t> ConvDims(const ffi::AnyBuffer& buffer) {
+  auto dims = buffer.dimensions();
+  return std::vector<int64_t>(dims.end() - 4, dims.end());
+}
+
 ffi::Error Run(Op op, ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
-               const ffi::AnyBuffer& a, const ffi::AnyBuffer& b,
-               ffi::Result<ffi::AnyBuffer>& out) {
-  if (strides.size() != 2 || padding.size() != 4) {
-    return ffi::Error::InvalidArgument("onednn conv: strides must have 2 and padding 4 entries");
+               ffi::Span<const int64_t> batched, const ffi::AnyBuffer& a,
+               const ffi::AnyBuffer& b, ffi::Result<ffi::AnyBuffer>& out) {
+  if (strides.size() != 2 || padding.size() != 4 || batched.size() != 2) {
+    return ffi::Error::InvalidArgument(
+        "onednn conv: strides, padding and batched must have 2, 4 and 2 entries");
   }
   auto element = a.element_type();
   if (b.element_type() != element || out->element_type() != element ||
       (element != ffi::DataType::F32 && element != ffi::DataType::BF16)) {
     return ffi::Error::InvalidArgument("onednn conv: operands must be all float32 or bfloat16");
   }
-  // Which buffer is which: forward (x, w) -> y; input grad (dy, w) -> dx; kernel grad (x, dy) -> dw.
-  auto x_dims = op == Op::kInputGrad ? out->dimensions() : a.dimensions();
-  auto w_dims = op == Op::kKernelGrad ? out->dimensions() : b.dimensions();
-  auto y_dims = op == Op::kForward ? out->dimensions() : (op == Op::kInputGrad ? a.dimensions()
-                                                                                : b.dimensions());
-  if (x_dims.size() != 4 || w_dims.size() != 4 || y_dims.size() != 4) {
-    return ffi::Error::InvalidArgument("onednn conv: operands must be rank 4 (NHWC, HWIO)");
+  // Vmapped members (a leading axis on each operand flagged in `batched`, and on the output
+  // when any is): one conv per member on offsets into the same buffers, no copies.
+  bool a_batched = batched[0] != 0, b_batched = batched[1] != 0;
+  size_t out_rank = (a_batched || b_batched) ? 5 : 4;
+  if (a.dimensions().size() != (a_batched ? 5u : 4u) ||
+      b.dimensions().size() != (b_batched ? 5u : 4u) || out->dimensions().size() != out_rank) {
+    return ffi::Error::InvalidArgument("onednn conv: operands must be NHWC / HWIO (rank 4), "
+                                       "with a leading member axis where batched (rank 5)");
   }
+  int64_t members = out_rank == 5 ? out->dimensions()[0] : 1;
+  if (members == 0) return ffi::Error::Success();
+  // Which buffer is which: forward (x, w) -> y; input grad (dy, w) -> dx; kernel grad (x, dy) -> dw.
+  auto x_dims = ConvDims(op == Op::kInputGrad ? *out : a);
+  auto w_dims = ConvDims(op == Op::kKernelGrad ? *out : b);
+  auto y_dims = ConvDims(op == Op::kForward ? *out : (op == Op::kInputGrad ? a : b));
   dt type = element == ffi::DataType::F32 ? dt::f32 : dt::bf16;
   Geometry g{type,      x_dims[0],  x_dims[1],  x_dims[2],  x_dims[3],  w_dims[0],
              w_dims[1], w_dims[3],  y_dims[1],  y_dims[2],  strides[0], strides[1],
              padding[0], padding[1], padding[2], padding[3]};
+  size_t a_step = a_batched ? a.size_bytes() / members : 0;
+  size_t b_step = b_batched ? b.size_bytes() / members : 0;
+  size_t out_step = out->size_bytes() / members;
   try {
     const Cached& c = Lookup(op, g);
     auto& eng = Engine();
@@ -173,36 +192,45 @@ ffi::Error Run(Op op, ffi::Span<const int64_t> strides, ffi::Span<const int64_t>
     char* scratch = ThreadScratch(weights_bytes + conv_bytes + c.reorder_scratchpad.get_size());
     memory conv_scratchpad(c.conv_scratchpad, eng, scratch + weights_bytes);
     memory reorder_scratchpad(c.reorder_scratchpad, eng, scratch + weights_bytes + conv_bytes);
-    void* weights_ptr = op == Op::kKernelGrad ? out->untyped_data() : b.untyped_data();
-    memory user_w(c.user_weights, eng, weights_ptr);
-    memory w = c.reorder_weights ? memory(c.weights, eng, scratch) : user_w;
     auto reorder = [&](memory& from, memory& to) {
       c.weights_reorder.execute(stream, {{DNNL_ARG_FROM, from},
                                          {DNNL_ARG_TO, to},
                                          {DNNL_ARG_SCRATCHPAD, reorder_scratchpad}});
     };
-    if (c.reorder_weights && op != Op::kKernelGrad) reorder(user_w, w);
-    memory act_in(c.act_in, eng, a.untyped_data());
-    switch (op) {
-      case Op::kForward:
-        c.conv.execute(stream, {{DNNL_ARG_SRC, act_in},
-                                {DNNL_ARG_WEIGHTS, w},
-                                {DNNL_ARG_DST, memory(c.act_out, eng, out->untyped_data())},
-                                {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
-        break;
-      case Op::kInputGrad:
-        c.conv.execute(stream, {{DNNL_ARG_DIFF_DST, act_in},
-                                {DNNL_ARG_WEIGHTS, w},
-                                {DNNL_ARG_DIFF_SRC, memory(c.act_out, eng, out->untyped_data())},
-                                {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
-        break;
-      case Op::kKernelGrad:
-        c.conv.execute(stream, {{DNNL_ARG_SRC, act_in},
-                                {DNNL_ARG_DIFF_DST, memory(c.act_out, eng, b.untyped_data())},
-                                {DNNL_ARG_DIFF_WEIGHTS, w},
-                                {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
-        if (c.reorder_weights) reorder(w, user_w);
-        break;
+    auto* a_base = static_cast<char*>(a.untyped_data());
+    auto* b_base = static_cast<char*>(b.untyped_data());
+    auto* out_base = static_cast<char*>(out->untyped_data());
+    for (int64_t m = 0; m < members; ++m) {
+      char* a_ptr = a_base + m * a_step;
+      char* b_ptr = b_base + m * b_step;
+      char* out_ptr = out_base + m * out_step;
+      memory user_w(c.user_weights, eng, op == Op::kKernelGrad ? out_ptr : b_ptr);
+      memory w = c.reorder_weights ? memory(c.weights, eng, scratch) : user_w;
+      // Shared weights are reordered once for all members.
+      bool fresh_weights = m == 0 || b_batched;
+      if (c.reorder_weights && op != Op::kKernelGrad && fresh_weights) reorder(user_w, w);
+      memory act_in(c.act_in, eng, a_ptr);
+      switch (op) {
+        case Op::kForward:
+          c.conv.execute(stream, {{DNNL_ARG_SRC, act_in},
+                                  {DNNL_ARG_WEIGHTS, w},
+                                  {DNNL_ARG_DST, memory(c.act_out, eng, out_ptr)},
+                                  {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
+          break;
+        case Op::kInputGrad:
+          c.conv.execute(stream, {{DNNL_ARG_DIFF_DST, act_in},
+                                  {DNNL_ARG_WEIGHTS, w},
+                                  {DNNL_ARG_DIFF_SRC, memory(c.act_out, eng, out_ptr)},
+                                  {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
+          break;
+        case Op::kKernelGrad:
+          c.conv.execute(stream, {{DNNL_ARG_SRC, act_in},
+                                  {DNNL_ARG_DIFF_DST, memory(c.act_out, eng, b_ptr)},
+                                  {DNNL_ARG_DIFF_WEIGHTS, w},
+                                  {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
+          if (c.reorder_weights) reorder(w, user_w);
+          break;
+      }
     }
     stream.wait();
   } catch (const dnnl::error& e) {
@@ -213,20 +241,20 @@ ffi::Error Run(Op op, ffi::Span<const int64_t> strides, ffi::Span<const int64_t>
 
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w,
                    ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> strides,
-                   ffi::Span<const int64_t> padding) {
-  return Run(Op::kForward, strides, padding, x, w, y);
+                   ffi::Span<const int64_t> padding, ffi::Span<const int64_t> batched) {
+  return Run(Op::kForward, strides, padding, batched, x, w, y);
 }
 
 ffi::Error InputGrad(ffi::AnyBuffer dy, ffi::AnyBuffer w,
                      ffi::Result<ffi::AnyBuffer> dx, ffi::Span<const int64_t> strides,
-                     ffi::Span<const int64_t> padding) {
-  return Run(Op::kInputGrad, strides, padding, dy, w, dx);
+                     ffi::Span<const int64_t> padding, ffi::Span<const int64_t> batched) {
+  return Run(Op::kInputGrad, strides, padding, batched, dy, w, dx);
 }
 
 ffi::Error KernelGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy,
                       ffi::Result<ffi::AnyBuffer> dw, ffi::Span<const int64_t> strides,
-                      ffi::Span<const int64_t> padding) {
-  return Run(Op::kKernelGrad, strides, padding, x, dy, dw);
+                      ffi::Span<const int64_t> padding, ffi::Span<const int64_t> batched) {
+  return Run(Op::kKernelGrad, strides, padding, batched, x, dy, dw);
 }
 
 }  // namespace
@@ -238,7 +266,8 @@ ffi::Error KernelGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy,
                                     .Arg<ffi::AnyBuffer>()                          \
                                     .Ret<ffi::AnyBuffer>()                          \
                                     .Attr<ffi::Span<const int64_t>>("strides")      \
-                                    .Attr<ffi::Span<const int64_t>>("padding"));
+                                    .Attr<ffi::Span<const int64_t>>("padding")      \
+                                    .Attr<ffi::Span<const int64_t>>("batched"));
 
 SIGNTICKET_CONV_HANDLER(signticket_conv_forward, Forward)
 SIGNTICKET_CONV_HANDLER(signticket_conv_input_grad, InputGrad)
