@@ -240,14 +240,33 @@ def test_missing_onednn_reports_how_to_install(monkeypatch):
 
 def test_several_devices_keep_xla_convs():
     """With 8 (forced) CPU devices the custom call would be replicated, not sharded, so the
-    layers keep XLA's conv there."""
-    code = ("import jax; from signticket.native import conv as c; "
-            "assert jax.device_count() == 8; print(c.enabled())")
-    env = {**os.environ,
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    layers keep XLA's conv there; forcing oneDNN (``SIGNTICKET_CONV=onednn``) is still exact on
+    batch-sharded inputs."""
+    code = """
+import os
+import jax, jax.numpy as jnp, numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from signticket.native import conv as c
+assert jax.device_count() == 8 and not c.enabled()
+os.environ["SIGNTICKET_CONV"] = "onednn"
+assert c.enabled()
+mesh = Mesh(np.array(jax.devices()), ("data",))
+x = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (16, 9, 9, 3)),
+                   NamedSharding(mesh, PartitionSpec("data")))
+w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
+ours = lambda x, w: jnp.sum(jnp.sin(c.conv(x, w, (2, 2), ((1, 1), (1, 1)))))
+ref = lambda x, w: jnp.sum(jnp.sin(lax.conv_general_dilated(
+    x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+got = jax.jit(jax.grad(ours, (0, 1)))(x, w)
+want = jax.grad(ref, (0, 1))(x, w)
+print(max(float(jnp.abs(a - b).max()) for a, b in zip(got, want)))
+"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env.pop("SIGNTICKET_CONV", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "False"
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-4
 
 
 def test_concurrent_convs_in_one_program_are_exact():
