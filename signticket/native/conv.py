@@ -1,10 +1,10 @@
 """oneDNN 2D convolutions as JAX primitives for the CPU backend.
 
-XLA:CPU's convolution kernels run 2-4x slower than oneDNN's on our conv shapes (kernel
-gradients worst: ``python -m bench.conv_ops``), and convolutions are ~80% of a ResNet-20 train
-step. This module exposes oneDNN's forward, input-gradient and kernel-gradient convolutions
-(C++ in ``onednn_conv.cc``, XLA FFI custom calls) as three primitives that close under
-differentiation, like ``lax.conv_general_dilated`` itself:
+XLA:CPU's convolution kernels run input gradients 1.3-2x and kernel gradients 2.6-5x slower
+than oneDNN's on our conv shapes (``python -m bench.conv_ops``), and convolutions are ~80% of a
+ResNet-20 train step. This module exposes oneDNN's forward, input-gradient and kernel-gradient
+convolutions (C++ in ``onednn_conv.cc``, XLA FFI custom calls) as three primitives that close
+under differentiation, like ``lax.conv_general_dilated`` itself:
 
     conv(x, w)             y[n, p, o] = sum_{k, c} pad(x)[n, s * p + k, c] * w[k, c, o]
     input_grad(dy, w)      the adjoint of x -> conv(x, w), applied to dy
