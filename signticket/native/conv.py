@@ -18,15 +18,25 @@ members axis that one custom call loops over in place. Layouts are NHWC / HWIO /
 float32 (or bfloat16 where the CPU has it), explicit padding, no dilation, no groups:
 :func:`supports` says whether a conv qualifies, and :mod:`signticket.models.layers` routes
 qualifying convs here on a single-device CPU backend.
+
+Every conv geometry is verified before XLA may call it: :func:`self_check` runs the three ops
+on random operands (also from two threads at once) against a direct-loop reference, and a
+geometry that fails is lowered to XLA's own conv instead, with one warning. Verdicts are cached
+per geometry, dtype, oneDNN version, instruction set and library build.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import os
+import re
+import tempfile
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,15 +58,19 @@ _NOT_MAPPED = None  # how batching rules mark an unbatched operand
 
 @functools.cache
 def _library() -> tuple[ctypes.CDLL | None, str]:
-    """Build/load the library and register its FFI targets once: ``(lib, "")`` or
-    ``(None, why it failed)``."""
-    path, reason = build.library_path(build=True)
+    """Load the library built at setup (``python -m signticket.native``) and register its FFI
+    targets once: ``(lib, "")`` or ``(None, why not)``. Never compiles: a model being traced
+    must not wait for a compiler."""
+    path, reason = build.library_path(build=False)
     if path is None:
         return None, reason
     try:
         lib = ctypes.cdll.LoadLibrary(str(path))
     except OSError as e:
         return None, f"loading {path} failed: {e}"
+    lib.signticket_conv_self_check.restype = ctypes.c_int
+    lib.signticket_conv_self_check.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.c_int,
+                                               ctypes.c_char_p, ctypes.c_int]
     for name in _TARGETS:
         jax.ffi.register_ffi_target(f"signticket_conv_{name}",
                                     jax.ffi.pycapsule(getattr(lib, f"signticket_conv_{name}")),
@@ -73,6 +87,94 @@ def bf16_supported() -> bool:
     """Whether this CPU runs bfloat16 convs natively in oneDNN (AVX512-BF16 or newer)."""
     lib = _library()[0]
     return lib is not None and bool(lib.signticket_conv_bf16_supported())
+
+
+# -- self-check -------------------------------------------------------------------------------
+
+class Verdict(NamedTuple):
+    """Whether oneDNN computes a conv geometry correctly here; ``detail`` says what failed."""
+
+    ok: bool
+    detail: str
+
+
+# (n, h, w, c, kh, kw, o, stride h, stride w, pad top, bottom, left, right)
+Geometry = tuple[int, ...]
+
+
+def geometry(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int],
+             padding: Sequence[tuple[int, int]]) -> Geometry:
+    """The identity of a conv for :func:`self_check`: NHWC input and HWIO kernel shapes,
+    strides and explicit padding."""
+    n, h, w, c = x_shape
+    kh, kw, _, o = w_shape
+    return tuple(int(v) for v in (n, h, w, c, kh, kw, o, *strides,
+                                  *(p for pair in padding for p in pair)))
+
+
+def runtime() -> str:
+    """``"oneDNN <version>, <instruction set>"`` as oneDNN dispatches here (honours
+    ``ONEDNN_MAX_CPU_ISA``); ``""`` without the library."""
+    lib = _library()[0]
+    if lib is None:
+        return ""
+    buffer = ctypes.create_string_buffer(128)
+    lib.signticket_conv_runtime(buffer, len(buffer))
+    return buffer.value.decode()
+
+
+def _verdict_file(geom: Geometry, dtype: str) -> Path | None:
+    path, _ = build.library_path(build=False)
+    if path is None:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", runtime())
+    return path.parent / "verdicts" / slug / f"{dtype}-{'_'.join(map(str, geom))}.json"
+
+
+def _read_verdict(file: Path | None) -> Verdict | None:
+    try:
+        stored = json.loads(file.read_text())
+        return Verdict(bool(stored["ok"]), str(stored["detail"]))
+    except (AttributeError, OSError, ValueError, KeyError, TypeError):
+        return None  # absent, unreadable or half-written: check again
+
+
+def _write_verdict(file: Path | None, verdict: Verdict) -> None:
+    if file is None:
+        return
+    try:  # atomic: concurrent processes (pytest-xdist workers) never read half a file
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=file.parent, suffix=".tmp", delete=False) as f:
+            json.dump(verdict._asdict(), f)
+        Path(f.name).replace(file)
+    except OSError:
+        pass  # an unwritable cache costs a re-check next process, nothing else
+
+
+@functools.cache
+def self_check(geom: Geometry, dtype: str = "float32") -> Verdict:
+    """Whether oneDNN's forward, input-gradient and kernel-gradient convs of geometry ``geom``
+    (:func:`geometry`) in ``dtype`` are correct on this machine, checked once: each op runs on
+    random operands once and then twice at once from two threads; the outputs must be
+    bit-identical, finite and equal to a direct-loop reference on elements covering every
+    index of every axis. Cached in memory and next to the library, keyed by oneDNN version and
+    instruction set. A failing geometry warns once and runs on XLA (see the lowering below)."""
+    lib = _library()[0]
+    if lib is None:
+        return Verdict(False, unavailable_reason())
+    file = _verdict_file(geom, dtype)
+    verdict = _read_verdict(file)
+    if verdict is None:
+        message = ctypes.create_string_buffer(512)
+        status = lib.signticket_conv_self_check((ctypes.c_int64 * 13)(*geom),
+                                                int(dtype == "bfloat16"), message, len(message))
+        verdict = Verdict(status == 1, message.value.decode())
+        _write_verdict(file, verdict)
+    if not verdict.ok:
+        warnings.warn(f"signticket: oneDNN failed its self-check on conv {geom} ({dtype}, "
+                      f"{runtime()}): {verdict.detail}; this conv runs on XLA's kernels",
+                      RuntimeWarning, stacklevel=2)
+    return verdict
 
 
 def unavailable_reason() -> str:
@@ -197,10 +299,42 @@ kernel_grad_p.def_abstract_eval(_kernel_grad_abstract)
 
 # -- lowering to the FFI custom calls ----------------------------------------------------------
 
+def _lowered_shapes(target, ctx, batched):
+    """The per-member input and kernel shapes of a custom call being lowered."""
+    a, b = (_per_member(aval.shape, m) for aval, m in zip(ctx.avals_in, batched, strict=True))
+    out = _per_member(ctx.avals_out[0].shape, any(batched))
+    return {"forward": (a, b), "input_grad": (out, b), "kernel_grad": (a, out)}[target]
+
+
+def _xla_op(target, strides, padding, batched, out_member_shape):
+    """The same op on XLA's conv: the fallback for geometries that fail :func:`self_check`."""
+    def conv_xla(x, w):
+        return lax.conv_general_dilated(x, w, strides, padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def one(a, b):
+        if target == "forward":
+            return conv_xla(a, b)
+        zeros = jnp.zeros(out_member_shape, a.dtype)
+        if target == "input_grad":
+            return jax.vjp(lambda x: conv_xla(x, b), zeros)[1](a)[0]
+        return jax.vjp(lambda w: conv_xla(a, w), zeros)[1](b)[0]
+
+    if not any(batched):
+        return one
+    return jax.vmap(one, in_axes=tuple(0 if m else None for m in batched))
+
+
 def _lowering(target):
     rule = jax.ffi.ffi_lowering(f"signticket_conv_{target}")
 
     def lower(ctx, a, b, *, strides, padding, batched, **_shape):
+        x_shape, w_shape = _lowered_shapes(target, ctx, batched)
+        dtype = str(ctx.avals_in[0].dtype)
+        if not self_check(geometry(x_shape, w_shape, strides, padding), dtype).ok:
+            out_member_shape = _per_member(ctx.avals_out[0].shape, any(batched))
+            fallback = _xla_op(target, strides, padding, batched, out_member_shape)
+            return mlir.lower_fun(fallback, multiple_results=False)(ctx, a, b)
         return rule(ctx, a, b, strides=np.asarray(strides, np.int64),
                     padding=np.asarray([p for pair in padding for p in pair], np.int64),
                     batched=np.asarray(batched, np.int64))

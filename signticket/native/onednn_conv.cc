@@ -17,12 +17,24 @@
 // cached. XLA runs independent ops on several threads at once (a layer's input and kernel
 // gradients, say), so nothing mutable is shared: primitives use user-managed scratchpads, and
 // each calling thread carves its scratchpad and blocked kernel from its own buffer.
+//
+// oneDNN 3.2's jit_1x1 kernel gradient (AVX2 and AVX-512) writes past its reduce-to-unit-stride
+// workspace when the conv is strided on NHWC inputs whose channel count is below its SIMD
+// block (uxlfoundation/oneDNN#6035, open): silently wrong kernel gradients, a corrupted
+// barrier that spins forever, or a crash. Build() never picks that implementation for strided
+// kernel gradients. signticket_conv_self_check() checks any geometry against a direct-loop
+// reference before Python lets XLA use it (signticket/native/conv.py).
 
+#include <atomic>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -111,6 +123,12 @@ Cached Build(Op op, const Geometry& g) {
       auto pd = dnnl::convolution_backward_weights::primitive_desc(
           eng, dnnl::algorithm::convolution_direct, src, wei_any, dst, strides, pad_l, pad_r,
           fwd, attr);
+      // oneDNN#6035 (see the top of this file): the next implementation in oneDNN's list is its
+      // generic direct conv, as fast on these small 1x1 shortcut convs.
+      bool strided = g.sh > 1 || g.sw > 1;
+      while (strided && std::string(pd.impl_info_str()).rfind("jit_1x1", 0) == 0) {
+        if (!pd.next_impl()) throw dnnl::error(dnnl_unimplemented, "no safe implementation");
+      }
       c.conv = dnnl::convolution_backward_weights(pd);
       c.act_in = pd.src_desc();
       c.act_out = pd.diff_dst_desc();
@@ -148,6 +166,74 @@ std::vector<int64_t> ConvDims(const ffi::AnyBuffer& buffer) {
   return std::vector<int64_t>(dims.end() - 4, dims.end());
 }
 
+// Tests of the self-check corrupt one op's output on purpose (signticket_conv_testing_corrupt).
+std::atomic<int>& CorruptedOps() {
+  static std::atomic<int> ops{0};
+  return ops;
+}
+
+void Corrupt(dt type, char* out) {
+  if (type == dt::f32) {
+    *reinterpret_cast<float*>(out) += 1.0f;
+  } else {
+    *reinterpret_cast<uint16_t*>(out) ^= 0x4000;  // bfloat16: flips the top exponent bit
+  }
+}
+
+// Runs `members` convs of one geometry on raw buffers: a, b -> out as in Run(), each operand
+// advancing by its step per member (0 for one shared by all members). Throws dnnl::error.
+void Execute(Op op, const Geometry& g, char* a_base, char* b_base, char* out_base,
+             int64_t members, size_t a_step, size_t b_step, size_t out_step) {
+  const Cached& c = Lookup(op, g);
+  auto& eng = Engine();
+  dnnl::stream stream(eng);
+  // This thread's scratch: [blocked kernel | conv scratchpad | reorder scratchpad].
+  size_t weights_bytes = c.reorder_weights ? Aligned(c.weights.get_size()) : 0;
+  size_t conv_bytes = Aligned(c.conv_scratchpad.get_size());
+  char* scratch = ThreadScratch(weights_bytes + conv_bytes + c.reorder_scratchpad.get_size());
+  memory conv_scratchpad(c.conv_scratchpad, eng, scratch + weights_bytes);
+  memory reorder_scratchpad(c.reorder_scratchpad, eng, scratch + weights_bytes + conv_bytes);
+  auto reorder = [&](memory& from, memory& to) {
+    c.weights_reorder.execute(stream, {{DNNL_ARG_FROM, from},
+                                       {DNNL_ARG_TO, to},
+                                       {DNNL_ARG_SCRATCHPAD, reorder_scratchpad}});
+  };
+  for (int64_t m = 0; m < members; ++m) {
+    char* a_ptr = a_base + m * a_step;
+    char* b_ptr = b_base + m * b_step;
+    char* out_ptr = out_base + m * out_step;
+    memory user_w(c.user_weights, eng, op == Op::kKernelGrad ? out_ptr : b_ptr);
+    memory w = c.reorder_weights ? memory(c.weights, eng, scratch) : user_w;
+    // Shared weights are reordered once for all members.
+    bool fresh_weights = m == 0 || b_step != 0;
+    if (c.reorder_weights && op != Op::kKernelGrad && fresh_weights) reorder(user_w, w);
+    memory act_in(c.act_in, eng, a_ptr);
+    switch (op) {
+      case Op::kForward:
+        c.conv.execute(stream, {{DNNL_ARG_SRC, act_in},
+                                {DNNL_ARG_WEIGHTS, w},
+                                {DNNL_ARG_DST, memory(c.act_out, eng, out_ptr)},
+                                {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
+        break;
+      case Op::kInputGrad:
+        c.conv.execute(stream, {{DNNL_ARG_DIFF_DST, act_in},
+                                {DNNL_ARG_WEIGHTS, w},
+                                {DNNL_ARG_DIFF_SRC, memory(c.act_out, eng, out_ptr)},
+                                {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
+        break;
+      case Op::kKernelGrad:
+        c.conv.execute(stream, {{DNNL_ARG_SRC, act_in},
+                                {DNNL_ARG_DIFF_DST, memory(c.act_out, eng, b_ptr)},
+                                {DNNL_ARG_DIFF_WEIGHTS, w},
+                                {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
+        if (c.reorder_weights) reorder(w, user_w);
+        break;
+    }
+  }
+  stream.wait();
+  if (CorruptedOps() & (1 << static_cast<int>(op))) Corrupt(g.type, out_base);
+}
+
 ffi::Error Run(Op op, ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                ffi::Span<const int64_t> batched, const ffi::AnyBuffer& a,
                const ffi::AnyBuffer& b, ffi::Result<ffi::AnyBuffer>& out) {
@@ -179,60 +265,11 @@ ffi::Error Run(Op op, ffi::Span<const int64_t> strides, ffi::Span<const int64_t>
   Geometry g{type,      x_dims[0],  x_dims[1],  x_dims[2],  x_dims[3],  w_dims[0],
              w_dims[1], w_dims[3],  y_dims[1],  y_dims[2],  strides[0], strides[1],
              padding[0], padding[1], padding[2], padding[3]};
-  size_t a_step = a_batched ? a.size_bytes() / members : 0;
-  size_t b_step = b_batched ? b.size_bytes() / members : 0;
-  size_t out_step = out->size_bytes() / members;
   try {
-    const Cached& c = Lookup(op, g);
-    auto& eng = Engine();
-    dnnl::stream stream(eng);
-    // This thread's scratch: [blocked kernel | conv scratchpad | reorder scratchpad].
-    size_t weights_bytes = c.reorder_weights ? Aligned(c.weights.get_size()) : 0;
-    size_t conv_bytes = Aligned(c.conv_scratchpad.get_size());
-    char* scratch = ThreadScratch(weights_bytes + conv_bytes + c.reorder_scratchpad.get_size());
-    memory conv_scratchpad(c.conv_scratchpad, eng, scratch + weights_bytes);
-    memory reorder_scratchpad(c.reorder_scratchpad, eng, scratch + weights_bytes + conv_bytes);
-    auto reorder = [&](memory& from, memory& to) {
-      c.weights_reorder.execute(stream, {{DNNL_ARG_FROM, from},
-                                         {DNNL_ARG_TO, to},
-                                         {DNNL_ARG_SCRATCHPAD, reorder_scratchpad}});
-    };
-    auto* a_base = static_cast<char*>(a.untyped_data());
-    auto* b_base = static_cast<char*>(b.untyped_data());
-    auto* out_base = static_cast<char*>(out->untyped_data());
-    for (int64_t m = 0; m < members; ++m) {
-      char* a_ptr = a_base + m * a_step;
-      char* b_ptr = b_base + m * b_step;
-      char* out_ptr = out_base + m * out_step;
-      memory user_w(c.user_weights, eng, op == Op::kKernelGrad ? out_ptr : b_ptr);
-      memory w = c.reorder_weights ? memory(c.weights, eng, scratch) : user_w;
-      // Shared weights are reordered once for all members.
-      bool fresh_weights = m == 0 || b_batched;
-      if (c.reorder_weights && op != Op::kKernelGrad && fresh_weights) reorder(user_w, w);
-      memory act_in(c.act_in, eng, a_ptr);
-      switch (op) {
-        case Op::kForward:
-          c.conv.execute(stream, {{DNNL_ARG_SRC, act_in},
-                                  {DNNL_ARG_WEIGHTS, w},
-                                  {DNNL_ARG_DST, memory(c.act_out, eng, out_ptr)},
-                                  {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
-          break;
-        case Op::kInputGrad:
-          c.conv.execute(stream, {{DNNL_ARG_DIFF_DST, act_in},
-                                  {DNNL_ARG_WEIGHTS, w},
-                                  {DNNL_ARG_DIFF_SRC, memory(c.act_out, eng, out_ptr)},
-                                  {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
-          break;
-        case Op::kKernelGrad:
-          c.conv.execute(stream, {{DNNL_ARG_SRC, act_in},
-                                  {DNNL_ARG_DIFF_DST, memory(c.act_out, eng, b_ptr)},
-                                  {DNNL_ARG_DIFF_WEIGHTS, w},
-                                  {DNNL_ARG_SCRATCHPAD, conv_scratchpad}});
-          if (c.reorder_weights) reorder(w, user_w);
-          break;
-      }
-    }
-    stream.wait();
+    Execute(op, g, static_cast<char*>(a.untyped_data()), static_cast<char*>(b.untyped_data()),
+            static_cast<char*>(out->untyped_data()), members,
+            a_batched ? a.size_bytes() / members : 0, b_batched ? b.size_bytes() / members : 0,
+            out->size_bytes() / members);
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
   }
@@ -283,4 +320,229 @@ extern "C" int signticket_conv_bf16_supported() {
     return 0;
   }
   return dnnl::get_effective_cpu_isa() >= dnnl::cpu_isa::avx512_core_bf16 ? 1 : 0;
+}
+
+// -- self-check -------------------------------------------------------------------------------
+// Before Python lets XLA call a geometry (signticket/native/conv.py), each of the three ops
+// runs on random operands three times (once, then twice at once from two threads, as XLA runs
+// independent ops): the three outputs must be bit-identical and finite, and agree with
+// a direct-loop reference on sampled elements that cover every index of every axis.
+
+namespace {
+
+// Operands are multiples of 1/8 in [-1, 1]: exact in bfloat16, and float32 sums of their
+// products are exact up to 2^18 terms, so a correct kernel matches the reference to rounding of
+// the output alone.
+struct Operand {
+  int64_t d[4];
+  std::vector<float> v;
+  Operand(int64_t a, int64_t b, int64_t c, int64_t e, uint64_t seed) : d{a, b, c, e} {
+    v.resize(a * b * c * e);
+    for (auto& x : v) {
+      seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+      x = static_cast<float>(static_cast<int>((seed >> 33) % 17) - 8) / 8.0f;
+    }
+  }
+  float at(int64_t i, int64_t j, int64_t k, int64_t l) const {
+    return v[((i * d[1] + j) * d[2] + k) * d[3] + l];
+  }
+};
+
+struct Sum {
+  double value = 0, magnitude = 0;  // sum of products and of their absolute values
+  void add(double a, double b) { value += a * b; magnitude += std::fabs(a * b); }
+};
+
+std::vector<char> Encode(const Operand& t, dt type) {
+  std::vector<char> bytes(t.v.size() * (type == dt::f32 ? 4 : 2));
+  for (size_t i = 0; i < t.v.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &t.v[i], 4);
+    if (type == dt::f32) {
+      std::memcpy(bytes.data() + 4 * i, &u, 4);
+    } else {
+      uint16_t top = static_cast<uint16_t>(u >> 16);  // exact for multiples of 1/8
+      std::memcpy(bytes.data() + 2 * i, &top, 2);
+    }
+  }
+  return bytes;
+}
+
+float Decode(const std::vector<char>& bytes, dt type, int64_t i) {
+  uint32_t u = 0;
+  if (type == dt::f32) {
+    std::memcpy(&u, bytes.data() + 4 * i, 4);
+  } else {
+    uint16_t top;
+    std::memcpy(&top, bytes.data() + 2 * i, 2);
+    u = static_cast<uint32_t>(top) << 16;
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// The reference value of one output element of `op` (direct loops over the conv's definition).
+Sum Reference(Op op, const Geometry& g, const Operand& x, const Operand& w, const Operand& dy,
+              const int64_t* at) {
+  Sum s;
+  switch (op) {
+    case Op::kForward:  // y[n, p, q, o]
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) {
+          int64_t h = at[1] * g.sh + i - g.pt, ww = at[2] * g.sw + j - g.pl;
+          if (h < 0 || h >= g.h || ww < 0 || ww >= g.w) continue;
+          for (int64_t c = 0; c < g.c; ++c) s.add(x.at(at[0], h, ww, c), w.at(i, j, c, at[3]));
+        }
+      break;
+    case Op::kInputGrad:  // dx[n, h, w, c]
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) {
+          int64_t ph = at[1] + g.pt - i, qw = at[2] + g.pl - j;
+          if (ph < 0 || qw < 0 || ph % g.sh || qw % g.sw) continue;
+          int64_t p = ph / g.sh, q = qw / g.sw;
+          if (p >= g.oh || q >= g.ow) continue;
+          for (int64_t o = 0; o < g.o; ++o) s.add(dy.at(at[0], p, q, o), w.at(i, j, at[3], o));
+        }
+      break;
+    case Op::kKernelGrad:  // dw[i, j, c, o]
+      for (int64_t n = 0; n < g.n; ++n)
+        for (int64_t p = 0; p < g.oh; ++p)
+          for (int64_t q = 0; q < g.ow; ++q) {
+            int64_t h = p * g.sh + at[0] - g.pt, ww = q * g.sw + at[1] - g.pl;
+            if (h < 0 || h >= g.h || ww < 0 || ww >= g.w) continue;
+            s.add(x.at(n, h, ww, at[2]), dy.at(n, p, q, at[3]));
+          }
+      break;
+  }
+  return s;
+}
+
+const char* kOpNames[] = {"forward", "input_grad", "kernel_grad"};
+
+// "" when `op` passes on geometry `g`, else what failed.
+std::string CheckOp(Op op, const Geometry& g) {
+  Operand x(g.n, g.h, g.w, g.c, 1), w(g.kh, g.kw, g.c, g.o, 2), dy(g.n, g.oh, g.ow, g.o, 3);
+  const Operand& a = op == Op::kInputGrad ? dy : x;
+  const Operand& b = op == Op::kKernelGrad ? dy : w;
+  const Operand& shape = op == Op::kForward ? dy : (op == Op::kInputGrad ? x : w);
+  std::vector<char> a_bytes = Encode(a, g.type), b_bytes = Encode(b, g.type);
+  std::vector<char> out_bytes = Encode(Operand(shape.d[0], shape.d[1], shape.d[2], shape.d[3], 4),
+                                       g.type);
+  std::vector<std::vector<char>> outs(3, out_bytes);  // pre-filled with noise, not zeros
+  auto run = [&](int k) {
+    Execute(op, g, a_bytes.data(), b_bytes.data(), outs[k].data(), 1, 0, 0, 0);
+  };
+  run(0);
+  std::string concurrent_error;
+  std::thread other([&] {
+    try {
+      run(2);
+    } catch (const dnnl::error& e) {
+      concurrent_error = e.what();
+    }
+  });
+  run(1);
+  other.join();
+  if (!concurrent_error.empty()) throw dnnl::error(dnnl_runtime_error, concurrent_error.c_str());
+  std::string name = kOpNames[static_cast<int>(op)];
+  for (int k = 1; k < 3; ++k) {
+    if (outs[k] != outs[0]) return name + ": outputs differ between identical runs (a race)";
+  }
+  int64_t size = static_cast<int64_t>(shape.v.size());
+  for (int64_t i = 0; i < size; ++i) {
+    if (!std::isfinite(Decode(outs[0], g.type, i))) return name + ": non-finite output";
+  }
+  // Samples: for every axis and every index on it one random element, plus 64 more.
+  std::vector<std::vector<int64_t>> samples;
+  uint64_t seed = 5;
+  auto random_below = [&seed](int64_t n) {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return static_cast<int64_t>((seed >> 33) % static_cast<uint64_t>(n));
+  };
+  auto random_index = [&] {
+    std::vector<int64_t> at(4);
+    for (int axis = 0; axis < 4; ++axis) at[axis] = random_below(shape.d[axis]);
+    return at;
+  };
+  for (int axis = 0; axis < 4; ++axis)
+    for (int64_t v = 0; v < shape.d[axis]; ++v) {
+      auto at = random_index();
+      at[axis] = v;
+      samples.push_back(at);
+    }
+  for (int k = 0; k < 64; ++k) samples.push_back(random_index());
+  // float32: a correct kernel is exact here, up to accumulation order on very long sums;
+  // bfloat16: the output's own rounding (8 significant bits).
+  double relative = g.type == dt::f32 ? 1e-5 : 1e-2;
+  for (const auto& at : samples) {
+    Sum ref = Reference(op, g, x, w, dy, at.data());
+    int64_t flat = ((at[0] * shape.d[1] + at[1]) * shape.d[2] + at[2]) * shape.d[3] + at[3];
+    double got = Decode(outs[0], g.type, flat);
+    if (std::fabs(got - ref.value) > relative * ref.magnitude + 1e-6) {
+      char message[256];
+      std::snprintf(message, sizeof message, ": element [%lld, %lld, %lld, %lld] is %.6g, the "
+                    "reference %.6g", static_cast<long long>(at[0]),
+                    static_cast<long long>(at[1]), static_cast<long long>(at[2]),
+                    static_cast<long long>(at[3]), got, ref.value);
+      return name + message;
+    }
+  }
+  return "";
+}
+
+void Copy(const std::string& text, char* buffer, int length) {
+  if (length > 0) std::snprintf(buffer, length, "%s", text.c_str());
+}
+
+}  // namespace
+
+// Checks the three ops of one geometry: 1 when all pass, 0 when one disagrees (what, in
+// `message`), -1 when oneDNN cannot run it. `geometry`: n, h, w, c, kh, kw, o, sh, sw, pad top,
+// bottom, left, right; `bf16`: operands in bfloat16 instead of float32.
+extern "C" int signticket_conv_self_check(const int64_t* geometry, int bf16, char* message,
+                                          int message_length) {
+  const int64_t* q = geometry;
+  Geometry g{bf16 ? dt::bf16 : dt::f32, q[0], q[1], q[2], q[3], q[4], q[5], q[6], 0, 0, q[7],
+             q[8], q[9], q[10], q[11], q[12]};
+  g.oh = (g.h + g.pt + g.pb - g.kh) / g.sh + 1;
+  g.ow = (g.w + g.pl + g.pr - g.kw) / g.sw + 1;
+  try {
+    for (Op op : {Op::kForward, Op::kInputGrad, Op::kKernelGrad}) {
+      std::string failure = CheckOp(op, g);
+      if (!failure.empty()) {
+        Copy(failure, message, message_length);
+        return 0;
+      }
+    }
+  } catch (const dnnl::error& e) {
+    Copy(std::string("oneDNN: ") + e.what(), message, message_length);
+    return -1;
+  }
+  Copy("", message, message_length);
+  return 1;
+}
+
+// For tests of the self-check: from now on, op k's output (bit k of `ops`: forward, input grad,
+// kernel grad) is corrupted after every run. 0 restores correct results.
+extern "C" void signticket_conv_testing_corrupt(int ops) { CorruptedOps() = ops; }
+
+// "oneDNN <version>, <ISA oneDNN dispatches to>": part of a self-check verdict's identity.
+extern "C" void signticket_conv_runtime(char* buffer, int length) {
+  using isa = dnnl::cpu_isa;
+  const std::pair<isa, const char*> names[] = {
+      {isa::avx512_core_amx_fp16, "avx512_core_amx_fp16"}, {isa::avx512_core_amx, "avx512_core_amx"},
+      {isa::avx512_core_fp16, "avx512_core_fp16"}, {isa::avx512_core_bf16, "avx512_core_bf16"},
+      {isa::avx512_core_vnni, "avx512_core_vnni"}, {isa::avx512_core, "avx512_core"},
+      {isa::avx2_vnni_2, "avx2_vnni_2"}, {isa::avx2_vnni, "avx2_vnni"}, {isa::avx2, "avx2"},
+      {isa::avx, "avx"}, {isa::sse41, "sse41"}};
+  isa effective = dnnl::get_effective_cpu_isa();
+  std::string name = "isa" + std::to_string(static_cast<int>(effective));
+  for (const auto& [value, text] : names) {
+    if (effective == value) name = text;
+  }
+  const dnnl_version_t* v = dnnl_version();
+  Copy("oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
+           std::to_string(v->patch) + ", " + name,
+       buffer, length);
 }
