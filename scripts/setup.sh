@@ -10,16 +10,20 @@ HERE="$(pwd -P)"
 if ! (cd / && "$PY" - "$HERE" <<'PYEOF'
 import importlib, os, sys
 for mod in ("jax", "flax", "optax", "orbax.checkpoint", "chex", "tensorflow_datasets",
-            "ml_collections", "scipy", "tqdm", "matplotlib", "pytest", "xdist", "ruff"):
+            "ml_collections", "scipy", "tqdm", "matplotlib", "pytest", "xdist", "pytest_timeout",
+            "ruff"):
     importlib.import_module(mod)
 import signticket
 assert os.path.realpath(signticket.__file__).startswith(sys.argv[1] + os.sep)
+import platform
 from signticket.native import build
-assert build.onednn_prefix() is not None
+if (platform.system(), platform.machine()) == ("Linux", "x86_64"):  # the `cpu` extra's wheels
+    assert build.onednn_prefix() is not None
 PYEOF
 ) >/dev/null 2>&1; then
   echo "== installing signticket and its dependencies"
-  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+  # `cpu`: oneDNN's wheels for the fast CPU convolutions (Linux x86-64 only; a no-op elsewhere).
+  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,cpu]"
 fi
 
 FMNIST=/usr/share/datasets/fashion-mnist

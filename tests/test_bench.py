@@ -5,6 +5,7 @@ import json
 import pytest
 
 from bench import conv_ops, suite, torch_models, train_step
+from signticket.native import conv as native_conv
 
 
 def test_train_step_bench_runs(tmp_path):
@@ -22,9 +23,11 @@ def test_conv_ops_bench_runs(tmp_path):
     for row in rows:
         assert all(row[f"{impl}_{op}_ms"] > 0 for op in conv_ops.OPS
                    for impl in ("signticket", "xla"))
-        assert row["signticket_conv"] == "onednn"
-        assert all(row[f"torch_{op}_ms"] > 0 for op in conv_ops.OPS) or (
-            not torch_models.torch_available())
+        assert row["signticket_conv"] == ("onednn" if native_conv.enabled() else "xla")
+        # torch is the optional `bench` extra: its columns exist exactly when it is installed.
+        has_torch = torch_models.torch_available()
+        assert all((f"torch_{op}_ms" in row) is has_torch for op in conv_ops.OPS), row
+        assert not has_torch or all(row[f"torch_{op}_ms"] > 0 for op in conv_ops.OPS)
 
 
 # Rows every full --tiny run must produce, with a positive signticket figure.

@@ -3,8 +3,9 @@
     python -m signticket.native               # build now; prints the library's path
 
 The C++ source ships with the package; it is compiled against jaxlib's XLA FFI headers and the
-oneDNN wheel (``onednn-cpu-gomp`` + ``onednn-devel-cpu-gomp``, installed with signticket on
-Linux x86-64) into a cache directory keyed by the source, jaxlib and oneDNN, so a rebuild
+oneDNN wheel (``onednn-cpu-gomp`` + ``onednn-devel-cpu-gomp``, the ``cpu`` extra on Linux
+x86-64) at setup (``scripts/setup.sh`` runs this module), never while a model is traced, into a
+cache directory keyed by the source, jaxlib and oneDNN, so a rebuild
 happens only when one of them changes. Nothing here is needed for correctness: without a
 compiler or oneDNN, :func:`library_path` returns ``None`` with the reason and convolutions stay
 on XLA.
@@ -60,8 +61,9 @@ def library_path(build: bool = True) -> tuple[Path | None, str]:
     ``(None, reason)`` when it cannot be had."""
     prefix = onednn_prefix()
     if prefix is None:
-        return None, ("oneDNN not found; install it with "
-                      "`pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0`")
+        return None, ("oneDNN not found; for fast CPU convolutions install the `cpu` extra "
+                      "(`pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0`, "
+                      "Linux x86-64), then build with `python -m signticket.native`")
     target = cache_dir() / _key(prefix) / LIBRARY_NAME
     if target.is_file():
         return target, ""

@@ -151,24 +151,32 @@ def _write_verdict(file: Path | None, verdict: Verdict) -> None:
         pass  # an unwritable cache costs a re-check next process, nothing else
 
 
+def check_now(geom: Geometry, dtype: str = "float32") -> Verdict:
+    """Run the self-check of :func:`self_check` now, bypassing its caches."""
+    lib = _library()[0]
+    if lib is None:
+        return Verdict(False, unavailable_reason())
+    message = ctypes.create_string_buffer(512)
+    status = lib.signticket_conv_self_check((ctypes.c_int64 * 13)(*geom),
+                                            int(dtype == "bfloat16"), message, len(message))
+    return Verdict(status == 1, message.value.decode())
+
+
 @functools.cache
 def self_check(geom: Geometry, dtype: str = "float32") -> Verdict:
     """Whether oneDNN's forward, input-gradient and kernel-gradient convs of geometry ``geom``
     (:func:`geometry`) in ``dtype`` are correct on this machine, checked once: each op runs on
     random operands once and then twice at once from two threads; the outputs must be
-    bit-identical, finite and equal to a direct-loop reference on elements covering every
-    index of every axis. Cached in memory and next to the library, keyed by oneDNN version and
-    instruction set. A failing geometry warns once and runs on XLA (see the lowering below)."""
-    lib = _library()[0]
-    if lib is None:
+    bit-identical, finite and equal to a direct-loop reference on every element (large convs:
+    on elements covering every index of every axis). Cached in memory and next to the library,
+    keyed by oneDNN version and instruction set. A failing geometry warns once and runs on XLA
+    (see the lowering below)."""
+    if not available():
         return Verdict(False, unavailable_reason())
     file = _verdict_file(geom, dtype)
     verdict = _read_verdict(file)
     if verdict is None:
-        message = ctypes.create_string_buffer(512)
-        status = lib.signticket_conv_self_check((ctypes.c_int64 * 13)(*geom),
-                                                int(dtype == "bfloat16"), message, len(message))
-        verdict = Verdict(status == 1, message.value.decode())
+        verdict = check_now(geom, dtype)
         _write_verdict(file, verdict)
     if not verdict.ok:
         warnings.warn(f"signticket: oneDNN failed its self-check on conv {geom} ({dtype}, "

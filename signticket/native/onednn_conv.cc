@@ -172,11 +172,13 @@ std::atomic<int>& CorruptedOps() {
   return ops;
 }
 
-void Corrupt(dt type, char* out) {
-  if (type == dt::f32) {
-    *reinterpret_cast<float*>(out) += 1.0f;
-  } else {
-    *reinterpret_cast<uint16_t*>(out) ^= 0x4000;  // bfloat16: flips the top exponent bit
+void Corrupt(dt type, char* out, size_t elements) {
+  for (size_t i = 0; i < elements; ++i) {
+    if (type == dt::f32) {
+      reinterpret_cast<float*>(out)[i] += 1.0f;
+    } else {
+      reinterpret_cast<uint16_t*>(out)[i] ^= 0x4000;  // bfloat16: flips the top exponent bit
+    }
   }
 }
 
@@ -231,7 +233,12 @@ void Execute(Op op, const Geometry& g, char* a_base, char* b_base, char* out_bas
     }
   }
   stream.wait();
-  if (CorruptedOps() & (1 << static_cast<int>(op))) Corrupt(g.type, out_base);
+  if (CorruptedOps() & (1 << static_cast<int>(op))) {
+    int64_t elements = op == Op::kForward      ? g.n * g.oh * g.ow * g.o
+                       : op == Op::kInputGrad ? g.n * g.h * g.w * g.c
+                                              : g.kh * g.kw * g.c * g.o;
+    Corrupt(g.type, out_base, static_cast<size_t>(elements));
+  }
 }
 
 ffi::Error Run(Op op, ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
@@ -326,7 +333,8 @@ extern "C" int signticket_conv_bf16_supported() {
 // Before Python lets XLA call a geometry (signticket/native/conv.py), each of the three ops
 // runs on random operands three times (once, then twice at once from two threads, as XLA runs
 // independent ops): the three outputs must be bit-identical and finite, and agree with
-// a direct-loop reference on sampled elements that cover every index of every axis.
+// a direct-loop reference on every element (or, for large convs, on sampled elements that
+// cover every index of every axis).
 
 namespace {
 
@@ -453,8 +461,10 @@ std::string CheckOp(Op op, const Geometry& g) {
   for (int64_t i = 0; i < size; ++i) {
     if (!std::isfinite(Decode(outs[0], g.type, i))) return name + ": non-finite output";
   }
-  // Samples: for every axis and every index on it one random element, plus 64 more.
+  // Every element when the reference is cheap (< 2^25 multiply-adds for all of them), else
+  // samples: for every axis and every index on it one random element, plus 64 more.
   std::vector<std::vector<int64_t>> samples;
+  int64_t macs = g.n * g.oh * g.ow * g.kh * g.kw * g.c * g.o;
   uint64_t seed = 5;
   auto random_below = [&seed](int64_t n) {
     seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -465,13 +475,20 @@ std::string CheckOp(Op op, const Geometry& g) {
     for (int axis = 0; axis < 4; ++axis) at[axis] = random_below(shape.d[axis]);
     return at;
   };
-  for (int axis = 0; axis < 4; ++axis)
-    for (int64_t v = 0; v < shape.d[axis]; ++v) {
-      auto at = random_index();
-      at[axis] = v;
-      samples.push_back(at);
-    }
-  for (int k = 0; k < 64; ++k) samples.push_back(random_index());
+  if (macs < (int64_t{1} << 25)) {
+    for (int64_t i = 0; i < shape.d[0]; ++i)
+      for (int64_t j = 0; j < shape.d[1]; ++j)
+        for (int64_t k = 0; k < shape.d[2]; ++k)
+          for (int64_t l = 0; l < shape.d[3]; ++l) samples.push_back({i, j, k, l});
+  } else {
+    for (int axis = 0; axis < 4; ++axis)
+      for (int64_t v = 0; v < shape.d[axis]; ++v) {
+        auto at = random_index();
+        at[axis] = v;
+        samples.push_back(at);
+      }
+    for (int k = 0; k < 64; ++k) samples.push_back(random_index());
+  }
   // float32: a correct kernel is exact here, up to accumulation order on very long sums;
   // bfloat16: the output's own rounding (8 significant bits).
   double relative = g.type == dt::f32 ? 1e-5 : 1e-2;
