@@ -1,7 +1,9 @@
 """Benchmarks: scripts that print figures (never timed assertions in tests).
 
-``python -m bench.suite`` runs them all and prints one table. Importing this package imports
-:mod:`signticket` first, so its XLA CPU defaults are in ``XLA_FLAGS`` before JAX starts.
+``python -m bench.suite`` runs them all and prints one table. Importing this package applies
+signticket's CPU tuning (:func:`signticket.cpu_tuning.apply`) before JAX starts, as the CLI does.
 """
 
-import signticket  # noqa: F401
+from signticket import cpu_tuning
+
+cpu_tuning.apply()

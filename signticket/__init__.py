@@ -1,9 +1,13 @@
 """signticket: sparse networks from random init by getting the signs right (AWS, permuted LTH
-masks, Sign-In) as pytree transforms and optax transformations in JAX."""
+masks, Sign-In) as pytree transforms and optax transformations in JAX.
 
-from signticket._host_malloc import keep_freed_memory
-from signticket._xla_flags import apply_cpu_defaults
+Importing it changes nothing in the process: the CPU tuning the command line and experiments
+use is an explicit call, :func:`signticket.cpu_tuning.apply`.
+"""
 
-# Both must run before JAX creates its CPU backend; see their modules for what they change.
-apply_cpu_defaults()
-keep_freed_memory()
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("signticket")
+except PackageNotFoundError:  # a source tree on sys.path without an install
+    __version__ = "0+unknown"

@@ -47,7 +47,8 @@ def ynn_value(jaxlib: tuple[int, ...], onednn_convs: bool = False) -> str:
 
 def onednn_convs_expected(xla_flags: str) -> bool:
     """Whether this process will run its convolutions on oneDNN: not opted out, one CPU device
-    (several would keep XLA's convs) and oneDNN plus a compiler installed."""
+    (several would keep XLA's convs) and the conv library built (``python -m
+    signticket.native``)."""
     if os.environ.get("SIGNTICKET_CONV", "auto") == "xla":
         return False
     devices = re.search(r"--xla_force_host_platform_device_count=(\d+)", xla_flags)
@@ -55,7 +56,7 @@ def onednn_convs_expected(xla_flags: str) -> bool:
         return False
     from signticket.native import build
 
-    return build.onednn_prefix() is not None and build.compiler() is not None
+    return build.library_path(build=False)[0] is not None
 
 
 def _jaxlib_version() -> tuple[int, ...]:
@@ -70,7 +71,8 @@ def _jaxlib_version() -> tuple[int, ...]:
 def apply_cpu_defaults() -> bool:
     """Append the YNNPACK fusion flag to ``XLA_FLAGS`` unless the user set it or opted out.
 
-    Must run before JAX creates its CPU backend (``signticket`` calls it on import); returns
+    Must run before JAX creates its CPU backend (:func:`signticket.cpu_tuning.apply` calls
+    it); returns
     whether the flag is now in effect for backends created from here on.
     """
     flags = os.environ.get("XLA_FLAGS", "")

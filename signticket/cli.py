@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from signticket import cpu_tuning
 from signticket.runs import DEFAULT_RUNS_ROOT
 
 
@@ -141,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from signticket.runs import enable_compilation_cache
     from signticket.train import NonFiniteLossError
 
+    cpu_tuning.apply()  # before anything starts JAX's backend
     enable_compilation_cache()
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = _split_overrides(argv)

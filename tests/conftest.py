@@ -1,8 +1,12 @@
 """Shared fixtures: tiny synthetic params pytrees shaped like Flax models."""
 
-import jax
-import jax.numpy as jnp
-import pytest
+from signticket import cpu_tuning
+
+cpu_tuning.apply()  # as the CLI does, before JAX starts its backend
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
 
 
 def make_params(key=0):

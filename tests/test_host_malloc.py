@@ -1,4 +1,4 @@
-"""The host allocator defaults that `import signticket` applies on the CPU backend."""
+"""The host allocator defaults that `signticket.cpu_tuning.apply()` sets on the CPU backend."""
 
 import json
 import os
@@ -14,8 +14,9 @@ from signticket import _host_malloc
 # call maps them afresh (one page fault per 4 KiB); with ours the freed heap is reused.
 FAULTS_SCRIPT = """
 import json, resource
-import signticket, jax, jax.numpy as jnp
-from signticket import _host_malloc
+from signticket import _host_malloc, cpu_tuning
+cpu_tuning.apply()
+import jax, jax.numpy as jnp
 
 @jax.jit
 def f(x):

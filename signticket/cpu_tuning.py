@@ -1,0 +1,37 @@
+"""Process-wide CPU settings for training on JAX's CPU backend, applied only when asked.
+
+``import signticket`` changes nothing in the process; the CLI, the experiment scripts, the
+benchmarks and the tests call :func:`apply` first thing, before JAX creates its backend:
+
+* the YNNPACK fusion flag in ``XLA_FLAGS`` (:mod:`signticket._xla_flags`: dots, reductions
+  and, without oneDNN convolutions, elementwise fusions), ignored by GPU/TPU backends;
+* glibc's allocator keeping freed memory for reuse (:mod:`signticket._host_malloc`), only when
+  the CPU backend is expected.
+
+Your own script can do the same (``from signticket import cpu_tuning; cpu_tuning.apply()``
+before any JAX computation); ``SIGNTICKET_XLA_DEFAULTS=0`` / ``SIGNTICKET_MALLOC_DEFAULTS=0``
+opt out of either part.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+from signticket._host_malloc import keep_freed_memory
+from signticket._xla_flags import apply_cpu_defaults
+
+
+def _backend_started() -> bool:
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    return bool(getattr(bridge, "_backends", None))
+
+
+def apply() -> dict[str, bool]:
+    """Apply both settings (idempotent); returns which are in effect. Warns when JAX's
+    backend already exists, since the XLA flag then no longer reaches it."""
+    if _backend_started():
+        warnings.warn("signticket.cpu_tuning.apply() after JAX started its backend: the XLA "
+                      "flags reach only backends created later; call it before any JAX "
+                      "computation", RuntimeWarning, stacklevel=2)
+    return {"xla_flags": apply_cpu_defaults(), "host_malloc": keep_freed_memory()}

@@ -1,0 +1,57 @@
+"""`import signticket` (and its core modules) changes no process state; the CPU tuning is an
+explicit call that must come before JAX starts its backend."""
+
+import json
+import os
+import subprocess
+import sys
+
+CHECK = """
+import json, os, sys
+before = os.environ.get("XLA_FLAGS")
+import signticket
+from signticket import masks, signs, tree, _host_malloc
+after_import = os.environ.get("XLA_FLAGS")
+applied_on_import = _host_malloc.applied()
+from signticket import cpu_tuning
+effects = cpu_tuning.apply()
+print(json.dumps({"before": before, "after_import": after_import,
+                  "malloc_on_import": applied_on_import, "after_apply": os.environ.get("XLA_FLAGS"),
+                  "effects": effects, "version": signticket.__version__}))
+"""
+
+
+def _run(code: str, **env: str) -> dict:
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("XLA_FLAGS", "SIGNTICKET_XLA_DEFAULTS", "SIGNTICKET_MALLOC_DEFAULTS")}
+    out = subprocess.run([sys.executable, "-c", code], env={**environ, **env},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_changes_no_process_state():
+    report = _run(CHECK, XLA_FLAGS="--xla_dump_to=/nonexistent-unused")
+    assert report["after_import"] == report["before"] == "--xla_dump_to=/nonexistent-unused"
+    assert report["malloc_on_import"] is False
+    assert report["version"] and report["version"] != "0+unknown"
+
+
+def test_cpu_tuning_is_explicit_and_keeps_user_flags():
+    report = _run(CHECK, XLA_FLAGS="--xla_dump_to=/nonexistent-unused", JAX_PLATFORMS="cpu")
+    assert report["after_apply"].startswith("--xla_dump_to=/nonexistent-unused")
+    assert report["effects"]["xla_flags"] is ("--xla_cpu_experimental_ynn_fusion_type"
+                                              in report["after_apply"])
+
+
+def test_cpu_tuning_after_backend_start_warns():
+    code = """
+import warnings, jax, jax.numpy as jnp
+jnp.ones(3).block_until_ready()
+from signticket import cpu_tuning
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    cpu_tuning.apply()
+print('{"warned": %s}' % str(any("after JAX started" in str(w.message) for w in caught)).lower())
+"""
+    assert _run(code)["warned"] is True
