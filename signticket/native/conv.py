@@ -166,7 +166,7 @@ def check_now(geom: Geometry, dtype: str = "float32") -> Verdict:
 def self_check(geom: Geometry, dtype: str = "float32") -> Verdict:
     """Whether oneDNN's forward, input-gradient and kernel-gradient convs of geometry ``geom``
     (:func:`geometry`) in ``dtype`` are correct on this machine, checked once: each op runs on
-    random operands once and then twice at once from two threads; the outputs must be
+    random operands twice at once from two threads; both outputs must be
     bit-identical, finite and equal to a direct-loop reference on every element (large convs:
     on elements covering every index of every axis). Cached in memory and next to the library,
     keyed by oneDNN version and instruction set. A failing geometry warns once and runs on XLA

@@ -331,8 +331,8 @@ extern "C" int signticket_conv_bf16_supported() {
 
 // -- self-check -------------------------------------------------------------------------------
 // Before Python lets XLA call a geometry (signticket/native/conv.py), each of the three ops
-// runs on random operands three times (once, then twice at once from two threads, as XLA runs
-// independent ops): the three outputs must be bit-identical and finite, and agree with
+// runs on random operands twice at once from two threads (as XLA runs independent ops): both
+// outputs must be bit-identical and finite, and agree with
 // a direct-loop reference on every element (or, for large convs, on sampled elements that
 // cover every index of every axis).
 
@@ -437,26 +437,23 @@ std::string CheckOp(Op op, const Geometry& g) {
   std::vector<char> a_bytes = Encode(a, g.type), b_bytes = Encode(b, g.type);
   std::vector<char> out_bytes = Encode(Operand(shape.d[0], shape.d[1], shape.d[2], shape.d[3], 4),
                                        g.type);
-  std::vector<std::vector<char>> outs(3, out_bytes);  // pre-filled with noise, not zeros
+  std::vector<std::vector<char>> outs(2, out_bytes);  // pre-filled with noise, not zeros
   auto run = [&](int k) {
     Execute(op, g, a_bytes.data(), b_bytes.data(), outs[k].data(), 1, 0, 0, 0);
   };
-  run(0);
   std::string concurrent_error;
   std::thread other([&] {
     try {
-      run(2);
+      run(1);
     } catch (const dnnl::error& e) {
       concurrent_error = e.what();
     }
   });
-  run(1);
+  run(0);
   other.join();
   if (!concurrent_error.empty()) throw dnnl::error(dnnl_runtime_error, concurrent_error.c_str());
   std::string name = kOpNames[static_cast<int>(op)];
-  for (int k = 1; k < 3; ++k) {
-    if (outs[k] != outs[0]) return name + ": outputs differ between identical runs (a race)";
-  }
+  if (outs[1] != outs[0]) return name + ": outputs differ between identical runs (a race)";
   int64_t size = static_cast<int64_t>(shape.v.size());
   for (int64_t i = 0; i < size; ++i) {
     if (!std::isfinite(Decode(outs[0], g.type, i))) return name + ": non-finite output";
