@@ -220,3 +220,28 @@ def test_one_global_magnitude_round_prunes_the_official_weights(kind, key):
     assert masks.sparsity(mask, sparse_rebasin_prunable).overall == pytest.approx(
         pruned / fround["size"])
     assert pruned == round(0.2 * fround["size"])
+
+
+def test_initialization_follows_the_official_models():
+    """ResNet-20: ``_weights_init`` draws conv and Linear weights Kaiming-normal (fan-in, gain
+    sqrt 2, models.py lines 72-75) and leaves the Linear bias at PyTorch's default; VGG11_nofc
+    under ``init_weights: False`` keeps PyTorch's defaults: U(+-1/sqrt(fan_in)) everywhere."""
+    key = jax.random.PRNGKey(0)
+    r = models.init_variables(models.get("resnet20_rebasin", 10, width=4), key, (1, 32, 32, 3))
+    p = r["params"]
+    k = np.asarray(p["stage2_block1"]["conv2"]["kernel"])  # 3x3x256x256
+    np.testing.assert_allclose(k.std(), np.sqrt(2 / (9 * 256)), rtol=0.02)
+    sc = np.asarray(p["stage1_block0"]["shortcut_conv"]["kernel"])
+    assert sc.shape == (3, 3, 64, 128)
+    np.testing.assert_allclose(sc.std(), np.sqrt(2 / (9 * 64)), rtol=0.05)
+    bias, bound = np.asarray(p["head"]["bias"]), 1 / np.sqrt(256)
+    assert np.all(np.abs(bias) <= bound) and np.ptp(bias) > bound  # spread, not zeros
+
+    v = models.init_variables(models.get("vgg11_nofc", 10), key, (1, 32, 32, 3))["params"]
+    for name, fan_in in (("conv5", 9 * 512), ("head", 512)):
+        kernel, b = np.asarray(v[name]["kernel"]), np.asarray(v[name]["bias"])
+        bound = 1 / np.sqrt(fan_in)
+        top = np.abs(kernel).max()
+        assert 0.99 * bound < top <= bound * (1 + 1e-6)  # float32 rounding at the bound
+        np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.05)
+        assert np.abs(b).max() <= bound * (1 + 1e-6) and np.ptp(b) > bound
