@@ -116,11 +116,15 @@ def make_tables(config: ConfigDict, results: list[dict], out: Path, title: str) 
         f"({config.imp.fraction:.0%}/round, {config.imp.ft_epochs} epoch(s) at lr "
         f"{config.imp.ft_optimizer.learning_rate}, momentum "
         f"{config.imp.ft_optimizer.momentum}, wd {config.imp.ft_optimizer.weight_decay}); "
-        "sparse runs {config.dense_epochs} − k epochs "
+        f"sparse runs {config.dense_epochs} − k epochs "
         f"at lr {config.sparse.optimizer.learning_rate} from {rewind_note(config)}; pruned set "
         f"{config.imp.get('prune_scope', 'no_head')}; {config.matching.method} matching. "
         "'permuted − naive' is paired per seed."
     )
+    if paper:
+        notes += (" Paper rows use the official rewind point k (the weights after k + 1 epochs)"
+                  + ("." if config.get("rewind_convention", "exact") == "official" else
+                     "; THIS RUN USES THE EXACT CONVENTION, so its k is one epoch earlier."))
     md = write_table(out / "table", header, rows, title=title, notes=notes)
 
     dense_header = ["dense A", "dense B", "midpoint error A–B", "midpoint error A–π(B)",

@@ -348,7 +348,11 @@ def run_seed(config: ConfigDict, dataset: data_lib.Dataset, seed: int, *,
     rho = random_perms(jax.random.PRNGKey(seed + exp.control_seed_offset), spec)
     result = {"seed": seed, "dense_a": a.summary["test_accuracy"],
               "dense_b": b.summary["test_accuracy"], "imp_rounds": imp.rounds,
-              "matching": info, "sparse": {}}
+              "matching": info, "sparse": {},
+              # What k means and which layers the masks cover, for whoever reads the numbers.
+              "rewind_convention": config.get("rewind_convention", "exact"),
+              "rewind_after_epochs": {str(k): rewind_epoch(config, k) for k in a.rewind},
+              "prune_scope": config.imp.get("prune_scope", "no_head")}
     if barrier_fn is not None:
         b_in_a = {c: apply_permutation(spec, invert(pi), t) for c, t in b.final.items()}
         ids = [a.directory.name, b.directory.name]
