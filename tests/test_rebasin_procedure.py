@@ -34,7 +34,7 @@ def _dataset():
 def _config(**kw):
     c = base(model="mlp", model_kwargs={"widths": (8, 8)}, dataset="synthetic",
              optimizer=sgd(0.05, 5e-4), dense_epochs=2, rewind_epochs=(0, 1),
-             ft_optimizer=imp_ft_sgd(0.01), ft_epochs=1, sparse_optimizer=sgd(0.05, 5e-4),
+             ft_optimizer=imp_ft_sgd(0.01, 1), ft_epochs=1, sparse_optimizer=sgd(0.05, 5e-4),
              sparsities=(0.6, 0.9), seeds=(0,), batch_size=16)
     c.imp.fraction = 0.5  # few rounds: 0.5, 0.75, 0.875, then the 0.9 cut
     c.update(kw)
@@ -179,6 +179,8 @@ def test_paper_configs_carry_the_official_protocol(get_config, model):
 def test_cpu_config_uses_the_fixed_imp_protocol():
     c = permuted_fmnist_mlp.get_config()
     assert (c.imp.ft_optimizer.momentum, c.imp.ft_optimizer.weight_decay) == (0.0, 0.0)
+    # One epoch per round: the official per-epoch CosineAnnealingLR(T=1) is a constant lr.
+    assert (c.imp.ft_epochs, c.imp.ft_optimizer.schedule) == (1, "constant")
     assert c.imp.prune_scope == "sparse_rebasin"
     assert c.matching.method == "activation"
 

@@ -12,7 +12,7 @@ def get_config(width: int = 1, dataset: str = "cifar10"):
     return base(
         model="resnet20_rebasin", model_kwargs={"width": width}, dataset=dataset,
         optimizer=sgd(0.08, 5e-4), dense_epochs=200, rewind_epochs=(50,),
-        ft_optimizer=imp_ft_sgd(0.01), ft_epochs=50, sparse_optimizer=sgd(0.02, 5e-4),
+        ft_optimizer=imp_ft_sgd(0.01, 50), ft_epochs=50, sparse_optimizer=sgd(0.02, 5e-4),
         sparsities=(0.8, 0.9, 0.95, 0.97), seeds=(0, 1, 2), matching="activation",
         rewind_convention="official", paper_key=f"{dataset}_resnet20x{width}",
     )

@@ -8,7 +8,7 @@ from experiments.configs.permuted_common import base, imp_ft_sgd, sgd
 def get_config():
     return base(
         model="vgg11_nofc", dataset="cifar10", optimizer=sgd(0.08, 5e-4), dense_epochs=200,
-        rewind_epochs=(50,), ft_optimizer=imp_ft_sgd(0.01), ft_epochs=50,
+        rewind_epochs=(50,), ft_optimizer=imp_ft_sgd(0.01, 50), ft_epochs=50,
         sparse_optimizer=sgd(0.02, 5e-4), sparsities=(0.8, 0.9, 0.95, 0.97), seeds=(0, 1, 2),
         matching="activation", rewind_convention="official", paper_key="cifar10_vgg11",
     )

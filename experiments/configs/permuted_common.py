@@ -15,11 +15,14 @@ def sgd(lr: float, wd: float, schedule: str = "cosine", momentum: float = 0.9) -
     })
 
 
-def imp_ft_sgd(lr: float) -> ConfigDict:
+def imp_ft_sgd(lr: float, epochs: int) -> ConfigDict:
     """IMP-FT's per-round optimizer: ``pruning.py`` line 50 builds ``SGD(params, lr=prune_lr,
     **optimizer_config.get('params', {}))`` and no shipped config has a ``params`` key, so it is
-    plain SGD (no momentum, no weight decay), cosine to 0 over ``train_epochs_per_prune``."""
-    return sgd(lr, 0.0, momentum=0.0)
+    plain SGD (no momentum, no weight decay), with a fresh ``CosineAnnealingLR(T=epochs)``
+    stepped once per epoch (lines 53-55, 93). Our cosine decays per step, which is the same
+    curve up to half an epoch when a round has many epochs (the paper's 50); a one-epoch round
+    (the CPU configs) runs at a *constant* ``prune_lr`` there, so it is constant here too."""
+    return sgd(lr, 0.0, schedule="constant" if epochs == 1 else "cosine", momentum=0.0)
 
 
 def base(*, model: str, dataset: str, optimizer: ConfigDict, dense_epochs: int,

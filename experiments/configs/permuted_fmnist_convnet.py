@@ -8,6 +8,6 @@ def get_config():
     return base(
         model="convnet", model_kwargs={"channels": (16, 32, 64)}, dataset="fashion_mnist",
         optimizer=sgd(0.05, 5e-4), dense_epochs=5, rewind_epochs=(1, 2),
-        ft_optimizer=imp_ft_sgd(0.01), ft_epochs=1, sparse_optimizer=sgd(0.05, 5e-4),
+        ft_optimizer=imp_ft_sgd(0.01, 1), ft_epochs=1, sparse_optimizer=sgd(0.05, 5e-4),
         sparsities=(0.95, 0.98), seeds=(0, 1, 2),
     )

@@ -9,7 +9,7 @@ def get_config():
     c = base(
         model="mlp", model_kwargs={"widths": (128, 128, 128)}, dataset="fashion_mnist",
         train_subset=20_000, optimizer=sgd(0.05, 5e-4), dense_epochs=4, rewind_epochs=(1,),
-        ft_optimizer=imp_ft_sgd(0.01), ft_epochs=1, sparse_optimizer=sgd(0.05, 5e-4),
+        ft_optimizer=imp_ft_sgd(0.01, 1), ft_epochs=1, sparse_optimizer=sgd(0.05, 5e-4),
         sparsities=(0.9,), seeds=(0,), matching="weight",
     )
     c.data.test_subset = 5_000
