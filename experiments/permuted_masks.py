@@ -37,7 +37,14 @@ LABELS = {"lth": "LTH", "naive": "naive", "permuted": "permuted", "random": "ran
 
 
 def make_barrier_fn(config: ConfigDict, dataset, runs_root):
-    """``(a, b, ids) -> barrier dict`` over ``signticket.lmc.barrier_curve``, cached as JSON."""
+    """``(a, b, ids) -> barrier dict`` over ``signticket.lmc.barrier_curve``, cached as JSON.
+
+    The official code computes no barrier: it scores only the midpoint (alpha = 0.5) of the
+    dense pair, before and after resetting BN statistics (``experiment.py`` lines 113-124,
+    ``utils.reset_bn_stats``). We keep the whole curve, report its midpoint (:func:`midpoint`)
+    and the barrier as the excess over the chord, ``max_alpha err(alpha) - ((1 - alpha)
+    err(0) + alpha err(1))`` (``lmc.error_barrier``; Git Re-Basin's definition).
+    """
     exp = config.experiment
     model = build_model(config.model, dataset.num_classes)
 
@@ -61,6 +68,11 @@ def make_barrier_fn(config: ConfigDict, dataset, runs_root):
         return out
 
     return barrier
+
+
+def midpoint(curve: dict, key: str = "error") -> float:
+    """``key`` (``"error"`` / ``"loss"``) of the curve at alpha = 0.5 (the official metric)."""
+    return float(np.interp(0.5, curve["alphas"], curve[key]))
 
 
 def paper_rows(config: ConfigDict) -> dict:
@@ -102,27 +114,45 @@ def make_tables(config: ConfigDict, results: list[dict], out: Path, title: str) 
         f"{config.dense_epochs} epochs ({config.optimizer.name} lr {config.optimizer.learning_rate}"
         f" {config.optimizer.schedule}); mask: global IMP-{config.imp.mode} "
         f"({config.imp.fraction:.0%}/round, {config.imp.ft_epochs} epoch(s) at lr "
-        f"{config.imp.ft_optimizer.learning_rate}); sparse runs {config.dense_epochs} − k epochs "
-        f"at lr {config.sparse.optimizer.learning_rate} from the weights after exactly k epochs; "
-        f"{config.matching.method} matching. 'permuted − naive' is paired per seed."
+        f"{config.imp.ft_optimizer.learning_rate}, momentum "
+        f"{config.imp.ft_optimizer.momentum}, wd {config.imp.ft_optimizer.weight_decay}); "
+        f"sparse runs {config.dense_epochs} − k epochs "
+        f"at lr {config.sparse.optimizer.learning_rate} from {rewind_note(config)}; pruned set "
+        f"{config.imp.get('prune_scope', 'no_head')}; {config.matching.method} matching. "
+        "'permuted − naive' is paired per seed."
     )
+    if paper:
+        notes += (" Paper rows use the official rewind point k (the weights after k + 1 epochs)"
+                  + ("." if config.get("rewind_convention", "exact") == "official" else
+                     "; THIS RUN USES THE EXACT CONVENTION, so its k is one epoch earlier."))
     md = write_table(out / "table", header, rows, title=title, notes=notes)
 
-    dense_header = ["dense A", "dense B", "error barrier A–B", "error barrier A–π(B)",
+    dense_header = ["dense A", "dense B", "midpoint error A–B", "midpoint error A–π(B)",
+                    "error barrier A–B", "error barrier A–π(B)",
                     "loss barrier A–B", "loss barrier A–π(B)"]
     dense_row = [mean_std([r["dense_a"] for r in results], 100),
                  mean_std([r["dense_b"] for r in results], 100)]
+    for which in ("barrier_ab", "barrier_a_pib"):
+        dense_row.append(mean_std([midpoint(r[which]) for r in results], 100))
     for key in ("error_barrier", "loss_barrier"):
         for which in ("barrier_ab", "barrier_a_pib"):
             scale = 100 if key == "error_barrier" else 1
             dense_row.append(mean_std([r[which][key] for r in results], scale,
                                       2 if key == "error_barrier" else 3))
-    dense_notes = ("Dense test accuracy (%); error barriers in points of test error, loss "
-                   "barriers in nats, along the linear path with BN statistics re-estimated at "
-                   f"each of {exp.barrier_points} alphas.")
+    dense_notes = ("Dense test accuracy (%); midpoint error = test error (%) at alpha = 0.5 "
+                   "(the official code's only interpolation metric); barriers = max excess "
+                   "over the chord between the endpoints, error in points, loss in nats; "
+                   f"BN statistics re-estimated at each of {exp.barrier_points} alphas.")
     md += "\n" + write_table(out / "dense", dense_header, [dense_row],
                              title=f"{title} — dense models", notes=dense_notes)
     return md
+
+
+def rewind_note(config: ConfigDict) -> str:
+    if config.get("rewind_convention", "exact") == "official":
+        return ("the official rewind point k (sparse-rebasin --rewind k: the weights after "
+                "k + 1 epochs)")
+    return "the weights after exactly k epochs"
 
 
 def training_epochs(config: ConfigDict) -> float:

@@ -22,10 +22,12 @@ CASES: dict[str, tuple[dict, tuple[int, ...]]] = {
     "mlp": ({"widths": (32, 16)}, (2, 28, 28, 1)),
     "convnet": ({"channels": (4, 8, 8)}, (2, 28, 28, 1)),
     "resnet20": ({"width": 1}, (2, 32, 32, 3)),
+    "resnet20_rebasin": ({"width": 1}, (2, 32, 32, 3)),
     "resnet18": ({"widths": (4, 8, 8, 16)}, (2, 32, 32, 3)),
     "resnet50": ({"widths": (4, 4, 8, 8)}, (2, 64, 64, 3)),
     "vgg11": ({}, (2, 32, 32, 3)),
     "vgg11_bn": ({}, (2, 32, 32, 3)),
+    "vgg11_nofc": ({}, (2, 32, 32, 3)),
     "vgg16": ({}, (2, 32, 32, 3)),
     "vgg16_bn": ({}, (2, 32, 32, 3)),
     "mobilenet_v2": ({"width_mult": 0.25}, (2, 32, 32, 3)),
@@ -154,7 +156,7 @@ def test_module_names(name):
     for path in modules(variables["batch_stats"]):
         assert is_norm_name(path[-1]), f"{name}: {'/'.join(path)}"
     assert len(modules(variables["batch_stats"])) == n_norm
-    has_bn = name not in ("mlp", "vgg11", "vgg16")
+    has_bn = name not in ("mlp", "vgg11", "vgg11_nofc", "vgg16")
     assert (n_norm > 0) == has_bn
     assert (variables["batch_stats"] == {}) == (not has_bn)
 

@@ -34,8 +34,13 @@ MODELS = {
     # One BasicBlock per stage: the same code paths as ResNet-20 (projection shortcuts at the
     # stage changes), a third of the compile time; full ResNet-20 specs are checked below.
     "resnet20": (CifarResNet(stage_sizes=(1, 1, 1), widths=(6, 8, 8)), "resnet20", (2, 8, 8, 3)),
+    # sparse-rebasin's variant: 3x3 stride-2 projection shortcuts.
+    "resnet20_rebasin": (CifarResNet(stage_sizes=(1, 1, 1), widths=(6, 8, 8), shortcut_kernel=3,
+                                     head_bias_init="torch"), "resnet20_rebasin", (2, 8, 8, 3)),
     "vgg": (VGG(cfg=(8, "M", 16, 16, "M", 16), batch_norm=False), "vgg11", (2, 8, 8, 3)),
     "vgg_bn": (VGG(cfg=(8, "M", 16, 16, "M", 16), batch_norm=True), "vgg11_bn", (2, 8, 8, 3)),
+    "vgg_nofc": (VGG(cfg=(8, "M", 16, 16, "M", 16), weight_init="torch"), "vgg11_nofc",
+                 (2, 8, 8, 3)),
     "bottleneck": (ResNet(stage_sizes=(1, 1), widths=(6, 8), num_classes=10), "resnet50",
                    (2, 8, 8, 3)),
 }
@@ -88,6 +93,7 @@ def test_permutation_leaves_outputs_unchanged(name):
     "name,kwargs,shape",
     [("vgg11", {}, (1, 32, 32, 3)), ("vgg16_bn", {}, (1, 32, 32, 3)),
      ("resnet20", {"width": 4}, (1, 32, 32, 3)), ("resnet18", {}, (1, 32, 32, 3)),
+     ("resnet20_rebasin", {"width": 16}, (1, 32, 32, 3)), ("vgg11_nofc", {}, (1, 32, 32, 3)),
      ("resnet50", {}, (1, 64, 64, 3)), ("mlp", {}, (1, 28, 28, 1))],
 )
 def test_registry_specs_cover_full_size_models(name, kwargs, shape):

@@ -9,6 +9,7 @@ import pytest
 from test_rebasin import MODELS, permute_variables, random_variables
 
 from signticket import lmc, models
+from signticket.models.resnet_cifar import CifarResNet
 from signticket.rebasin import (
     PermutationSpec,
     activation_matching,
@@ -21,6 +22,7 @@ from signticket.rebasin import (
     spec_for,
     weight_matching,
 )
+from signticket.rebasin.resnet_specs import with_stream_sites
 
 
 def objective(spec, perms, params_a, params_b):
@@ -102,6 +104,40 @@ def test_activation_matching_on_a_resnet_reaches_the_true_alignment_score():
         assert corr[p][rows, np.asarray(found[p])].sum() == pytest.approx(
             corr[p][rows, np.asarray(truth[p])].sum(), abs=1e-6)
     assert len(spec.activations["residual1"]) == 1  # one block per stage in this model
+
+
+def test_sparse_rebasin_stream_sites_are_the_official_blocks_and_still_recover_alignment():
+    """act_matching_resnet20.py observes each residual stream once, after blocks[:kk + 1] of
+    [stem, *blocks] with kk = [3, 6, 8]: layer1[2], layer2[2] and layer3[1] on ResNet-20."""
+    full = models.get("resnet20_rebasin", 10)
+    v = jax.eval_shape(lambda: models.init_variables(full, jax.random.PRNGKey(0), (1, 32, 32, 3)))
+    spec = spec_for("resnet20_rebasin", v)
+    one = with_stream_sites(spec, "sparse_rebasin")
+    assert {p: [s.module for s in one.activations[p]] for p in ("residual0", "residual1",
+                                                                "residual2")} == {
+        "residual0": [("stage0_block2",)], "residual1": [("stage1_block2",)],
+        "residual2": [("stage2_block1",)]}
+    assert len(spec.activations["residual0"]) == 4  # "all": the stem and three blocks
+    inner = [p for p in spec.names if not p.startswith("residual")]
+    assert all(one.activations[p] == spec.activations[p] for p in inner)
+    assert with_stream_sites(spec, "all") is spec
+    with pytest.raises(ValueError, match="unknown stream sites 'every'"):
+        with_stream_sites(spec, "every")
+
+    # With one site per stream the matching still reaches the true permutation's score.
+    model = CifarResNet(stage_sizes=(2, 2, 2), widths=(6, 8, 8), shortcut_kernel=3)
+    shape = (2, 8, 8, 3)
+    va = random_variables(model, shape)
+    spec = with_stream_sites(spec_for("resnet20_rebasin", va), "sparse_rebasin")
+    secret = random_perms(jax.random.PRNGKey(5), spec)
+    vb = permute_variables(spec, secret, va)
+    batches = [jax.random.normal(jax.random.PRNGKey(i), (32, *shape[1:])) for i in range(2)]
+    corr = activation_stats(spec, model, va, vb, batches)
+    found, truth = activation_matching(spec, model, va, vb, batches), invert(secret)
+    for p in spec.names:
+        rows = np.arange(spec.sizes[p])
+        assert corr[p][rows, np.asarray(found[p])].sum() == pytest.approx(
+            corr[p][rows, np.asarray(truth[p])].sum(), abs=1e-6)
 
 
 # -- bad input ------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The permuted-mask procedure on a tiny synthetic dataset: rewind points are the weights after
-exactly k epochs, IMP hits every target sparsity exactly with nested masks and reuses finished
-rounds, and each sparse method starts from the right weights and mask."""
+exactly k epochs (or k + 1 under the official convention), IMP hits every target sparsity
+exactly over the official pruned set with nested masks and reuses finished rounds, each sparse
+method starts from the right weights and mask, and the paper configs carry the official
+protocol (docs/protocols/permuted_masks.md)."""
 
 import chex
 import jax
@@ -10,11 +12,19 @@ import pytest
 from conftest import synthetic_dataset
 from test_rebasin import random_variables
 
-from experiments.configs.permuted_common import base, sgd
+from experiments.configs import (
+    permuted_cifar10_resnet20,
+    permuted_cifar10_vgg11,
+    permuted_cifar100_resnet20,
+    permuted_fmnist_mlp,
+)
+from experiments.configs.permuted_common import base, imp_ft_sgd, sgd
 from signticket import masks, models
 from signticket.checkpoint import Checkpointer
 from signticket.rebasin import apply_permutation, random_perms, spec_for
 from signticket.rebasin import procedure as proc
+from signticket.rebasin.prune_scope import sparse_rebasin_prunable
+from signticket.tree import is_prunable, named_leaves
 
 
 def _dataset():
@@ -24,7 +34,7 @@ def _dataset():
 def _config(**kw):
     c = base(model="mlp", model_kwargs={"widths": (8, 8)}, dataset="synthetic",
              optimizer=sgd(0.05, 5e-4), dense_epochs=2, rewind_epochs=(0, 1),
-             ft_optimizer=sgd(0.01, 5e-4), ft_epochs=1, sparse_optimizer=sgd(0.05, 5e-4),
+             ft_optimizer=imp_ft_sgd(0.01, 1), ft_epochs=1, sparse_optimizer=sgd(0.05, 5e-4),
              sparsities=(0.6, 0.9), seeds=(0,), batch_size=16)
     c.imp.fraction = 0.5  # few rounds: 0.5, 0.75, 0.875, then the 0.9 cut
     c.update(kw)
@@ -56,6 +66,22 @@ def test_rewind_point_is_the_state_after_exactly_k_epochs(dense):
                        runs_root="/nonexistent", progress=False)
 
 
+def test_official_rewind_k_is_the_checkpoint_after_k_plus_one_epochs(dense):
+    """sparse-rebasin's trainer saves ``_epoch_{e}`` after 0-based epoch e (training.py lines
+    48-51) and ``--rewind k`` loads ``_epoch_k`` (experiment.py line 256): k + 1 epochs."""
+    config, dataset, root, exact = dense
+    official = _config(rewind_convention="official")
+    run = proc.dense_run(official, dataset, seed=0, name="pm-dense", runs_root=root,
+                         progress=False)
+    chex.assert_trees_all_equal(run.rewind[0], exact.rewind[1])  # k=0: after one epoch
+    chex.assert_trees_all_equal(run.rewind[1], exact.final)  # k=1: after two
+    chex.assert_trees_all_equal(run.final, exact.final)  # the same dense training
+    assert [proc.rewind_epoch(official, k) for k in (0, 5)] == [1, 6]
+    assert [proc.rewind_epoch(config, k) for k in (0, 5)] == [0, 5]
+    with pytest.raises(ValueError, match="unknown rewind_convention 'paper'"):
+        proc.rewind_epoch(_config(rewind_convention="paper"), 1)
+
+
 def template_state(run):
     """A TrainState shaped like the dense run's checkpoints."""
     from signticket.runs import build_optimizer
@@ -75,9 +101,11 @@ def test_imp_hits_each_target_exactly_with_nested_masks_and_reuses_rounds(dense)
                          progress=False)
     assert imp.rounds == 3
     for t, m in imp.masks.items():
-        pruned, total = proc._prunable_counts(m)
+        pruned, total = proc._prunable_counts(m, sparse_rebasin_prunable)
+        # The official set counts the head: every kernel, so the sparsity is over all of them.
+        assert total == sum(m[k]["kernel"].size for k in ("fc0", "fc1", "head"))
         assert pruned == round(t * total)
-        assert all(bool(jnp.all(x)) for x in (m["head"]["kernel"], m["fc0"]["bias"]))
+        assert all(bool(jnp.all(m[k]["bias"])) for k in ("fc0", "fc1", "head"))
     m6, m9 = imp.masks[0.6], imp.masks[0.9]
     assert all(bool(jnp.all(b <= a)) for a, b in zip(jax.tree.leaves(m6), jax.tree.leaves(m9),
                                                      strict=True))
@@ -105,3 +133,62 @@ def test_sparse_methods_start_from_the_right_weights_and_masks():
         chex.assert_trees_all_equal(stats, src["batch_stats"])
     with pytest.raises(ValueError, match="unknown method 'lottery'"):
         proc.sparse_init("lottery", a, b, 1, mask, pi, rho, spec)
+
+
+def test_imp_prunes_the_official_set_head_in_and_shortcuts_out(tmp_path):
+    """pruning.py lines 32-36: every Conv2d / Linear except ``shortcut`` modules."""
+    model = models.get("resnet20_rebasin", 10)
+    v = random_variables(model, (1, 32, 32, 3))
+    mask = proc._prune_count(v["params"], masks.full_mask(v["params"]), 20_000,
+                             sparse_rebasin_prunable)
+    pruned = {p.rsplit("/", 1)[0]: int((~np.asarray(m)).sum())
+              for p, m in named_leaves(mask) if not np.all(m)}
+    assert sum(pruned.values()) == 20_000
+    assert "head" in pruned
+    assert not any("shortcut" in p for p in pruned)
+    # The library default (head dense) stays available as imp.prune_scope="no_head".
+    assert not is_prunable("head/kernel") and sparse_rebasin_prunable("head/kernel")
+    assert not sparse_rebasin_prunable("stage1_block0/shortcut_conv/kernel")
+    assert not sparse_rebasin_prunable("stage1_block0/bn1/scale")
+
+
+@pytest.mark.parametrize("get_config,model", [
+    (permuted_cifar10_resnet20.get_config, "resnet20_rebasin"),
+    (permuted_cifar100_resnet20.get_config, "resnet20_rebasin"),
+    (permuted_cifar10_vgg11.get_config, "vgg11_nofc"),
+])
+def test_paper_configs_carry_the_official_protocol(get_config, model):
+    c = get_config()
+    assert c.model.name == model
+    # Dense and sparse: SGD momentum 0.9, wd 5e-4, cosine (training.py trainer, config yaml).
+    for opt, lr in ((c.optimizer, 0.08), (c.sparse.optimizer, 0.02)):
+        assert (opt.name, opt.learning_rate, opt.momentum, opt.weight_decay, opt.schedule) == (
+            "sgd", lr, 0.9, 5e-4, "cosine")
+    # IMP-FT: plain SGD at prune_lr, fresh cosine over train_epochs_per_prune (pruning.py 49-55).
+    ft = c.imp.ft_optimizer
+    assert (ft.learning_rate, ft.momentum, ft.weight_decay, ft.schedule) == (
+        0.01, 0.0, 0.0, "cosine")
+    assert (c.imp.mode, c.imp.fraction, c.imp.ft_epochs) == ("ft", 0.2, 50)
+    assert c.imp.prune_scope == "sparse_rebasin"
+    assert (c.dense_epochs, c.batch_size, c.rewind_convention) == (200, 128, "official")
+    m = c.matching
+    assert (m.method, m.batches, m.augment, m.stream_sites, m.batch_size) == (
+        "activation", 0, True, "sparse_rebasin", 128)
+
+
+def test_cpu_config_uses_the_fixed_imp_protocol():
+    c = permuted_fmnist_mlp.get_config()
+    assert (c.imp.ft_optimizer.momentum, c.imp.ft_optimizer.weight_decay) == (0.0, 0.0)
+    # One epoch per round: the official per-epoch CosineAnnealingLR(T=1) is a constant lr.
+    assert (c.imp.ft_epochs, c.imp.ft_optimizer.schedule) == (1, "constant")
+    assert c.imp.prune_scope == "sparse_rebasin"
+    assert c.matching.method == "activation"
+
+
+def test_matching_batches_are_one_epoch_with_the_last_partial_batch_dropped():
+    config, dataset = _config(), _dataset()  # 64 examples, batch 16
+    config.matching.batch_size = 24
+    batches = list(proc._matching_batches(config, dataset, seed=0))
+    assert len(batches) == 64 // 24 and all(b.shape[0] == 24 for b in batches)
+    config.matching.batches = 1
+    assert len(list(proc._matching_batches(config, dataset, seed=0))) == 1

@@ -16,9 +16,9 @@ import flax.linen as nn
 from signticket.models.convnet import ConvNet
 from signticket.models.mlp import MLP
 from signticket.models.mobilenet_v2 import MobileNetV2
-from signticket.models.resnet_cifar import resnet18, resnet20
+from signticket.models.resnet_cifar import resnet18, resnet20, resnet20_rebasin
 from signticket.models.resnet_imagenet import resnet50
-from signticket.models.vgg import vgg11, vgg16
+from signticket.models.vgg import vgg11, vgg11_nofc, vgg16
 
 Constructor = Callable[..., nn.Module]
 C = TypeVar("C", bound=Constructor)
@@ -95,6 +95,8 @@ def _convnet(num_classes: int = 10, channels: Sequence[int] = (16, 32, 64)) -> C
 
 
 register("resnet20")(resnet20)
+register("resnet20_rebasin")(resnet20_rebasin)  # sparse-rebasin's: 3x3 shortcuts
+register("vgg11_nofc")(vgg11_nofc)  # sparse-rebasin's: conv biases, no BN, PyTorch init
 register("resnet18")(resnet18)
 register("resnet50")(resnet50)
 

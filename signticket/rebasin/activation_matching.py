@@ -20,7 +20,9 @@ from signticket.rebasin.spec import ActivationSite, Perms, PermutationSpec, fmt
 from signticket.rebasin.weight_matching import check_matchable
 from signticket.tree import PyTree
 
-_EPS = 1e-8
+# corr = cov / (sd_a sd_b + 1e-4), as both sparse-rebasin matchers (act_matching_resnet20.py
+# line 66, act_matching_vgg11.py line 61); dead units (zero variance) correlate with nothing.
+_EPS = 1e-4
 
 
 def _sites(spec: PermutationSpec) -> dict[str, tuple[ActivationSite, ...]]:
@@ -114,7 +116,6 @@ def activation_stats(
         cov = sab / n - np.outer(ma, mb)
         sd_a = np.sqrt(np.maximum(saa / n - ma**2, 0.0))
         sd_b = np.sqrt(np.maximum(sbb / n - mb**2, 0.0))
-        # Dead units (zero variance) correlate with nothing rather than producing NaN.
         corr[p] += cov / (np.outer(sd_a, sd_b) + _EPS)
     return corr
 

@@ -1,10 +1,13 @@
 """Permuted lottery-ticket masks (Adnan et al., ICML 2025) as a composition of resumable runs.
 
-Dense A (init A) and dense B (init B) share one schedule; their weights after exactly ``k``
-epochs are kept as rewind points. IMP on A gives the mask ``M_A`` (``ft``: prune 20 % of the
-survivors, fine-tune, repeat; ``rewind``: LTH-style, rewind the survivors each round). The
-matching ``pi`` with ``pi(A_T) ≈ B_T`` carries A's mask into B's basin, and four sparse runs
-train for the remaining ``T - k`` epochs:
+Dense A (init A) and dense B (init B) share one schedule; their weights at rewind point ``k``
+are kept (``config.rewind_convention``: ``"exact"``, after exactly ``k`` epochs; ``"official"``,
+sparse-rebasin's ``--rewind k``, the checkpoint saved after 0-based epoch ``k``, i.e. after
+``k + 1`` epochs). IMP on A gives the mask ``M_A`` (``ft``: prune 20 % of the survivors of the
+``config.imp.prune_scope`` layers, fine-tune, repeat; ``rewind``: LTH-style, rewind the
+survivors each round). The matching ``pi`` with ``pi(A_T) ≈ B_T`` carries A's mask into B's
+basin, and four sparse runs train for ``T - k`` epochs (under both conventions, as the official
+code):
 
 * ``lth``:      ``A_k * M_A``           (the lottery ticket itself),
 * ``naive``:    ``B_k * M_A``           (the mask on a foreign init),
@@ -38,16 +41,19 @@ from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitu
 from signticket.rebasin.activation_matching import activation_matching
 from signticket.rebasin.apply import apply_permutation
 from signticket.rebasin.perms import check_perms, invert, random_perms
+from signticket.rebasin.prune_scope import prune_scope
 from signticket.rebasin.registry import spec_for
+from signticket.rebasin.resnet_specs import with_stream_sites
 from signticket.rebasin.spec import Perms, PermutationSpec
 from signticket.rebasin.weight_matching import weight_matching
 from signticket.runs import DEFAULT_RUNS_ROOT, build_model, initial_variables, train_run
 from signticket.train import TrainState
-from signticket.tree import PyTree, is_prunable, named_leaves
+from signticket.tree import LeafPredicate, PyTree, named_leaves
 
 METHODS = ("lth", "naive", "permuted", "random")
 IMP_MODES = ("ft", "rewind")
 MATCHINGS = ("weight", "activation")
+REWIND_CONVENTIONS = ("exact", "official")
 _TRAIN_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every")
 
 
@@ -70,9 +76,21 @@ def _variables(state: TrainState) -> dict[str, PyTree]:
 # -- dense runs with rewind points ---------------------------------------------------------------
 
 
+def rewind_epoch(config: ConfigDict, k: int) -> int:
+    """Epochs of dense training behind rewind point ``k``: ``k`` (``"exact"``) or ``k + 1``
+    (``"official"``: sparse-rebasin's ``trainer`` saves ``..._epoch_{e}`` after 0-based epoch
+    ``e`` and ``--rewind k`` loads ``_epoch_k``, so ``k = 0`` is *after* the first epoch)."""
+    convention = config.get("rewind_convention", "exact")
+    if convention not in REWIND_CONVENTIONS:
+        raise ValueError(f"unknown rewind_convention {convention!r}; available: "
+                         f"{', '.join(REWIND_CONVENTIONS)}")
+    return int(k) + (convention == "official")
+
+
 @dataclasses.dataclass
 class DenseRun:
-    """A trained dense network and its variables after exactly ``k`` epochs, per rewind ``k``."""
+    """A trained dense network and its variables at each rewind point ``k`` (see
+    :func:`rewind_epoch` for how many epochs that is)."""
 
     directory: Path
     final: dict[str, PyTree]
@@ -103,14 +121,14 @@ def _save_rewind_points(directory: Path, epochs: Sequence[int]):
 def dense_run(config: ConfigDict, dataset: data_lib.Dataset, *, seed: int, name: str,
               runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, progress: bool = True) -> DenseRun:
     """Dense training from init ``seed`` (data order ``seed``) for ``config.dense_epochs``,
-    keeping the variables after each epoch ``k`` in ``config.rewind_epochs``."""
+    keeping the variables at each rewind point ``k`` in ``config.rewind_epochs``."""
     rewinds = sorted({int(k) for k in config.rewind_epochs})
     if any(k < 0 or k >= config.dense_epochs for k in rewinds):
         raise ValueError(
             f"rewind epochs {rewinds} must lie in [0, dense_epochs={config.dense_epochs}): the "
-            "sparse runs train for the remaining dense_epochs - k epochs"
+            "sparse runs train for dense_epochs - k epochs"
         )
-    saved = [k for k in rewinds if k > 0]
+    saved = sorted({e for k in rewinds if (e := rewind_epoch(config, k)) > 0})
     cfg = stage_config(config, "dense", seed=seed, optimizer=config.optimizer,
                        epochs=config.dense_epochs, data_seed=seed, save_epochs=saved)
     directory = run_dir(runs_root, cfg, name)
@@ -119,10 +137,11 @@ def dense_run(config: ConfigDict, dataset: data_lib.Dataset, *, seed: int, name:
     final = _variables(res.state)
     points = {}
     for k in rewinds:
-        if k == 0:
+        e = rewind_epoch(config, k)
+        if e == 0:
             points[k] = initial_variables(cfg, dataset)
             continue
-        path = _rewind_file(res.directory, k)
+        path = _rewind_file(res.directory, e)
         if not path.exists():
             raise ValueError(f"{path} is missing; delete {res.directory} to retrain it")
         points[k] = flax.serialization.from_bytes(final, path.read_bytes())
@@ -132,17 +151,18 @@ def dense_run(config: ConfigDict, dataset: data_lib.Dataset, *, seed: int, name:
 # -- iterative magnitude pruning to exact target sparsities -------------------------------------
 
 
-def _prunable_counts(mask: PyTree) -> tuple[int, int]:
-    """(pruned, total) entries over the prunable leaves."""
-    leaves = [np.asarray(m) for p, m in named_leaves(mask) if is_prunable(p)]
+def _prunable_counts(mask: PyTree, prunable: LeafPredicate) -> tuple[int, int]:
+    """(pruned, total) entries over the prunable leaves (the official sparsity counts exactly
+    the masked layers: ``utils.calculate_overall_sparsity_from_pth``)."""
+    leaves = [np.asarray(m) for p, m in named_leaves(mask) if prunable(p)]
     total = sum(m.size for m in leaves)
     return total - int(sum(m.sum() for m in leaves)), total
 
 
-def _prune_count(params: PyTree, mask: PyTree, n: int) -> PyTree:
+def _prune_count(params: PyTree, mask: PyTree, n: int, prunable: LeafPredicate) -> PyTree:
     """Remove exactly ``n`` more of the smallest surviving prunable weights (global)."""
-    pruned, total = _prunable_counts(mask)
-    return magnitude_prune(params, mask, n / (total - pruned), "global")
+    pruned, total = _prunable_counts(mask, prunable)
+    return magnitude_prune(params, mask, n / (total - pruned), "global", prunable=prunable)
 
 
 @dataclasses.dataclass
@@ -159,12 +179,16 @@ def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
               runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, progress: bool = True) -> ImpResult:
     """Global magnitude IMP on the trained ``dense`` network until every target sparsity.
 
-    Each round prunes ``config.imp.fraction`` of the surviving prunable weights and then
-    trains: ``ft`` fine-tunes the pruned weights for ``imp.ft_epochs`` with ``imp.ft_optimizer``
-    (fresh optimizer each round); ``rewind`` resets the survivors to the dense run's epoch
-    ``imp.rewind_epoch`` and trains the remaining epochs with the dense optimizer. A target is
-    cut exactly (``round(target * prunable)`` pruned) from the round that would pass it, and
-    one chain serves all targets, so the rounds before a target are shared and reused.
+    Each round prunes ``config.imp.fraction`` of the surviving weights of the
+    ``imp.prune_scope`` leaves (:mod:`signticket.rebasin.prune_scope`; ``"sparse_rebasin"``:
+    every conv / dense kernel, head included, but projection shortcuts) and then trains: ``ft``
+    fine-tunes the pruned weights for ``imp.ft_epochs`` with ``imp.ft_optimizer`` (fresh
+    optimizer and schedule each round, as ``pruning.py``); ``rewind`` resets the survivors to
+    the dense run's rewind point ``imp.rewind_epoch`` and trains ``T - k`` epochs with the dense
+    optimizer. A target is cut exactly (``round(target * prunable)`` pruned) from the round that
+    would pass it, and one chain serves all targets, so the rounds before a target are shared
+    and reused. (The official loop also fine-tunes after the final cut; that training does not
+    change the mask, which is all the sparse runs take from IMP.)
     """
     imp = config.imp
     if imp.mode not in IMP_MODES:
@@ -177,6 +201,7 @@ def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
             f"imp.rewind_epoch={imp.rewind_epoch} must be one of rewind_epochs "
             f"{sorted(dense.rewind)}"
         )
+    prunable = prune_scope(imp.get("prune_scope", "no_head"))
     params, stats = dense.final["params"], dense.final["batch_stats"]
     mask = full_mask(params)
     parent = dense.directory.name
@@ -184,12 +209,12 @@ def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
     out = ImpResult({}, {}, 0)
     r = 0
     while pending:
-        pruned, total = _prunable_counts(mask)
+        pruned, total = _prunable_counts(mask, prunable)
         step = round(imp.fraction * (total - pruned))
         for t in list(pending):
             need = round(t * total) - pruned
             if need <= step:
-                out.masks[t] = _prune_count(params, mask, need) if need > 0 else mask
+                out.masks[t] = _prune_count(params, mask, need, prunable) if need > 0 else mask
                 out.sources[t] = parent
                 pending.remove(t)
         if not pending:
@@ -197,7 +222,7 @@ def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
         if step < 1:
             raise ValueError(f"IMP round {r + 1}: nothing left to prune at {pruned}/{total}")
         r += 1
-        mask = _prune_count(params, mask, step)
+        mask = _prune_count(params, mask, step, prunable)
         if imp.mode == "ft":
             start, start_stats = apply_mask(params, mask), stats
             optimizer, epochs = imp.ft_optimizer, imp.ft_epochs
@@ -207,7 +232,7 @@ def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
             optimizer, epochs = config.optimizer, config.dense_epochs - imp.rewind_epoch
         cfg = stage_config(config, f"imp_{imp.mode}", seed=seed, optimizer=optimizer,
                            epochs=epochs, data_seed=seed + r, parent=parent, round=r,
-                           pruned=pruned + step)
+                           pruned=pruned + step, **_scope_key(imp))
         name = f"pm-imp-{imp.mode}-r{r:02d}"
         res = train_run(cfg, dataset, name=name, runs_root=runs_root, init_params=start,
                         init_batch_stats=start_stats, mask=mask, progress=progress)
@@ -216,16 +241,42 @@ def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
     return out
 
 
+def _scope_key(imp: ConfigDict) -> dict:
+    # Runs under the library-default scope keep the config (and run directory) they had before
+    # the scope became an option; any other scope is part of the run's identity.
+    scope = imp.get("prune_scope", "no_head")
+    return {} if scope == "no_head" else {"prune_scope": scope}
+
+
 # -- matching -----------------------------------------------------------------------------------
 
 
 def _matching_batches(config: ConfigDict, dataset: data_lib.Dataset, seed: int):
+    """Shuffled training batches for activation matching (eval-mode forward passes).
+
+    ``matching.batches == 0`` is one whole epoch with the last partial batch dropped and, with
+    ``matching.augment``, the training augmentation (sparse-rebasin matches over its augmented
+    ``train_dl``: ``act_matching_resnet20.py`` ``run_corr_matrix``, fed by ``experiment.py``
+    line 108 / 141); otherwise the first ``batches`` batches, un-augmented unless ``augment``.
+    """
     m = config.matching
     idx = np.random.RandomState(seed).permutation(dataset.num_train)
-    idx = idx[: m.batches * m.batch_size]
-    for i in range(0, len(idx), m.batch_size):
-        yield dataset.preprocess(jnp.asarray(dataset.train_images[idx[i : i + m.batch_size]]),
-                                 None, False)
+    n = len(idx) // m.batch_size if m.batches == 0 else m.batches
+    idx = idx[: n * m.batch_size]
+    augment = bool(m.get("augment", False))
+    key = jax.random.PRNGKey(seed)
+    for j, i in enumerate(range(0, len(idx), m.batch_size)):
+        images = jnp.asarray(dataset.train_images[idx[i : i + m.batch_size]])
+        rng = jax.random.fold_in(key, j) if augment else None
+        yield dataset.preprocess(images, rng, augment)
+
+
+def permutation_spec(config: ConfigDict, variables: PyTree) -> PermutationSpec:
+    """The model's permutation spec, with ``config.matching.stream_sites`` choosing a ResNet's
+    residual-stream activation sites (``"all"`` or ``"sparse_rebasin"``)."""
+    spec = spec_for(config.model.name, variables)
+    sites = config.matching.get("stream_sites", "all")
+    return spec if sites == "all" else with_stream_sites(spec, sites)
 
 
 def match(config: ConfigDict, dataset: data_lib.Dataset, spec: PermutationSpec,
@@ -290,14 +341,18 @@ def run_seed(config: ConfigDict, dataset: data_lib.Dataset, seed: int, *,
                   progress=progress)
     b = dense_run(config, dataset, seed=seed + exp.seed_b_offset, name="pm-dense",
                   runs_root=runs_root, progress=progress)
-    spec = spec_for(config.model.name, a.final)
+    spec = permutation_spec(config, a.final)
     imp = imp_masks(config, dataset, a, exp.sparsities, seed=seed, runs_root=runs_root,
                     progress=progress)
     pi, info = match(config, dataset, spec, reference=b, moving=a, seed=seed, runs_root=runs_root)
     rho = random_perms(jax.random.PRNGKey(seed + exp.control_seed_offset), spec)
     result = {"seed": seed, "dense_a": a.summary["test_accuracy"],
               "dense_b": b.summary["test_accuracy"], "imp_rounds": imp.rounds,
-              "matching": info, "sparse": {}}
+              "matching": info, "sparse": {},
+              # What k means and which layers the masks cover, for whoever reads the numbers.
+              "rewind_convention": config.get("rewind_convention", "exact"),
+              "rewind_after_epochs": {str(k): rewind_epoch(config, k) for k in a.rewind},
+              "prune_scope": config.imp.get("prune_scope", "no_head")}
     if barrier_fn is not None:
         b_in_a = {c: apply_permutation(spec, invert(pi), t) for c, t in b.final.items()}
         ids = [a.directory.name, b.directory.name]
@@ -312,7 +367,8 @@ def run_seed(config: ConfigDict, dataset: data_lib.Dataset, seed: int, *,
                 cfg = stage_config(
                     config, "sparse", seed=seed, optimizer=config.sparse.optimizer,
                     epochs=config.dense_epochs - k, data_seed=seed, method=method,
-                    sparsity=s, rewind=k, mask_from=imp.sources[s],
+                    sparsity=s, rewind=k, rewind_after=rewind_epoch(config, k),
+                    mask_from=imp.sources[s],
                     init_from=(a if method == "lth" else b).directory.name,
                     matching=config.matching.to_dict() if method == "permuted" else "none",
                     control_seed=seed + exp.control_seed_offset if method == "random" else -1,

@@ -16,9 +16,11 @@ _SPECS: dict[str, SpecBuilder] = {
     "convnet": conv_chain_spec,
     "vgg11": conv_chain_spec,
     "vgg11_bn": conv_chain_spec,
+    "vgg11_nofc": conv_chain_spec,
     "vgg16": conv_chain_spec,
     "vgg16_bn": conv_chain_spec,
     "resnet20": resnet_spec,
+    "resnet20_rebasin": resnet_spec,
     "resnet18": resnet_spec,
     "resnet50": resnet_spec,
 }

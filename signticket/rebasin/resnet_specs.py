@@ -14,6 +14,7 @@ Two kinds of permutation:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 
@@ -110,3 +111,36 @@ def resnet_spec(variables: Mapping[str, PyTree]) -> PermutationSpec:
         # A block's output (after its final ReLU) is the residual stream it writes.
         sites.setdefault(stream_out[name], []).append(ActivationSite((name,), relu=False))
     return spec_from_variables(variables, rule, sites)
+
+
+#: Residual-stream site choices for :func:`with_stream_sites`.
+STREAM_SITES = ("all", "sparse_rebasin")
+
+
+def with_stream_sites(spec: PermutationSpec, sites: str) -> PermutationSpec:
+    """``spec`` with each residual stream observed at the sites ``sites`` names.
+
+    ``"all"``: unchanged (the stem and every block output of the stream, correlations summed).
+    ``"sparse_rebasin"``: one site per stream, as ``act_matching_resnet20.py`` (lines 136-174,
+    ``kk = [3, 6, 8]`` over ``[stem, *blocks]``): the output of the last block of every stage
+    but the final one, and of the *second-to-last* block of the final stage (index 8 of 10 on
+    ResNet-20 is ``layer3[1]``; reproduced as the official code has it). Block-internal
+    permutations keep their one site (``relu(bn1)``), as there. A spec without residual
+    streams (MLP, VGG: one site per layer already) is returned unchanged.
+    """
+    if sites not in STREAM_SITES:
+        raise ValueError(f"unknown stream sites {sites!r}; available: {', '.join(STREAM_SITES)}")
+    if sites == "all":
+        return spec
+    streams = sorted((p for p in spec.activations if p.startswith("residual")),
+                     key=lambda p: int(p[len("residual"):]))
+    if not streams:
+        return spec
+    acts = dict(spec.activations)
+    for j, p in enumerate(streams):
+        blocks = [site for site in acts[p] if _BLOCK.fullmatch(site.module[0])]
+        pick = -2 if j == len(streams) - 1 else -1
+        if len(blocks) < -pick:
+            raise ValueError(f"with_stream_sites: stream {p!r} has {len(blocks)} block outputs")
+        acts[p] = (blocks[pick],)
+    return dataclasses.replace(spec, activations=acts)
