@@ -57,6 +57,7 @@ def parse(parser: argparse.ArgumentParser,
     enable_compilation_cache()
     try:
         config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
+        config_lib.validate(config)
     except config_lib.ConfigError as e:
         parser.error(str(e))  # one clear line and exit code 2, no traceback
     return args, config

@@ -32,7 +32,13 @@ class MetricsWriter:
         return records
 
     def truncate_after(self, epoch: int) -> None:
-        kept = [r for r in self.read() if r.get("epoch", 0) <= epoch]
+        """Keep only records of epochs ``<= epoch`` (records without an epoch count as 0)."""
+        if not self.path.exists():
+            return
+        records = self.read()
+        kept = [r for r in records if r.get("epoch", 0) <= epoch]
+        if len(kept) == len(records) and self.path.read_text().endswith("\n") | (not records):
+            return  # nothing to drop: leave the file byte for byte as it is
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)

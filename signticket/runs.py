@@ -11,9 +11,17 @@ import jax
 import optax
 from ml_collections import ConfigDict
 
+from signticket import config as config_lib
 from signticket import data as data_lib
 from signticket import models
-from signticket.checkpoint import Checkpointer, canonical_json, run_dir
+from signticket.checkpoint import (
+    Checkpointer,
+    canonical_json,
+    check_runs_root,
+    lock_run_dir,
+    run_dir,
+)
+from signticket.errors import UserError
 from signticket.fit import EpochHook, fit
 from signticket.metrics import MetricsWriter
 from signticket.optim import make_optimizer, masked
@@ -28,11 +36,11 @@ DEFAULT_RUNS_ROOT = os.environ.get("SIGNTICKET_RUNS", "runs")
 def check_names(config: ConfigDict) -> None:
     """Fail fast, before loading data, on an unknown model or dataset name."""
     if config.model.name not in models.names():
-        raise ValueError(
+        raise UserError(
             f"unknown model {config.model.name!r}; available: {', '.join(models.names())}"
         )
     if config.data.name not in data_lib.names():
-        raise ValueError(
+        raise UserError(
             f"unknown dataset {config.data.name!r}; available: {', '.join(data_lib.names())}"
         )
 
@@ -49,9 +57,42 @@ def load_dataset(cfg: ConfigDict, data_dir: str | None = None) -> data_lib.Datas
 
 
 def build_model(cfg: ConfigDict, num_classes: int):
-    """The registry model ``cfg.name`` with ``cfg.kwargs``."""
+    """The registry model ``cfg.name`` with ``cfg.kwargs`` (a :class:`UserError` for an unknown
+    name or keyword)."""
     kwargs = dict(cfg.get("kwargs", ConfigDict()).to_dict())
-    return models.get(cfg.name, num_classes=num_classes, **kwargs)
+    if cfg.name not in models.names():
+        raise UserError(f"unknown model {cfg.name!r}; available: {', '.join(models.names())}")
+    try:
+        return models.get(cfg.name, num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        if "unknown keyword" not in str(e):
+            raise  # a bug, not a config mistake
+        raise UserError(f"model.kwargs: {e}") from e
+
+
+def check_run_config(config: ConfigDict, runs_root: str | os.PathLike | None = None) -> None:
+    """Everything about a run config that can be checked without data: values
+    (:func:`signticket.config.validate`), model, optimizer and schedule names, and the runs
+    root. Raises :class:`UserError` naming the first problem. (The dataset name is checked by
+    :func:`check_names` where data is loaded by name; a run is handed its dataset.)"""
+    from signticket.optim import OPTIMIZERS
+    from signticket.schedules import SCHEDULES
+
+    config_lib.validate(config)
+    model = config.get("model")
+    if model is not None and model.get("name") not in models.names():
+        raise UserError(f"unknown model {model.get('name')!r}; available: "
+                        f"{', '.join(models.names())}")
+    opt = config.get("optimizer")
+    if opt is not None:
+        if "name" in opt and opt.name not in OPTIMIZERS:
+            raise UserError(f"optimizer.name {opt.get('name')!r} is unknown; available: "
+                            f"{', '.join(OPTIMIZERS)}")
+        if "schedule" in opt and opt.schedule not in SCHEDULES:
+            raise UserError(f"optimizer.schedule {opt.get('schedule')!r} is unknown; available: "
+                            f"{', '.join(SCHEDULES)}")
+    if runs_root is not None:
+        check_runs_root(runs_root)
 
 
 def build_optimizer(
@@ -153,6 +194,8 @@ def train_run(
     """
     from signticket.optim import set_mask
 
+    # Every check that needs no data first: a bad value fails before any directory is made.
+    check_run_config(config, runs_root)
     mesh = mesh or make_mesh()
     steps = data_lib.steps_per_epoch(len(dataset.train_labels), config.batch_size)
     if tx is None:
@@ -170,6 +213,11 @@ def train_run(
     if mask is not None:
         state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
     directory = run_dir(runs_root, config, name)
+    with lock_run_dir(directory):
+        return _fit_locked(config, dataset, engine, state, directory, name, on_epoch_end, progress)
+
+
+def _fit_locked(config, dataset, engine, state, directory, name, on_epoch_end, progress):
     ckpt = Checkpointer(directory)
     try:
         state, summary = fit(
