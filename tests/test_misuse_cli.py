@@ -235,7 +235,7 @@ def test_second_process_on_the_same_run_fails_fast_and_first_finishes(tmp_path):
         assert second.returncode == 2, second.stderr
         assert f"{run} is in use by pid {first.pid}" in second.stderr
         assert "Traceback" not in second.stderr and time.time() - t0 < 120
-        out, err = first.communicate(timeout=300)
+        _, err = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
             first.kill()
