@@ -160,8 +160,9 @@ def lock_run_dir(directory: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
-#: Files every committed orbax step of a single-item (``StandardSave``) checkpoint holds.
-_STEP_FILES = ("_CHECKPOINT_METADATA", "default/_METADATA")
+#: Files every step of our single-item (``StandardSave``) layout holds once written. Only our
+#: own layout is checked here; whether a step was committed is left to orbax (``all_steps``).
+_STEP_FILES = ("default/_METADATA",)
 
 
 def _is_step_dir(path: Path) -> bool:

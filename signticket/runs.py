@@ -196,24 +196,26 @@ def train_run(
 
     # Every check that needs no data first: a bad value fails before any directory is made.
     check_run_config(config, runs_root)
-    mesh = mesh or make_mesh()
-    steps = data_lib.steps_per_epoch(len(dataset.train_labels), config.batch_size)
-    if tx is None:
-        engine = _cached_engine(config, dataset, steps, pre_forward, mesh)
-    else:
-        model = build_model(config.model, dataset.num_classes)
-        engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward)
-    state = engine.init_state(
-        jax.random.PRNGKey(config.seed),
-        dataset.train_images[:1],
-        params=init_params,
-        batch_stats=init_batch_stats,
-        hook_state=hook_state,
-    )
-    if mask is not None:
-        state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
+    build_model(config.model, dataset.num_classes)  # unknown model keywords: before any dir
     directory = run_dir(runs_root, config, name)
+    # Locked before the engine is built: a second process on this run fails in a moment.
     with lock_run_dir(directory):
+        mesh = mesh or make_mesh()
+        steps = data_lib.steps_per_epoch(len(dataset.train_labels), config.batch_size)
+        if tx is None:
+            engine = _cached_engine(config, dataset, steps, pre_forward, mesh)
+        else:
+            model = build_model(config.model, dataset.num_classes)
+            engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward)
+        state = engine.init_state(
+            jax.random.PRNGKey(config.seed),
+            dataset.train_images[:1],
+            params=init_params,
+            batch_stats=init_batch_stats,
+            hook_state=hook_state,
+        )
+        if mask is not None:
+            state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
         return _fit_locked(config, dataset, engine, state, directory, name, on_epoch_end, progress)
 
 

@@ -86,6 +86,11 @@ DAMAGE = {
     "metadata_removed": lambda d: (d / "checkpoints" / "4" / "default" / "_METADATA").unlink(),
     "default_removed": lambda d: shutil.rmtree(d / "checkpoints" / "4" / "default"),
 }
+# Orbax bookkeeping removed while every array is intact: the step still restores exactly.
+HARMLESS = {
+    "step_metadata_removed": lambda d: (d / "checkpoints" / "4" / "_CHECKPOINT_METADATA").unlink(),
+    "commit_marker_removed": lambda d: (d / "checkpoints" / "4" / "commit_success.txt").unlink(),
+}
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -106,6 +111,15 @@ def test_damaged_newest_step_is_moved_aside_and_run_resumes_from_intact_one(
         again_state, again, trained = _run(directory)
         assert trained == [] and again == summary and _moved(directory) == ["4"]
     chex.assert_trees_all_equal(again_state.params, state.params)
+
+
+@pytest.mark.parametrize("damage", sorted(HARMLESS))
+def test_intact_step_is_reused_not_called_corrupt(reference, tmp_path, damage):
+    directory = _copy(reference, tmp_path)
+    HARMLESS[damage](directory)
+    state, summary, trained = _run(directory)
+    assert trained == [] and summary == reference[2] and _moved(directory) == []
+    chex.assert_trees_all_equal(state.params, reference[1].params)
 
 
 def test_empty_step_directory_is_moved_aside_and_finished_run_reused(reference, tmp_path):

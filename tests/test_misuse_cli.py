@@ -139,6 +139,8 @@ BAD_VALUES = {
     "--config.optimizer.milestones=(0.75,0.5)": "milestones",
     "--config.optimizer.schedule='cosin'": "cosin",
     "--config.optimizer.name='adamw'": "adamw",
+    "--config.model.kwargs.chanels=(4,8)": "chanels",
+    "--config.epochs='three'": "epochs",
 }
 
 
