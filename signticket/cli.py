@@ -156,12 +156,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args, overrides)
     except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        print(f"signticket {args.command}: error: no space left on the device writing "
-              f"{e.filename or 'a checkpoint'}; free some space and re-run (finished runs and "
-              f"the last checkpoint are kept)", file=sys.stderr)
-        return 2
+        # The machine, not our code: a full disk or a path the user cannot write.
+        if e.errno == errno.ENOSPC:
+            print(f"signticket {args.command}: error: no space left on the device writing "
+                  f"{e.filename or 'a checkpoint'}; free some space and re-run (finished runs "
+                  f"and the last checkpoint are kept)", file=sys.stderr)
+            return 2
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EDQUOT) and e.filename:
+            print(f"signticket {args.command}: error: cannot write {e.filename}: {e.strerror}; "
+                  "pass a writable --results / --runs-root", file=sys.stderr)
+            return 2
+        raise
     except (UserError, DatasetUnavailableError, NonFiniteLossError, IncompleteResultsError) as e:
         print(f"signticket {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -218,3 +218,22 @@ def _wrap_manager_save(raiser):
         return real(self, step, state)
 
     return save
+
+
+def test_metrics_line_cut_by_a_kill_is_dropped(tmp_path):
+    writer = MetricsWriter(tmp_path / "metrics.jsonl")
+    writer.write({"epoch": 1, "train_loss": 1.0})
+    with writer.path.open("a") as f:
+        f.write('{"epoch": 2, "train_lo')  # killed mid-write
+    writer.truncate_after(1)
+    writer.write({"epoch": 2, "train_loss": 0.5})
+    assert [r["epoch"] for r in writer.read()] == [1, 2]
+    assert len(writer.path.read_text().splitlines()) == 2
+
+
+def test_metrics_untouched_when_nothing_to_drop(tmp_path):
+    writer = MetricsWriter(tmp_path / "metrics.jsonl")
+    writer.write({"epoch": 1, "train_loss": 0.1 + 0.2})
+    before = writer.path.stat().st_mtime_ns, writer.path.read_bytes()
+    writer.truncate_after(1)
+    assert (writer.path.stat().st_mtime_ns, writer.path.read_bytes()) == before
