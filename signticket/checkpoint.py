@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -169,8 +170,10 @@ def _is_step_dir(path: Path) -> bool:
     return path.is_dir() and path.name.isdigit()
 
 
-def _is_disk_full(e: BaseException) -> bool:
-    while e is not None:
+def _is_disk_full(e: BaseException | None) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return True
         text = str(e)
@@ -178,6 +181,100 @@ def _is_disk_full(e: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+# Orbax's writer threads report a failed save themselves, many times over: every thread logs
+# its exception with a traceback (absl), tensorstore's callbacks hit the closed event loops of
+# the failed threads, and asyncio reports futures nobody retrieved. After a save failed for lack
+# of space, that echo of the one error :class:`CheckpointSaveError` reports is dropped.
+_NOISE_LOGGERS = ("absl", "asyncio")
+
+
+def _is_save_noise(text: str, exc: BaseException | None) -> bool:
+    return (_is_disk_full(exc) or "RESOURCE_EXHAUSTED" in text or "No space left" in text
+            or "Event loop is closed" in text or "Save Finalize thread" in text
+            or "Handler Commit operations" in text)
+
+
+class _SaveNoise(logging.Filter):
+    """Holds back records of orbax's loggers during a save (replayed if the save succeeds or
+    fails for another reason); once :attr:`disk_full`, drops those that echo that failure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+        self.held_unraisable: list[Any] = []
+        self.unraisable = sys.unraisablehook
+        self.holding = False
+        self.disk_full = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.disk_full and _is_save_noise(
+                record.getMessage(), record.exc_info[1] if record.exc_info else None):
+            return False
+        if self.holding:
+            self.held.append(record)
+            return False
+        return True
+
+    def replay(self) -> None:
+        held_unraisable, self.held_unraisable = self.held_unraisable, []
+        if not self.disk_full:
+            for info in held_unraisable:
+                self.unraisable(info)
+        held, self.held = self.held, []
+        for record in held:
+            if not (self.disk_full and _is_save_noise(
+                    record.getMessage(), record.exc_info[1] if record.exc_info else None)):
+                logging.getLogger(record.name).handle(record)
+
+
+_SAVE_NOISE = _SaveNoise()
+for _name in _NOISE_LOGGERS:
+    logging.getLogger(_name).addFilter(_SAVE_NOISE)
+
+
+_HOOKS_INSTALLED = False
+
+
+def _install_hooks() -> None:
+    """Route tensorstore's "Event loop is closed" callbacks (printed through
+    ``sys.unraisablehook`` / ``sys.excepthook``) through :data:`_SAVE_NOISE` too. Installed on
+    the first save; everything else passes to the previous hooks unchanged."""
+    global _HOOKS_INSTALLED
+    if _HOOKS_INSTALLED:
+        return
+    _HOOKS_INSTALLED = True
+    unraisable, excepthook = sys.unraisablehook, sys.excepthook
+
+    def loop_closed(exc: BaseException | None) -> bool:
+        return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+
+    def on_unraisable(info) -> None:
+        if loop_closed(info.exc_value) and (_SAVE_NOISE.holding or _SAVE_NOISE.disk_full):
+            if not _SAVE_NOISE.disk_full:
+                _SAVE_NOISE.held_unraisable.append(info)
+            return
+        unraisable(info)
+
+    def on_exception(kind, value, tb) -> None:
+        if loop_closed(value) and (_SAVE_NOISE.holding or _SAVE_NOISE.disk_full):
+            return  # only ever an echo of a failed save's threads
+        excepthook(kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
+    _SAVE_NOISE.unraisable = unraisable
+
+
+@contextlib.contextmanager
+def _quiet_save() -> Iterator[_SaveNoise]:
+    _install_hooks()
+    _SAVE_NOISE.holding = True
+    try:
+        yield _SAVE_NOISE
+    finally:
+        _SAVE_NOISE.holding = False
+        _SAVE_NOISE.replay()
 
 
 class Checkpointer:
@@ -193,6 +290,7 @@ class Checkpointer:
         self.directory = Path(directory)
         self.max_to_keep = max_to_keep
         self.moved_aside: list[Path] = []
+        self._save_failed = False
         steps = self.directory / CHECKPOINTS
         # Before orbax looks: a numbered directory without the files every finished save
         # writes (a save killed or out of disk, a removed item) would make orbax misread the
@@ -243,8 +341,15 @@ class Checkpointer:
         the directory cannot be written; the previous checkpoint is kept."""
         where = self.directory / CHECKPOINTS
         try:
-            self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
-            self.manager.wait_until_finished()
+            with _quiet_save() as noise:
+                try:
+                    self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+                    self.manager.wait_until_finished()
+                except Exception as e:
+                    self._save_failed = True
+                    if _is_disk_full(e):
+                        noise.disk_full = True  # from now on, drop orbax's echoes of it
+                    raise
         except Exception as e:
             if _is_disk_full(e):
                 raise CheckpointSaveError(
@@ -322,5 +427,12 @@ class Checkpointer:
         return done
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            with _quiet_save():
+                self.manager.wait_until_finished()
+                self.manager.close()
+        except Exception:
+            if not self._save_failed:
+                raise
+            # The failed save's error again: already raised once, as CheckpointSaveError.
+            log.debug("closing %s after a failed save", self.directory, exc_info=True)

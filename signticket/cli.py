@@ -51,10 +51,9 @@ def _cmd_list(args, overrides) -> int:
 
 
 def _cmd_reproduce(args, overrides) -> int:
-    suite = _suite()
     from pathlib import Path
 
-    markdown, figures = suite.reproduce(
+    markdown, figures = _suite().reproduce(
         args.table, args.scale, overrides, results=Path(args.results), runs_root=args.runs_root,
         data_dir=args.data_dir, progress=not args.no_progress)
     print(markdown)

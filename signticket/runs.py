@@ -191,6 +191,11 @@ def train_run(
 
     Methods pass what they change (initial params, a mask, a pre-forward hook, an optimizer);
     anything passed must also be described in ``config`` so the run directory tells runs apart.
+
+    The config is validated (:func:`check_run_config`) before the run directory is made, and
+    the directory is locked (:func:`~signticket.checkpoint.lock_run_dir`) for the whole run: a
+    second process on the same run fails at once with
+    :class:`~signticket.checkpoint.RunLockedError` naming the directory and the holder's pid.
     """
     from signticket.optim import set_mask
 
@@ -216,27 +221,23 @@ def train_run(
         )
         if mask is not None:
             state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
-        return _fit_locked(config, dataset, engine, state, directory, name, on_epoch_end, progress)
-
-
-def _fit_locked(config, dataset, engine, state, directory, name, on_epoch_end, progress):
-    ckpt = Checkpointer(directory)
-    try:
-        state, summary = fit(
-            engine,
-            state,
-            dataset,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            data_seed=config.data_seed,
-            checkpointer=ckpt,
-            metrics=MetricsWriter(directory / "metrics.jsonl"),
-            eval_every=config.get("eval_every", 1),
-            checkpoint_every=config.get("checkpoint_every", 1),
-            on_epoch_end=on_epoch_end,
-            progress=progress,
-            desc=name,
-        )
-    finally:
-        ckpt.close()
+        ckpt = Checkpointer(directory)
+        try:
+            state, summary = fit(
+                engine,
+                state,
+                dataset,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                data_seed=config.data_seed,
+                checkpointer=ckpt,
+                metrics=MetricsWriter(directory / "metrics.jsonl"),
+                eval_every=config.get("eval_every", 1),
+                checkpoint_every=config.get("checkpoint_every", 1),
+                on_epoch_end=on_epoch_end,
+                progress=progress,
+                desc=name,
+            )
+        finally:
+            ckpt.close()
     return RunResult(directory, state, summary)

@@ -244,3 +244,37 @@ def test_second_process_on_the_same_run_fails_fast_and_first_finishes(tmp_path):
     assert first.returncode == 0, err
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").open()] == [1, 2, 3, 4]
     assert json.loads((run / "DONE.json").read_text())["epoch"] == 4
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 300 KiB tmpfs: a real full disk after one checkpoint (needs root and mount)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)],
+            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_real_full_disk_is_one_line_and_resumes_after_freeing_space(small_tmpfs):
+    """orbax on a really full disk: one line (none of orbax's thread tracebacks), the run
+    stopped after the failed save, and it finishes once there is space."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "signticket.cli", "train", "--runs-root",
+            str(small_tmpfs / "runs"), "--no-progress", "--config.data.train_subset=256",
+            "--config.data.test_subset=128", "--config.epochs=3"]  # default width: ~200 KB
+    full = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    _one_line_error(full.returncode, full.stderr, "no space left", "step")
+    (run,) = _run_dirs(small_tmpfs / "runs")
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").open()]
+    assert epochs[-1] < 3 and not (run / "DONE.json").exists()  # stopped at the failed save
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_tmpfs)], check=True)
+    again = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").open()] == [1, 2, 3]
+    assert json.loads((run / "DONE.json").read_text())["epoch"] == 3
