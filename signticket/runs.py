@@ -47,13 +47,23 @@ def check_names(config: ConfigDict) -> None:
 
 def load_dataset(cfg: ConfigDict, data_dir: str | None = None) -> data_lib.Dataset:
     """The dataset named by ``cfg.name`` with its subsets (0 = the whole split)."""
-    return data_lib.load(
-        cfg.name,
-        data_dir=data_dir,
-        train_subset=cfg.get("train_subset") or None,
-        test_subset=cfg.get("test_subset") or None,
-        seed=cfg.get("subset_seed", 0),
-    )
+    try:
+        return data_lib.load(
+            cfg.name,
+            data_dir=data_dir,
+            train_subset=cfg.get("train_subset") or None,
+            test_subset=cfg.get("test_subset") or None,
+            seed=cfg.get("subset_seed", 0),
+        )
+    except ValueError as e:
+        # The data layer's two mistakes of the config (it raises plain ValueErrors): a subset
+        # larger than its split, a streamed dataset asked for in memory. Anything else is not
+        # the user's and keeps its traceback.
+        text = str(e)
+        if isinstance(e, UserError) or not (
+                text.startswith("subset of") or "too large to hold in memory" in text):
+            raise
+        raise UserError(f"data: {text}") from e
 
 
 def build_model(cfg: ConfigDict, num_classes: int):

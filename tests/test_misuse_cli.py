@@ -152,6 +152,13 @@ def test_bad_value_fails_before_training_and_leaves_nothing(override, tmp_path, 
     assert _run_dirs(tmp_path / "runs") == []
 
 
+def test_subset_larger_than_the_split(tmp_path, capsys):
+    code, _, err = _main(capsys, "train", "--runs-root", str(tmp_path / "runs"), *TINY_TRAIN,
+                         "--config.data.test_subset=20000")
+    _one_line_error(code, err, "subset of 20000", "only 10000")
+    assert _run_dirs(tmp_path / "runs") == []
+
+
 def test_config_file_with_syntax_error(tmp_path, capsys):
     f = tmp_path / "cfg.py"
     f.write_text("def get_config(:\n    pass\n")
@@ -278,3 +285,16 @@ def test_real_full_disk_is_one_line_and_resumes_after_freeing_space(small_tmpfs)
     assert again.returncode == 0, again.stderr
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").open()] == [1, 2, 3]
     assert json.loads((run / "DONE.json").read_text())["epoch"] == 3
+
+
+def test_every_shipped_config_is_valid():
+    """The validation rejects nothing the project ships (paper, cpu and quickstart configs)."""
+    from signticket import config as config_lib
+    from signticket.configs import train as train_config
+
+    config_lib.validate(train_config.get_config())
+    files = sorted(p for p in suite.CONFIG_DIR.glob("*.py")
+                   if not p.name.startswith("_") and "common" not in p.name)
+    assert len(files) >= 10
+    for path in files:
+        config_lib.validate(config_lib.load_config_file(path))
