@@ -122,7 +122,7 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_leaf(name: str, key: str, value, parent: ConfigDict) -> None:
+def _check_leaf(name: str, key: str, value) -> None:
     if key in _AT_LEAST_ONE and not (_is_int(value) and value >= 1):
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
     if key in _AT_LEAST_ZERO and not (_is_int(value) and value >= 0):
@@ -173,7 +173,7 @@ def validate(config: ConfigDict, prefix: str = "", epochs: int | None = None) ->
             elif key not in ("paper", "experiment"):  # reference numbers and experiment knobs
                 validate(value, f"{name}.", epochs)
             continue
-        _check_leaf(name, key, value, config)
+        _check_leaf(name, key, value)
     # The learning-rate warm-up of an optimizer must end before its stage does.
     if "learning_rate" in config and epochs is not None:
         warmup = config.get("warmup_epochs", 0)

@@ -184,14 +184,15 @@ def check_finite_leaves(tree: PyTree, what: str, where: LeafPredicate | None = N
     """Raise :class:`UserError` naming the first leaf (among those ``where`` selects) holding
     NaN or inf. Only concrete values are checked: inside ``jit`` the values are traced and this
     is a no-op, so callers that jit should check their inputs once, outside."""
-    for name, x in named_leaves(tree):
-        if where is not None and not where(name, x):
-            continue
-        if isinstance(x, jax.core.Tracer):
-            return
-        if not bool(jnp.all(jnp.isfinite(x))):
-            raise UserError(f"{what} leaf {name!r} holds NaN or inf values; ranking them by "
-                            "magnitude is meaningless (a diverged run? check its loss)")
+    chosen = [(name, x) for name, x in named_leaves(tree) if where is None or where(name, x)]
+    if not chosen or any(isinstance(x, jax.core.Tracer) for _, x in chosen):
+        return
+    # One device-to-host transfer for the whole tree, not one per leaf.
+    finite = np.asarray(jnp.stack([jnp.all(jnp.isfinite(x)) for _, x in chosen]))
+    if not finite.all():
+        name = chosen[int(np.argmin(finite))][0]
+        raise UserError(f"{what} leaf {name!r} holds NaN or inf values; ranking them by "
+                        "magnitude is meaningless (a diverged run? check its loss)")
 
 
 def tree_size(tree: PyTree) -> int:
