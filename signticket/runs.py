@@ -212,6 +212,9 @@ def train_run(
     # Every check that needs no data first: a bad value fails before any directory is made.
     check_run_config(config, runs_root)
     build_model(config.model, dataset.num_classes)  # unknown model keywords: before any dir
+    if config.batch_size > len(dataset.train_labels):
+        raise UserError(f"batch_size {config.batch_size} is larger than the "
+                        f"{len(dataset.train_labels)} training examples of {dataset.name}")
     directory = run_dir(runs_root, config, name)
     # Locked before the engine is built: a second process on this run fails in a moment.
     with lock_run_dir(directory):

@@ -159,6 +159,13 @@ def test_subset_larger_than_the_split(tmp_path, capsys):
     assert _run_dirs(tmp_path / "runs") == []
 
 
+def test_batch_larger_than_the_training_set(tmp_path, capsys):
+    code, _, err = _main(capsys, "train", "--runs-root", str(tmp_path / "runs"), *TINY_TRAIN,
+                         "--config.batch_size=1024")
+    _one_line_error(code, err, "batch_size 1024", "512 training examples")
+    assert _run_dirs(tmp_path / "runs") == []
+
+
 def test_config_file_with_syntax_error(tmp_path, capsys):
     f = tmp_path / "cfg.py"
     f.write_text("def get_config(:\n    pass\n")
