@@ -57,6 +57,7 @@ def parse(parser: argparse.ArgumentParser,
     enable_compilation_cache()
     try:
         config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
+        config_lib.validate(config)
     except config_lib.ConfigError as e:
         parser.error(str(e))  # one clear line and exit code 2, no traceback
     return args, config
@@ -106,10 +107,14 @@ def experiment_main(module: ModuleType, argv: Sequence[str] | None = None,
         add_arguments(parser)
     args, config = parse(parser, argv)
     out = Path(args.out or Path("results") / module.NAME / Path(args.config).stem)
+    from signticket.data import DatasetUnavailableError
+    from signticket.errors import UserError
+    from signticket.train import NonFiniteLossError
+
     try:
         markdown, figures = execute(module, config, args, out, args.config)
-    except IncompleteResultsError as e:
-        parser.error(str(e))
+    except (IncompleteResultsError, UserError, DatasetUnavailableError, NonFiniteLossError) as e:
+        parser.error(str(e))  # a user mistake: one line, exit code 2; bugs keep the traceback
     print(markdown)
     for path in figures:
         print(f"figure: {path}")

@@ -27,6 +27,7 @@ from experiments.cli_common import (
     load_results,
 )
 from signticket import config as config_lib
+from signticket.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_RESULTS = Path("results")
@@ -91,7 +92,7 @@ TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000, "cif
                "imagenet2012": 1_281_167}
 
 
-class UnknownTableError(ValueError):
+class UnknownTableError(UserError):
     """A table name that is not in :data:`TABLES`."""
 
 
@@ -102,7 +103,11 @@ def get_table(name: str) -> Table:
 
 
 def load_config(path: Path, overrides: Sequence[str] = ()) -> ConfigDict:
-    return config_lib.apply_overrides(config_lib.load_config_file(str(path)), list(overrides))
+    """The config file at ``path`` with ``key=value`` overrides, validated
+    (:func:`signticket.config.validate`): a bad value fails before anything runs."""
+    config = config_lib.apply_overrides(config_lib.load_config_file(str(path)), list(overrides))
+    config_lib.validate(config)
+    return config
 
 
 def estimated_cost(table: Table, scale: str) -> str:
@@ -137,12 +142,18 @@ def _args(runs_root: str, data_dir: str | None, progress: bool,
                               table_only=table_only, seeds=None)
 
 
-def reproduce(name: str, scale: str, overrides: Sequence[str], *, results: Path, runs_root: str,
-              data_dir: str | None, progress: bool) -> tuple[str, list[Path]]:
+def reproduce(name: str, scale: str, overrides: Sequence[str], *, results: Path | str,
+              runs_root: str, data_dir: str | None, progress: bool) -> tuple[str, list[Path]]:
     """Run one table's pipeline (finished runs are reused) and write its report."""
+    from signticket.checkpoint import check_runs_root
+
+    if scale not in ("paper", "cpu"):
+        raise UserError(f"scale must be 'paper' or 'cpu', got {scale!r}")
     table = get_table(name)
     path = table.config_file(scale)
     config = load_config(path, overrides)
+    check_runs_root(runs_root)
+    results = Path(results)
     out = results / table.experiment / (name if scale == "paper" else f"{name}-cpu")
     return execute(table.module(), config, _args(runs_root, data_dir, progress), out, str(path))
 
@@ -185,6 +196,10 @@ def quickstart(*, results: Path, runs_root: str, data_dir: str | None, progress:
 
     ``overrides`` maps an experiment name to ``key=value`` overrides of its quickstart config
     (the tests shrink the stages this way)."""
+    from signticket.checkpoint import check_runs_root
+
+    check_runs_root(runs_root)
+    results = Path(results)
     done = []
     for i, (experiment, config_name) in enumerate(QUICKSTART, 1):
         module = importlib.import_module(f"experiments.{experiment}")

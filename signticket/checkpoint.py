@@ -7,25 +7,50 @@ new directory, so results of different configs never mix.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+import sys
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from signticket.errors import UserError
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 DONE_FILE = "DONE.json"
+LOCK_FILE = "LOCK"
+CHECKPOINTS = "checkpoints"
+#: Prefix of checkpoint steps moved aside as corrupt (orbax ignores non-numeric names).
+CORRUPT_PREFIX = "corrupt-"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint or run directory is unreadable, corrupt or incompatible."""
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint or run directory is unreadable, corrupt or incompatible.
+
+    (A ``RuntimeError`` too, as it was before :class:`~signticket.errors.UserError` existed.)"""
+
+
+class RunLockedError(UserError):
+    """Another process is training in the same run directory."""
+
+
+class NoIntactCheckpointError(CheckpointError):
+    """Every checkpoint step of a run was damaged (and has been moved aside)."""
+
+
+class CheckpointSaveError(UserError):
+    """A checkpoint could not be written (full disk, read-only or vanished directory)."""
 
 
 def _plain(config: Any) -> Any:
@@ -55,10 +80,34 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def check_runs_root(root: str | os.PathLike) -> Path:
+    """``root`` as a Path, or a :class:`UserError` if it cannot hold run directories (it is a
+    file, or it or its nearest existing parent is not writable). Cheap: call it before loading
+    data so a bad ``--runs-root`` fails in a second, not after training."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"runs root {root} exists and is not a directory; pass a directory "
+                        "(--runs-root or SIGNTICKET_RUNS)")
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"runs root {root} is not writable ({existing} is read-only to this "
+                        "user); pass a writable directory (--runs-root or SIGNTICKET_RUNS)")
+    return root
+
+
 def run_dir(root: str | os.PathLike, config: Any, name: str = "run") -> Path:
     """The directory of the run described by ``config`` (created, with ``config.json``)."""
-    path = Path(root) / f"{name}-{config_hash(config)}"
-    path.mkdir(parents=True, exist_ok=True)
+    root = check_runs_root(root)
+    path = root / f"{name}-{config_hash(config)}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise
+        raise UserError(f"cannot create run directory {path}: {e.strerror or e}; pass a "
+                        "writable directory (--runs-root or SIGNTICKET_RUNS)") from e
     cfg_file = path / CONFIG_FILE
     expected = json.loads(canonical_json(config))
     if cfg_file.exists():
@@ -78,50 +127,280 @@ def run_dir(root: str | os.PathLike, config: Any, name: str = "run") -> Path:
     return path
 
 
+def _lock_holder(path: Path) -> str:
+    try:
+        pid = path.read_text().strip()
+    except OSError:
+        pid = ""
+    return f"pid {pid}" if pid else "a process that has not written its pid yet"
+
+
+@contextlib.contextmanager
+def lock_run_dir(directory: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on run directory ``directory`` (``fcntl.flock`` on its ``LOCK``
+    file) for the ``with`` block; the file records the holder's pid.
+
+    A second process (or a second lock in this one) fails at once with :class:`RunLockedError`
+    naming the directory and the holder, instead of interleaving checkpoints and metrics with
+    the first. The kernel drops the lock when its holder exits, even on SIGKILL, so a killed
+    run never leaves a stale lock behind."""
+    path = Path(directory) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunLockedError(
+            f"run directory {Path(directory)} is in use by {_lock_holder(path)}; wait for that "
+            "run to finish (it will be reused) or stop it, then re-run") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield Path(directory)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+#: Files every step of our single-item (``StandardSave``) layout holds once written. Only our
+#: own layout is checked here; whether a step was committed is left to orbax (``all_steps``).
+_STEP_FILES = ("default/_METADATA",)
+
+
+def _is_step_dir(path: Path) -> bool:
+    return path.is_dir() and path.name.isdigit()
+
+
+def _is_disk_full(e: BaseException | None) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" in text or "No space left" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+# Orbax's writer threads report a failed save themselves, many times over: every thread logs
+# its exception with a traceback (absl), tensorstore's callbacks hit the closed event loops of
+# the failed threads, and asyncio reports futures nobody retrieved. After a save failed for lack
+# of space, that echo of the one error :class:`CheckpointSaveError` reports is dropped.
+_NOISE_LOGGERS = ("absl", "asyncio")
+
+
+def _is_save_noise(text: str, exc: BaseException | None) -> bool:
+    return (_is_disk_full(exc) or "RESOURCE_EXHAUSTED" in text or "No space left" in text
+            or "Event loop is closed" in text or "Save Finalize thread" in text
+            or "Handler Commit operations" in text)
+
+
+class _SaveNoise(logging.Filter):
+    """Holds back records of orbax's loggers during a save (replayed if the save succeeds or
+    fails for another reason); once :attr:`disk_full`, drops those that echo that failure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+        self.held_unraisable: list[Any] = []
+        self.unraisable = sys.unraisablehook
+        self.holding = False
+        self.disk_full = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.disk_full and _is_save_noise(
+                record.getMessage(), record.exc_info[1] if record.exc_info else None):
+            return False
+        if self.holding:
+            self.held.append(record)
+            return False
+        return True
+
+    def replay(self) -> None:
+        held_unraisable, self.held_unraisable = self.held_unraisable, []
+        if not self.disk_full:
+            for info in held_unraisable:
+                self.unraisable(info)
+        held, self.held = self.held, []
+        for record in held:
+            if not (self.disk_full and _is_save_noise(
+                    record.getMessage(), record.exc_info[1] if record.exc_info else None)):
+                logging.getLogger(record.name).handle(record)
+
+
+_SAVE_NOISE = _SaveNoise()
+for _name in _NOISE_LOGGERS:
+    logging.getLogger(_name).addFilter(_SAVE_NOISE)
+
+
+_HOOKS_INSTALLED = False
+
+
+def _install_hooks() -> None:
+    """Route tensorstore's "Event loop is closed" callbacks (printed through
+    ``sys.unraisablehook`` / ``sys.excepthook``) through :data:`_SAVE_NOISE` too. Installed on
+    the first save; everything else passes to the previous hooks unchanged."""
+    global _HOOKS_INSTALLED
+    if _HOOKS_INSTALLED:
+        return
+    _HOOKS_INSTALLED = True
+    unraisable, excepthook = sys.unraisablehook, sys.excepthook
+
+    def loop_closed(exc: BaseException | None) -> bool:
+        return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+
+    def on_unraisable(info) -> None:
+        if loop_closed(info.exc_value) and (_SAVE_NOISE.holding or _SAVE_NOISE.disk_full):
+            if not _SAVE_NOISE.disk_full:
+                _SAVE_NOISE.held_unraisable.append(info)
+            return
+        unraisable(info)
+
+    def on_exception(kind, value, tb) -> None:
+        if loop_closed(value) and (_SAVE_NOISE.holding or _SAVE_NOISE.disk_full):
+            return  # only ever an echo of a failed save's threads
+        excepthook(kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
+    _SAVE_NOISE.unraisable = unraisable
+
+
+@contextlib.contextmanager
+def _quiet_save() -> Iterator[_SaveNoise]:
+    _install_hooks()
+    _SAVE_NOISE.holding = True
+    try:
+        yield _SAVE_NOISE
+    finally:
+        _SAVE_NOISE.holding = False
+        _SAVE_NOISE.replay()
+
+
 class Checkpointer:
-    """Orbax ``CheckpointManager`` over ``<run dir>/checkpoints``, numbered by epoch."""
+    """Orbax ``CheckpointManager`` over ``<run dir>/checkpoints``, numbered by epoch.
+
+    Steps that cannot be restored (cut short by a kill or a full disk, files truncated or
+    removed) are moved aside to ``checkpoints/corrupt-<step>-<time>`` with one warning naming
+    them, and the run resumes from the newest intact step; intact steps are never moved. Use it
+    only while holding :func:`lock_run_dir` on the run directory.
+    """
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 2) -> None:
         self.directory = Path(directory)
-        self.manager = ocp.CheckpointManager(
-            (self.directory / "checkpoints").absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        self.max_to_keep = max_to_keep
+        self.moved_aside: list[Path] = []
+        self._save_failed = False
+        steps = self.directory / CHECKPOINTS
+        # Before orbax looks: a numbered directory without the files every finished save
+        # writes (a save killed or out of disk, a removed item) would make orbax misread the
+        # layout of every step, or block saving that step again.
+        if steps.is_dir():
+            for path in sorted(steps.iterdir()):
+                missing = [f for f in _STEP_FILES if not (path / f).exists()]
+                if _is_step_dir(path) and missing:
+                    self._move_aside(int(path.name), f"incomplete (no {missing[0]})", reopen=False)
+        self.manager = self._open()
+        committed = set(self.manager.all_steps())
+        for path in sorted(steps.iterdir()):
+            if _is_step_dir(path) and int(path.name) not in committed:
+                self._move_aside(int(path.name), "incomplete (never committed)")
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
+            (self.directory / CHECKPOINTS).absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True),
         )
+
+    def _move_aside(self, step: int, why: str, reopen: bool = True) -> None:
+        src = self.directory / CHECKPOINTS / str(step)
+        dst = src.with_name(f"{CORRUPT_PREFIX}{step}-{time.strftime('%Y%m%dT%H%M%S')}")
+        n = 1
+        while dst.exists():
+            dst, n = dst.with_name(f"{dst.name}-{n}"), n + 1
+        os.replace(src, dst)
+        self.moved_aside.append(dst)
+        log.warning("checkpoint step %d in %s is %s; moved it aside to %s and resuming from "
+                    "the newest intact step", step, self.directory / CHECKPOINTS, why, dst)
+        if reopen:
+            # A fresh manager: orbax caches the step list and the item layout it inferred
+            # from the damaged step, which would make intact steps fail to restore.
+            self.manager.close()
+            self.manager = self._open()
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any) -> None:
-        """Save ``state`` as ``step`` (asynchronously; :meth:`wait` or :meth:`close` to finish)."""
-        self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        """Save ``state`` as ``step`` and wait until it is on disk.
+
+        Synchronous on purpose: a save that fails (full disk) must stop the run before another
+        epoch is trained on top of a state that was never saved. Raises
+        :class:`CheckpointSaveError` naming the step and directory when the disk is full or
+        the directory cannot be written; the previous checkpoint is kept."""
+        where = self.directory / CHECKPOINTS
+        try:
+            with _quiet_save() as noise:
+                try:
+                    self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+                    self.manager.wait_until_finished()
+                except Exception as e:
+                    self._save_failed = True
+                    if _is_disk_full(e):
+                        noise.disk_full = True  # from now on, drop orbax's echoes of it
+                    raise
+        except Exception as e:
+            if _is_disk_full(e):
+                raise CheckpointSaveError(
+                    f"no space left on the device saving checkpoint step {step} in {where}; free "
+                    "some space and re-run (the last saved checkpoint is kept and resumed from)"
+                ) from e
+            if isinstance(e, OSError):
+                raise CheckpointSaveError(
+                    f"cannot save checkpoint step {step} in {where}: {e.strerror or e}") from e
+            raise
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
+    def _intact(self, step: int) -> bool:
+        """Whether ``step`` restores at all, without a template (every array read back): tells
+        a damaged step from one of a different structure (intact, but not this run's)."""
+        try:
+            self.manager.restore(step, args=ocp.args.StandardRestore())
+        except Exception:
+            return False
+        return True
+
     def restore(self, template: Any, step: int | None = None) -> tuple[int, Any]:
         """Restore into the structure, dtypes and shardings of ``template``.
 
-        Tries ``step`` (default: newest); when the newest is unreadable, falls back to older ones
-        with a warning. Raises :class:`CheckpointError` naming the directory if none restores.
+        Tries ``step`` (default: newest). A newest step that is damaged is moved aside (see the
+        class docstring) and the next older one is tried. Raises :class:`CheckpointError` if
+        no step is left, or if an intact step does not fit ``template`` (a different model).
         """
         self.wait()
         steps = sorted(self.manager.all_steps(), reverse=True)
         if step is not None:
             steps = [step]
         if not steps:
-            raise CheckpointError(f"no checkpoint in {self.directory / 'checkpoints'}")
+            raise CheckpointError(f"no checkpoint in {self.directory / CHECKPOINTS}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-        errors = []
         for s in steps:
             try:
                 return s, self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
             except Exception as e:
-                errors.append(f"step {s}: {type(e).__name__}: {e}")
-                log.warning("checkpoint %s/%d unreadable, trying an older one", self.directory, s)
-        raise CheckpointError(
-            f"checkpoint in {self.directory / 'checkpoints'} is corrupt or incompatible with "
-            f"this run ({'; '.join(errors)[:500]}); delete the directory to start over"
+                if self._intact(s):
+                    raise CheckpointError(
+                        f"checkpoint step {s} in {self.directory / CHECKPOINTS} is intact but "
+                        f"does not fit this run ({type(e).__name__}: {str(e)[:300]}); the "
+                        "directory holds another model's run: change the runs root or remove it"
+                    ) from e
+                self._move_aside(s, f"damaged ({type(e).__name__})")
+        raise NoIntactCheckpointError(
+            f"no intact checkpoint left in {self.directory / CHECKPOINTS} (damaged ones moved "
+            f"aside: {', '.join(p.name for p in self.moved_aside)}); re-run to start over"
         )
 
     def mark_done(self, summary: Mapping[str, Any]) -> None:
@@ -130,15 +409,30 @@ class Checkpointer:
         write_json_atomic(self.directory / DONE_FILE, dict(summary))
 
     def done(self) -> dict[str, Any] | None:
-        """The final summary of a finished run, or None."""
+        """The final summary of a finished run, or None (also, with a warning, when DONE.json
+        is unreadable or not a summary: the run is then finished again from its checkpoint,
+        which rewrites it)."""
         path = self.directory / DONE_FILE
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path} is corrupt ({e})") from e
+            done = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            log.warning("%s is unreadable (%s); finishing the run again to rewrite it", path, e)
+            return None
+        if not isinstance(done, dict) or not isinstance(done.get("epoch"), int):
+            log.warning("%s holds no run summary (%r); finishing the run again to rewrite it",
+                        path, done if len(repr(done)) < 80 else type(done).__name__)
+            return None
+        return done
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            with _quiet_save():
+                self.manager.wait_until_finished()
+                self.manager.close()
+        except Exception:
+            if not self._save_failed:
+                raise
+            # The failed save's error again: already raised once, as CheckpointSaveError.
+            log.debug("closing %s after a failed save", self.directory, exc_info=True)

@@ -26,10 +26,11 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def _cmd_train(args, overrides) -> int:
     from signticket import config as config_lib
     from signticket.configs import train as train_config
-    from signticket.runs import check_names, load_dataset, train_run
+    from signticket.runs import check_names, check_run_config, load_dataset, train_run
 
     cfg = config_lib.load(args.config, overrides, train_config.get_config())
     check_names(cfg)
+    check_run_config(cfg, args.runs_root)  # before loading data: bad values cost nothing
     dataset = load_dataset(cfg.data, args.data_dir)
     result = train_run(
         cfg, dataset, name="train", runs_root=args.runs_root, progress=not args.no_progress
@@ -51,9 +52,10 @@ def _cmd_list(args, overrides) -> int:
 
 
 def _cmd_reproduce(args, overrides) -> int:
-    suite = _suite()
-    markdown, figures = suite.reproduce(
-        args.table, args.scale, overrides, results=args.results, runs_root=args.runs_root,
+    from pathlib import Path
+
+    markdown, figures = _suite().reproduce(
+        args.table, args.scale, overrides, results=Path(args.results), runs_root=args.runs_root,
         data_dir=args.data_dir, progress=not args.no_progress)
     print(markdown)
     for path in figures:
@@ -78,8 +80,10 @@ def _cmd_tables(args, overrides) -> int:
 def _cmd_quickstart(args, overrides) -> int:
     from pathlib import Path
 
+    from signticket.errors import UserError
+
     if overrides:
-        raise ValueError("quickstart takes no --config overrides; use `signticket reproduce`")
+        raise UserError("quickstart takes no --config overrides; use `signticket reproduce`")
     done = _suite().quickstart(results=Path(args.results), runs_root=args.runs_root,
                                data_dir=args.data_dir, progress=not args.no_progress)
     print("\n=== quickstart: the three tables ===")
@@ -136,9 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from signticket.checkpoint import CheckpointError
-    from signticket.config import ConfigError
+    """Run one command; a user mistake prints one line ``signticket <command>: error: ...`` and
+    returns 2. Only :class:`~signticket.errors.UserError` and the few input/environment errors
+    named here are caught: any other exception is a bug and keeps its traceback."""
+    from experiments.cli_common import IncompleteResultsError
     from signticket.data import DatasetUnavailableError
+    from signticket.errors import UserError
     from signticket.runs import enable_compilation_cache
     from signticket.train import NonFiniteLossError
 
@@ -150,21 +157,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args, overrides)
     except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        print(f"signticket {args.command}: error: no space left on the device writing "
-              f"{e.filename or 'a checkpoint'}; free some space and re-run (finished runs and "
-              f"the last checkpoint are kept)", file=sys.stderr)
-        return 2
-    except (
-        ConfigError,
-        FileNotFoundError,
-        DatasetUnavailableError,
-        CheckpointError,
-        NonFiniteLossError,
-        ValueError,
-        TypeError,
-    ) as e:
+        # The machine, not our code: a full disk or a path the user cannot write.
+        if e.errno == errno.ENOSPC:
+            print(f"signticket {args.command}: error: no space left on the device writing "
+                  f"{e.filename or 'a checkpoint'}; free some space and re-run (finished runs "
+                  f"and the last checkpoint are kept)", file=sys.stderr)
+            return 2
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EDQUOT) and e.filename:
+            print(f"signticket {args.command}: error: cannot write {e.filename}: {e.strerror}; "
+                  "pass a writable --results / --runs-root", file=sys.stderr)
+            return 2
+        raise
+    except (UserError, DatasetUnavailableError, NonFiniteLossError, IncompleteResultsError) as e:
         print(f"signticket {args.command}: error: {e}", file=sys.stderr)
         return 2
 

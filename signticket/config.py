@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from signticket.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config file or override is invalid."""
 
 
@@ -25,11 +28,22 @@ def load_config_file(path: str | os.PathLike) -> ConfigDict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     spec = importlib.util.spec_from_file_location(f"_signticket_config_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"config file {path} is not a Python file (expected <name>.py)")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        # The user's file, not our code: name the file, line and problem, no traceback.
+        raise ConfigError(f"config file {path} has a syntax error at line {e.lineno}: {e.msg}") \
+            from e
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config()")
-    return module.get_config()
+    config = module.get_config()
+    if not isinstance(config, ConfigDict):
+        raise ConfigError(f"get_config() of {path} returned {type(config).__name__}, "
+                          "not an ml_collections.ConfigDict")
+    return config
 
 
 def check_keys(config: ConfigDict, reference: ConfigDict, prefix: str = "") -> None:
@@ -88,3 +102,81 @@ def load(
     config = default if path is None else load_config_file(path)
     check_keys(config, default)
     return apply_overrides(config, overrides)
+
+
+# --- Validation: every value a run reads, checked before any data is loaded or directory made.
+
+# Integer settings that must be at least 1 wherever they appear.
+_AT_LEAST_ONE = ("epochs", "batch_size", "eval_every", "checkpoint_every", "epochs_per_round")
+# Integer settings that must be at least 0.
+_AT_LEAST_ZERO = ("train_subset", "test_subset", "warmup_epochs", "rewind_epoch", "rounds")
+# Model widths: a zero-width layer has no weights to train (and fails deep inside Flax).
+_MODEL_WIDTHS = ("channels", "widths", "width", "features")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_leaf(name: str, key: str, value) -> None:
+    if key in _AT_LEAST_ONE and not (_is_int(value) and value >= 1):
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    if key in _AT_LEAST_ZERO and not (_is_int(value) and value >= 0):
+        raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+    if key in ("seed", "data_seed") and not _is_int(value):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if key == "learning_rate" and not (_is_number(value) and value > 0):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+    if key == "momentum" and not (_is_number(value) and 0 <= value < 1):
+        raise ConfigError(f"{name} must lie in [0, 1), got {value!r}")
+    if key == "weight_decay" and not (_is_number(value) and value >= 0):
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    if key == "gamma" and not (_is_number(value) and value > 0):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+    if key == "milestones":
+        ok = isinstance(value, list | tuple) and all(_is_number(m) and 0 < m <= 1 for m in value)
+        if not ok or list(value) != sorted(value):
+            raise ConfigError(f"{name} must be increasing fractions of training in (0, 1], "
+                              f"got {value!r}")
+    if key in ("fraction", "sparsity") and not (_is_number(value) and 0 <= value < 1):
+        raise ConfigError(f"{name} must lie in [0, 1), got {value!r}")
+
+
+def _check_model_kwargs(name: str, kwargs: ConfigDict) -> None:
+    for key, value in kwargs.items():
+        if key not in _MODEL_WIDTHS:
+            continue
+        values = value if isinstance(value, list | tuple) else (value,)
+        if not values or not all(_is_int(v) and v >= 1 for v in values):
+            raise ConfigError(f"{name}.{key} must be integers >= 1 (layer widths), got {value!r}")
+
+
+def validate(config: ConfigDict, prefix: str = "", epochs: int | None = None) -> None:
+    """Raise :class:`ConfigError` naming the first invalid value of ``config``.
+
+    Checked by key name wherever it appears (a run config or an experiment's nested stage
+    configs): epochs / batch size / eval and checkpoint periods >= 1, learning rate > 0, momentum
+    in [0, 1), weight decay >= 0, milestones increasing in (0, 1], fractions in [0, 1), model
+    widths >= 1, and an optimizer's ``warmup_epochs`` shorter than its stage's ``epochs``. Call it
+    before loading data or creating a run directory, so a bad value costs nothing."""
+    if "epochs" in config and _is_int(config["epochs"]):
+        epochs = config["epochs"]
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ConfigDict):
+            if key == "kwargs":
+                _check_model_kwargs(name, value)
+            elif key not in ("paper", "experiment"):  # reference numbers and experiment knobs
+                validate(value, f"{name}.", epochs)
+            continue
+        _check_leaf(name, key, value)
+    # The learning-rate warm-up of an optimizer must end before its stage does.
+    if "learning_rate" in config and epochs is not None:
+        warmup = config.get("warmup_epochs", 0)
+        if _is_int(warmup) and warmup >= epochs:
+            raise ConfigError(f"{prefix}warmup_epochs ({warmup}) must be shorter than the "
+                              f"training it warms up ({epochs} epochs)")

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from signticket import data as data_lib
-from signticket.checkpoint import Checkpointer
+from signticket.checkpoint import Checkpointer, NoIntactCheckpointError
+from signticket.errors import UserError
 from signticket.metrics import MetricsWriter
 from signticket.train import Engine, TrainState, check_finite
 
@@ -58,18 +59,30 @@ def fit(
     killed and resumed run equals an uninterrupted one. A finished run (``DONE.json``) is not
     trained again: its final state is restored and returned. A NaN/inf loss stops the run with
     :class:`~signticket.train.NonFiniteLossError` before that state is saved.
+
+    ``metrics`` is cut back to the epochs the restored checkpoint holds (to nothing when there
+    is none), so epochs that are trained again are never recorded twice.
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size),
+                        ("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
+        low = 0 if name == "epochs" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
     start = 0
     if checkpointer is not None and checkpointer.latest_step() is not None:
-        start, state = checkpointer.restore(state)
-        done = checkpointer.done()
-        if done is not None and start >= epochs:
-            return state, {k: v for k, v in done.items() if k.startswith("test_")}
-        log.info("resuming %s at epoch %d", checkpointer.directory, start + 1)
-        if metrics is not None:
-            metrics.truncate_after(start)
+        try:
+            start, state = checkpointer.restore(state)
+        except NoIntactCheckpointError as e:
+            log.warning("%s; training from the start", e)
+        else:
+            done = checkpointer.done()
+            if done is not None and start >= epochs:
+                return state, {k: v for k, v in done.items() if k.startswith("test_")}
+            log.info("resuming %s at epoch %d", checkpointer.directory, start + 1)
+    if metrics is not None:
+        # Records past the restored state (a kill between the metrics write and the checkpoint
+        # commit, a removed or damaged checkpoint) describe epochs about to be redone.
+        metrics.truncate_after(start)
     train_dev = data_lib.to_device(dataset.train_images, dataset.train_labels, engine.mesh)
     test_dev = data_lib.to_device(dataset.test_images, dataset.test_labels, engine.mesh)
     n_steps = data_lib.steps_per_epoch(len(dataset.train_labels), batch_size)

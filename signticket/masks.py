@@ -2,35 +2,70 @@
 
 Creation by magnitude (global or layerwise, exact counts), at random (uniform or ERK), sparsity
 statistics, and applying a mask. Everything here is a pure function of pytrees.
+
+Which leaves are pruned: those ``prunable`` selects (default: conv and dense kernels) that are
+not under a module named in ``keep_dense`` (default ``None`` = :data:`DEFAULT_KEEP_DENSE`, i.e.
+``("head",)``, the classifier of every model in :mod:`signticket.models`). Pass your
+classifier's module name, e.g. ``keep_dense=("classifier",)``, or ``()`` to prune every kernel.
+
+Inputs are validated and bad ones raise :class:`~signticket.errors.UserError` (a
+``ValueError``): masks must have bool leaves, masks and params the same structure and shapes,
+fractions lie in ``[0, 1)``, the pruning scope select at least one leaf, and Flax NNX objects
+are refused with the conversion to use. These checks read only structure and dtypes, so every
+function stays jit-able. The one value check, no NaN/inf among the weights ranked by
+:func:`magnitude_prune` (NaN would rank as the largest magnitude and always be kept), runs on
+concrete inputs only: under ``jit`` it is skipped, so check inputs once outside.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from signticket.errors import UserError
+from signticket.tree import (
+    DEFAULT_KEEP_DENSE as DEFAULT_KEEP_DENSE,  # re-exported: documented here
+)
 from signticket.tree import (
     LeafPredicate,
     PyTree,
+    check_bool_leaves,
+    check_finite_leaves,
+    check_plain_pytree,
     check_same_structure,
-    is_prunable,
+    is_kernel,
     named_leaves,
-    select,
+    pruning_scope,
+    resolve_keep_dense,
 )
 
 
 def check_unit_interval(name: str, value: float) -> None:
-    """Raise ``ValueError`` unless ``value`` (when concrete) lies in ``[0, 1)``."""
+    """Raise :class:`UserError` unless ``value`` (when concrete) lies in ``[0, 1)``."""
     try:
         v = float(value)
     except (TypeError, jax.errors.ConcretizationTypeError):
         return  # traced: validated by the caller's concrete call
-    if not 0.0 <= v < 1.0:
-        raise ValueError(f"{name} must lie in [0, 1), got {v}")
+    if not 0.0 <= v < 1.0:  # also rejects NaN
+        raise UserError(f"{name} must lie in [0, 1), got {v}")
+
+
+def _scope(tree: PyTree, prunable: LeafPredicate, keep_dense: Sequence[str] | None,
+           what: str) -> tuple[LeafPredicate, list[bool]]:
+    """The effective pruning predicate and, per flattened leaf, whether it is selected; raises
+    if nothing is selected (a predicate or layer names that match no leaf)."""
+    scope = pruning_scope(prunable, resolve_keep_dense(tree, keep_dense))
+    chosen = [bool(scope(name, x)) for name, x in named_leaves(tree)]
+    if not any(chosen):
+        names = [name for name, _ in named_leaves(tree)][:8]
+        raise UserError(f"the pruning scope selects no leaf of {what} (leaves: {names}); pass "
+                        "a `prunable` predicate that matches some, or check `keep_dense`")
+    return scope, chosen
 
 
 def full_mask(params: PyTree) -> PyTree:
@@ -41,6 +76,7 @@ def full_mask(params: PyTree) -> PyTree:
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
     """``params * mask``: pruned entries become exactly zero."""
     check_same_structure(params, mask, "params", "mask")
+    check_bool_leaves(mask)
     return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
 
 
@@ -62,24 +98,28 @@ def magnitude_prune(
     mask: PyTree,
     fraction: float,
     scope: Literal["global", "layerwise"] = "global",
-    prunable: LeafPredicate = is_prunable,
+    prunable: LeafPredicate = is_kernel,
+    keep_dense: Sequence[str] | None = None,
 ) -> PyTree:
     """Remove the ``round(fraction * surviving)`` smallest-|theta| surviving prunable weights.
 
     ``global``: one threshold over all prunable leaves together; ``layerwise``: the same fraction
     in every prunable leaf. Ties are broken by flat position, so the count is exact. Pruned
-    weights are never revived: the result is ``mask & ~pruned``.
+    weights are never revived: the result is ``mask & ~pruned``. The pruned leaves are those
+    ``prunable`` selects outside the modules named in ``keep_dense`` (``None``: ``("head",)``,
+    see the module docstring). Raises :class:`UserError` on a non-bool mask, NaN/inf weights
+    in the scope (concrete inputs only), or a scope that selects nothing.
     """
     check_unit_interval("pruning fraction", fraction)
     if scope not in ("global", "layerwise"):
-        raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
+        raise UserError(f"scope must be 'global' or 'layerwise', got {scope!r}")
     check_same_structure(params, mask, "params", "mask")
-    targets = select(params, prunable)
+    check_bool_leaves(mask)
+    where, chosen = _scope(params, prunable, keep_dense, "params")
+    check_finite_leaves(params, "params", where)
     leaves, treedef = jax.tree.flatten(params)
     masks = [jnp.asarray(m, bool) for m in treedef.flatten_up_to(mask)]
-    idx = tuple(i for i, c in enumerate(treedef.flatten_up_to(targets)) if c)
-    if not idx:
-        return jax.tree.unflatten(treedef, masks)
+    idx = tuple(i for i, c in enumerate(chosen) if c)
     return jax.tree.unflatten(treedef, _prune_leaves(leaves, masks, fraction, idx, scope))
 
 
@@ -133,18 +173,21 @@ def random_mask(
     params: PyTree,
     sparsity: float,
     distribution: Literal["uniform", "erk"] = "uniform",
-    prunable: LeafPredicate = is_prunable,
+    prunable: LeafPredicate = is_kernel,
+    keep_dense: Sequence[str] | None = None,
 ) -> PyTree:
     """A random mask with the given overall sparsity over the prunable leaves.
 
     ``uniform``: every prunable leaf keeps ``round((1 - sparsity) * size)`` entries; ``erk``:
     per-layer densities from :func:`erk_densities`. Kept entries are uniform at random.
+    Prunable leaves: ``prunable`` outside ``keep_dense`` (see :func:`magnitude_prune`).
     """
     check_unit_interval("sparsity", sparsity)
     if distribution not in ("uniform", "erk"):
-        raise ValueError(f"distribution must be 'uniform' or 'erk', got {distribution!r}")
+        raise UserError(f"distribution must be 'uniform' or 'erk', got {distribution!r}")
+    check_plain_pytree(params, "params")
+    _, chosen = _scope(params, prunable, keep_dense, "params")
     leaves, treedef = jax.tree.flatten(params)
-    chosen = treedef.flatten_up_to(select(params, prunable))
     names = [name for name, _ in named_leaves(params)]
     shapes = {names[i]: tuple(jnp.shape(leaves[i])) for i, c in enumerate(chosen) if c}
     density = 1.0 - float(sparsity)
@@ -173,11 +216,18 @@ class Sparsity(NamedTuple):
     per_layer: dict[str, jax.Array]
 
 
-def sparsity(mask: PyTree, prunable: LeafPredicate = is_prunable) -> Sparsity:
-    """Sparsity (fraction of False) of ``mask`` over its prunable leaves, overall and per layer."""
+def sparsity(
+    mask: PyTree, prunable: LeafPredicate = is_kernel, keep_dense: Sequence[str] | None = None
+) -> Sparsity:
+    """Sparsity (fraction of False) of ``mask`` over its prunable leaves (``prunable`` outside
+    ``keep_dense``, as in :func:`magnitude_prune`), overall and per layer. The mask must have
+    bool leaves; a scope that selects no leaf raises instead of reporting 0.0."""
+    check_plain_pytree(mask, "mask")
+    check_bool_leaves(mask)
+    where, _ = _scope(mask, prunable, keep_dense, "mask")
     per_layer, pruned, total = {}, 0, 0
     for name, m in named_leaves(mask):
-        if not prunable(name, m):
+        if not where(name, m):
             continue
         zeros = jnp.sum(~jnp.asarray(m, bool))
         per_layer[name] = zeros / m.size

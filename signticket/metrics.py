@@ -32,7 +32,16 @@ class MetricsWriter:
         return records
 
     def truncate_after(self, epoch: int) -> None:
-        kept = [r for r in self.read() if r.get("epoch", 0) <= epoch]
+        """Keep only records of epochs ``<= epoch`` (records without an epoch count as 0), and
+        drop a last line cut short by a kill."""
+        if not self.path.exists():
+            return
+        text = self.path.read_text()
+        records = self.read()
+        kept = [r for r in records if r.get("epoch", 0) <= epoch]
+        whole = len(records) == len(text.splitlines()) and (not text or text.endswith("\n"))
+        if len(kept) == len(records) and whole:
+            return  # nothing to drop: leave the file byte for byte as it is
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)

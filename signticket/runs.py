@@ -11,9 +11,17 @@ import jax
 import optax
 from ml_collections import ConfigDict
 
+from signticket import config as config_lib
 from signticket import data as data_lib
 from signticket import models
-from signticket.checkpoint import Checkpointer, canonical_json, run_dir
+from signticket.checkpoint import (
+    Checkpointer,
+    canonical_json,
+    check_runs_root,
+    lock_run_dir,
+    run_dir,
+)
+from signticket.errors import UserError
 from signticket.fit import EpochHook, fit
 from signticket.metrics import MetricsWriter
 from signticket.optim import make_optimizer, masked
@@ -28,30 +36,73 @@ DEFAULT_RUNS_ROOT = os.environ.get("SIGNTICKET_RUNS", "runs")
 def check_names(config: ConfigDict) -> None:
     """Fail fast, before loading data, on an unknown model or dataset name."""
     if config.model.name not in models.names():
-        raise ValueError(
+        raise UserError(
             f"unknown model {config.model.name!r}; available: {', '.join(models.names())}"
         )
     if config.data.name not in data_lib.names():
-        raise ValueError(
+        raise UserError(
             f"unknown dataset {config.data.name!r}; available: {', '.join(data_lib.names())}"
         )
 
 
 def load_dataset(cfg: ConfigDict, data_dir: str | None = None) -> data_lib.Dataset:
     """The dataset named by ``cfg.name`` with its subsets (0 = the whole split)."""
-    return data_lib.load(
-        cfg.name,
-        data_dir=data_dir,
-        train_subset=cfg.get("train_subset") or None,
-        test_subset=cfg.get("test_subset") or None,
-        seed=cfg.get("subset_seed", 0),
-    )
+    try:
+        return data_lib.load(
+            cfg.name,
+            data_dir=data_dir,
+            train_subset=cfg.get("train_subset") or None,
+            test_subset=cfg.get("test_subset") or None,
+            seed=cfg.get("subset_seed", 0),
+        )
+    except ValueError as e:
+        # The data layer's two mistakes of the config (it raises plain ValueErrors): a subset
+        # larger than its split, a streamed dataset asked for in memory. Anything else is not
+        # the user's and keeps its traceback.
+        text = str(e)
+        if isinstance(e, UserError) or not (
+                text.startswith("subset of") or "too large to hold in memory" in text):
+            raise
+        raise UserError(f"data: {text}") from e
 
 
 def build_model(cfg: ConfigDict, num_classes: int):
-    """The registry model ``cfg.name`` with ``cfg.kwargs``."""
+    """The registry model ``cfg.name`` with ``cfg.kwargs`` (a :class:`UserError` for an unknown
+    name or keyword)."""
     kwargs = dict(cfg.get("kwargs", ConfigDict()).to_dict())
-    return models.get(cfg.name, num_classes=num_classes, **kwargs)
+    if cfg.name not in models.names():
+        raise UserError(f"unknown model {cfg.name!r}; available: {', '.join(models.names())}")
+    try:
+        return models.get(cfg.name, num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        if "unknown keyword" not in str(e):
+            raise  # a bug, not a config mistake
+        raise UserError(f"model.kwargs: {e}") from e
+
+
+def check_run_config(config: ConfigDict, runs_root: str | os.PathLike | None = None) -> None:
+    """Everything about a run config that can be checked without data: values
+    (:func:`signticket.config.validate`), model, optimizer and schedule names, and the runs
+    root. Raises :class:`UserError` naming the first problem. (The dataset name is checked by
+    :func:`check_names` where data is loaded by name; a run is handed its dataset.)"""
+    from signticket.optim import OPTIMIZERS
+    from signticket.schedules import SCHEDULES
+
+    config_lib.validate(config)
+    model = config.get("model")
+    if model is not None and model.get("name") not in models.names():
+        raise UserError(f"unknown model {model.get('name')!r}; available: "
+                        f"{', '.join(models.names())}")
+    opt = config.get("optimizer")
+    if opt is not None:
+        if "name" in opt and opt.name not in OPTIMIZERS:
+            raise UserError(f"optimizer.name {opt.get('name')!r} is unknown; available: "
+                            f"{', '.join(OPTIMIZERS)}")
+        if "schedule" in opt and opt.schedule not in SCHEDULES:
+            raise UserError(f"optimizer.schedule {opt.get('schedule')!r} is unknown; available: "
+                            f"{', '.join(SCHEDULES)}")
+    if runs_root is not None:
+        check_runs_root(runs_root)
 
 
 def build_optimizer(
@@ -150,43 +201,56 @@ def train_run(
 
     Methods pass what they change (initial params, a mask, a pre-forward hook, an optimizer);
     anything passed must also be described in ``config`` so the run directory tells runs apart.
+
+    The config is validated (:func:`check_run_config`) before the run directory is made, and
+    the directory is locked (:func:`~signticket.checkpoint.lock_run_dir`) for the whole run: a
+    second process on the same run fails at once with
+    :class:`~signticket.checkpoint.RunLockedError` naming the directory and the holder's pid.
     """
     from signticket.optim import set_mask
 
-    mesh = mesh or make_mesh()
-    steps = data_lib.steps_per_epoch(len(dataset.train_labels), config.batch_size)
-    if tx is None:
-        engine = _cached_engine(config, dataset, steps, pre_forward, mesh)
-    else:
-        model = build_model(config.model, dataset.num_classes)
-        engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward)
-    state = engine.init_state(
-        jax.random.PRNGKey(config.seed),
-        dataset.train_images[:1],
-        params=init_params,
-        batch_stats=init_batch_stats,
-        hook_state=hook_state,
-    )
-    if mask is not None:
-        state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
+    # Every check that needs no data first: a bad value fails before any directory is made.
+    check_run_config(config, runs_root)
+    build_model(config.model, dataset.num_classes)  # unknown model keywords: before any dir
+    if config.batch_size > len(dataset.train_labels):
+        raise UserError(f"batch_size {config.batch_size} is larger than the "
+                        f"{len(dataset.train_labels)} training examples of {dataset.name}")
     directory = run_dir(runs_root, config, name)
-    ckpt = Checkpointer(directory)
-    try:
-        state, summary = fit(
-            engine,
-            state,
-            dataset,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            data_seed=config.data_seed,
-            checkpointer=ckpt,
-            metrics=MetricsWriter(directory / "metrics.jsonl"),
-            eval_every=config.get("eval_every", 1),
-            checkpoint_every=config.get("checkpoint_every", 1),
-            on_epoch_end=on_epoch_end,
-            progress=progress,
-            desc=name,
+    # Locked before the engine is built: a second process on this run fails in a moment.
+    with lock_run_dir(directory):
+        mesh = mesh or make_mesh()
+        steps = data_lib.steps_per_epoch(len(dataset.train_labels), config.batch_size)
+        if tx is None:
+            engine = _cached_engine(config, dataset, steps, pre_forward, mesh)
+        else:
+            model = build_model(config.model, dataset.num_classes)
+            engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward)
+        state = engine.init_state(
+            jax.random.PRNGKey(config.seed),
+            dataset.train_images[:1],
+            params=init_params,
+            batch_stats=init_batch_stats,
+            hook_state=hook_state,
         )
-    finally:
-        ckpt.close()
+        if mask is not None:
+            state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
+        ckpt = Checkpointer(directory)
+        try:
+            state, summary = fit(
+                engine,
+                state,
+                dataset,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                data_seed=config.data_seed,
+                checkpointer=ckpt,
+                metrics=MetricsWriter(directory / "metrics.jsonl"),
+                eval_every=config.get("eval_every", 1),
+                checkpoint_every=config.get("checkpoint_every", 1),
+                on_epoch_end=on_epoch_end,
+                progress=progress,
+                desc=name,
+            )
+        finally:
+            ckpt.close()
     return RunResult(directory, state, summary)

@@ -11,6 +11,7 @@ from signticket.tree import (
     LeafPredicate,
     PyTree,
     any_of,
+    check_bool_leaves,
     check_same_structure,
     is_bias,
     is_head,
@@ -37,10 +38,12 @@ def sign_transfer(
     which: LeafPredicate = TRANSFER_DEFAULT,
 ) -> PyTree:
     """``|init| * sign(donor) * mask`` on the leaves selected by ``which``; other leaves keep
-    ``init``. With ``mask=None`` nothing is masked."""
+    ``init``. With ``mask=None`` nothing is masked. Raises :class:`~signticket.errors.UserError`
+    on mismatched structures or a mask with non-bool leaves."""
     check_same_structure(init, donor, "init", "donor")
     if mask is not None:
         check_same_structure(init, mask, "init", "mask")
+        check_bool_leaves(mask)
     chosen = select(init, which)
 
     def one(c, a, d, m=None):
@@ -63,6 +66,7 @@ def _compare(a, b, mask, where: LeafPredicate, differ: bool) -> SignStats:
     check_same_structure(a, b, "a", "b")
     if mask is not None:
         check_same_structure(a, mask, "a", "mask")
+        check_bool_leaves(mask)
     mask_leaves = dict(named_leaves(mask)) if mask is not None else {}
     bl = dict(named_leaves(b))
     per_layer, hits, total = {}, 0, 0

@@ -113,13 +113,30 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     ckpt.close()
 
 
-def test_corrupt_checkpoint_clear_error(tmp_path):
+def test_every_checkpoint_damaged_is_moved_aside_and_run_restarts(tmp_path):
+    fresh_state, fresh = _fit(tmp_path / "fresh", epochs=2)
     _fit(tmp_path / "c", epochs=1)
     for f in (tmp_path / "c" / "checkpoints").rglob("*"):
         if f.is_file() and "_CHECKPOINT_METADATA" not in f.name:
             f.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="corrupt"):
-        _fit(tmp_path / "c", epochs=2)
+    state, summary = _fit(tmp_path / "c", epochs=2)
+    assert [p.name.split("-")[1] for p in (tmp_path / "c" / "checkpoints").glob("corrupt-*")] \
+        == ["1"]
+    chex.assert_trees_all_close(state.params, fresh_state.params, atol=1e-6)
+    assert summary == pytest.approx(fresh, abs=1e-6)
+    epochs = [r["epoch"] for r in MetricsWriter(tmp_path / "c" / "metrics.jsonl").read()]
+    assert epochs == [1, 2]
+
+
+def test_checkpoint_of_another_model_is_not_called_corrupt(tmp_path):
+    _fit(tmp_path / "m", epochs=1)
+    ckpt = Checkpointer(tmp_path / "m")
+    other = {"w": jnp.zeros((3, 3)), "b": jnp.zeros(2)}  # a different structure: intact, foreign
+    with pytest.raises(CheckpointError, match="intact but does not fit"):
+        ckpt.restore(other)
+    ckpt.close()
+    assert not list((tmp_path / "m" / "checkpoints").glob("corrupt-*"))
+    assert Checkpointer(tmp_path / "m").latest_step() == 1
 
 
 def test_run_dir_from_config(tmp_path):

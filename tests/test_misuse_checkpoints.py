@@ -1,0 +1,239 @@
+"""A damaged run directory never blocks a run and never loses an intact checkpoint; metrics never
+hold an epoch twice; a failed save stops the run; DONE.json that is not a summary is rewritten.
+
+Each case damages a finished (or half-finished) run the way a kill, a full disk or a user does,
+re-runs it, and checks the result equals an uninterrupted run."""
+
+import errno
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import pytest
+from conftest import synthetic_dataset
+
+from signticket import optim
+from signticket.checkpoint import CORRUPT_PREFIX, Checkpointer, CheckpointSaveError
+from signticket.fit import fit
+from signticket.metrics import MetricsWriter
+from signticket.sharding import make_mesh
+from signticket.train import Engine
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _engine_run import TinyNet
+
+EPOCHS = 4
+
+
+def _run(directory: Path, epochs: int = EPOCHS, checkpoint_every: int = 1):
+    """Fit the tiny net; returns (state, summary, epochs trained in this call)."""
+    ds = synthetic_dataset(96, 40, flip=True)
+    engine = Engine(TinyNet(), optim.masked(optim.sgd(0.05, 0.9, 5e-4)), ds.preprocess,
+                    make_mesh())
+    state = engine.init_state(jax.random.PRNGKey(0), ds.train_images)
+    trained = []
+
+    def hook(epoch, s):
+        trained.append(epoch)
+        return s
+
+    ckpt = Checkpointer(directory)
+    try:
+        state, summary = fit(engine, state, ds, epochs=epochs, batch_size=16, data_seed=3,
+                             checkpointer=ckpt, metrics=MetricsWriter(directory / "metrics.jsonl"),
+                             checkpoint_every=checkpoint_every, on_epoch_end=hook, progress=False)
+    finally:
+        ckpt.close()
+    return state, summary, trained
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted finished run (checkpoints 3 and 4 kept, DONE.json)."""
+    root = tmp_path_factory.mktemp("ref")
+    state, summary, trained = _run(root / "run")
+    assert trained == [1, 2, 3, 4]
+    return root / "run", state, summary
+
+
+def _copy(reference, tmp_path) -> Path:
+    directory = tmp_path / "run"
+    shutil.copytree(reference[0], directory)
+    return directory
+
+
+def _metrics_epochs(directory: Path) -> list[int]:
+    return [r["epoch"] for r in MetricsWriter(directory / "metrics.jsonl").read()]
+
+
+def _moved(directory: Path) -> list[str]:
+    """Steps moved aside as corrupt."""
+    moved = (directory / "checkpoints").glob(CORRUPT_PREFIX + "*")
+    return sorted(p.name.split("-")[1] for p in moved)
+
+
+def _truncate_files(step_dir: Path) -> None:
+    for f in (step_dir / "default").rglob("*"):
+        if f.is_file() and f.stat().st_size > 1:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+DAMAGE = {
+    "truncated_files": lambda d: _truncate_files(d / "checkpoints" / "4"),
+    "metadata_removed": lambda d: (d / "checkpoints" / "4" / "default" / "_METADATA").unlink(),
+    "default_removed": lambda d: shutil.rmtree(d / "checkpoints" / "4" / "default"),
+}
+# Orbax bookkeeping removed while every array is intact: the step still restores exactly.
+HARMLESS = {
+    "step_metadata_removed": lambda d: (d / "checkpoints" / "4" / "_CHECKPOINT_METADATA").unlink(),
+    "commit_marker_removed": lambda d: (d / "checkpoints" / "4" / "commit_success.txt").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_newest_step_is_moved_aside_and_run_resumes_from_intact_one(
+        reference, tmp_path, damage, caplog):
+    directory = _copy(reference, tmp_path)
+    DAMAGE[damage](directory)
+    state, summary, trained = _run(directory)
+    assert trained == [4]  # resumed from the intact step 3, not from scratch
+    assert _moved(directory) == ["4"]  # only the damaged step; 3 was never called corrupt
+    warnings = [r.getMessage() for r in caplog.records if "moved it aside" in r.getMessage()]
+    assert len(warnings) == 1 and "step 4" in warnings[0] and CORRUPT_PREFIX + "4" in warnings[0]
+    chex.assert_trees_all_close(state.params, reference[1].params, atol=1e-6)
+    assert summary == pytest.approx(reference[2], abs=1e-6)
+    assert _metrics_epochs(directory) == [1, 2, 3, 4]
+    # Every later re-run simply reuses the finished run: no retraining, no error, nothing moved.
+    for _ in range(2):
+        again_state, again, trained = _run(directory)
+        assert trained == [] and again == summary and _moved(directory) == ["4"]
+    chex.assert_trees_all_equal(again_state.params, state.params)
+
+
+@pytest.mark.parametrize("damage", sorted(HARMLESS))
+def test_intact_step_is_reused_not_called_corrupt(reference, tmp_path, damage):
+    directory = _copy(reference, tmp_path)
+    HARMLESS[damage](directory)
+    state, summary, trained = _run(directory)
+    assert trained == [] and summary == reference[2] and _moved(directory) == []
+    chex.assert_trees_all_equal(state.params, reference[1].params)
+
+
+def test_empty_step_directory_is_moved_aside_and_finished_run_reused(reference, tmp_path):
+    directory = _copy(reference, tmp_path)
+    (directory / "checkpoints" / "99").mkdir()
+    state, summary, trained = _run(directory)
+    assert trained == [] and summary == reference[2]
+    assert _moved(directory) == ["99"]
+    assert sorted(p.name for p in (directory / "checkpoints").iterdir() if p.name.isdigit()) \
+        == ["3", "4"]
+    chex.assert_trees_all_equal(state.params, reference[1].params)
+
+
+def test_corrupt_done_json_is_rewritten_not_a_traceback(reference, tmp_path, caplog):
+    directory = _copy(reference, tmp_path)
+    (directory / "DONE.json").write_text("[]")
+    _, summary, trained = _run(directory)
+    assert trained == []  # the checkpoint of the last epoch is intact: only the summary is redone
+    assert summary == pytest.approx(reference[2], abs=1e-6)
+    assert json.loads((directory / "DONE.json").read_text())["epoch"] == EPOCHS
+    assert any("DONE.json" in r.getMessage() for r in caplog.records)
+
+
+# --- metrics.jsonl never holds an epoch twice --------------------------------------------------
+
+
+def test_metrics_without_checkpoint_are_dropped_on_rerun(reference, tmp_path):
+    directory = _copy(reference, tmp_path)
+    shutil.rmtree(directory / "checkpoints")
+    (directory / "DONE.json").unlink()
+    state, _, trained = _run(directory)
+    assert trained == [1, 2, 3, 4]
+    assert _metrics_epochs(directory) == [1, 2, 3, 4]
+    chex.assert_trees_all_close(state.params, reference[1].params, atol=1e-6)
+
+
+class Killed(BaseException):
+    pass
+
+
+def test_kill_during_first_checkpoint_save_leaves_no_duplicate_epochs(tmp_path, monkeypatch):
+    directory = tmp_path / "run"
+    real_save = Checkpointer.save
+
+    def dies(self, step, state):  # as a SIGKILL mid-save: metrics written, nothing committed
+        raise Killed
+
+    monkeypatch.setattr(Checkpointer, "save", dies)
+    with pytest.raises(Killed):
+        _run(directory)
+    assert _metrics_epochs(directory) == [1]
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+    _, _, trained = _run(directory)
+    assert trained == [1, 2, 3, 4]
+    assert _metrics_epochs(directory) == [1, 2, 3, 4]
+
+
+def test_metrics_past_the_checkpoint_are_dropped(tmp_path):
+    """checkpoint_every=2: a kill after epoch 3's record resumes from epoch 2's checkpoint."""
+    directory = tmp_path / "run"
+    _run(directory, epochs=2, checkpoint_every=2)
+    MetricsWriter(directory / "metrics.jsonl").write({"epoch": 3, "step": 18, "train_loss": 1.0})
+    _, _, trained = _run(directory, epochs=4, checkpoint_every=2)
+    assert trained == [3, 4]
+    assert _metrics_epochs(directory) == [1, 2, 3, 4]
+
+
+# --- a failed save stops the run -----------------------------------------------------------------
+
+
+def test_full_disk_on_save_stops_the_run_with_one_message(tmp_path, monkeypatch):
+    directory = tmp_path / "run"
+    calls = []
+
+    def full(self, *args, **kwargs):
+        calls.append(args[0])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Checkpointer, "save", _wrap_manager_save(full))
+    with pytest.raises(CheckpointSaveError, match=r"no space left.*step 1") as info:
+        _run(directory)
+    assert calls == [1] and _metrics_epochs(directory) == [1]  # epoch 2 was never trained
+    assert str(directory / "checkpoints") in str(info.value)
+    monkeypatch.undo()
+    _, _, trained = _run(directory)  # after freeing space: a clean restart, one history
+    assert trained == [1, 2, 3, 4] and _metrics_epochs(directory) == [1, 2, 3, 4]
+
+
+def _wrap_manager_save(raiser):
+    """Checkpointer.save with orbax's save replaced by ``raiser``: exercises the real error
+    handling around it."""
+    real = Checkpointer.save
+
+    def save(self, step, state):
+        self.manager.save = lambda *a, **k: raiser(self, *a, **k)
+        return real(self, step, state)
+
+    return save
+
+
+def test_metrics_line_cut_by_a_kill_is_dropped(tmp_path):
+    writer = MetricsWriter(tmp_path / "metrics.jsonl")
+    writer.write({"epoch": 1, "train_loss": 1.0})
+    with writer.path.open("a") as f:
+        f.write('{"epoch": 2, "train_lo')  # killed mid-write
+    writer.truncate_after(1)
+    writer.write({"epoch": 2, "train_loss": 0.5})
+    assert [r["epoch"] for r in writer.read()] == [1, 2]
+    assert len(writer.path.read_text().splitlines()) == 2
+
+
+def test_metrics_untouched_when_nothing_to_drop(tmp_path):
+    writer = MetricsWriter(tmp_path / "metrics.jsonl")
+    writer.write({"epoch": 1, "train_loss": 0.1 + 0.2})
+    before = writer.path.stat().st_mtime_ns, writer.path.read_bytes()
+    writer.truncate_after(1)
+    assert (writer.path.stat().st_mtime_ns, writer.path.read_bytes()) == before
