@@ -102,6 +102,9 @@ def experiment_main(module: ModuleType, argv: Sequence[str] | None = None,
                     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
                     ) -> int:
     """The ``python -m experiments.<name>`` entry point: parse, :func:`execute`, print."""
+    from signticket import cpu_tuning
+
+    cpu_tuning.apply()  # as the CLI does, before anything starts JAX's backend
     parser = experiment_parser(module.__doc__, f"default: results/{module.NAME}/<config name>")
     if add_arguments is not None:
         add_arguments(parser)

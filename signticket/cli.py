@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="signticket", description="Sign-aware lottery tickets in JAX."
     )
+    from signticket import __version__
+
+    parser.add_argument("--version", action="version", version=f"signticket {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
         "train",

@@ -55,3 +55,9 @@ with warnings.catch_warnings(record=True) as caught:
 print('{"warned": %s}' % str(any("after JAX started" in str(w.message) for w in caught)).lower())
 """
     assert _run(code)["warned"] is True
+
+
+def test_cli_version():
+    out = subprocess.run([sys.executable, "-m", "signticket.cli", "--version"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("signticket "), out.stderr
