@@ -9,8 +9,8 @@ For permutation ``p`` with sites ``s`` (module outputs, post-ReLU), over all pos
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +18,9 @@ from scipy.optimize import linear_sum_assignment
 
 from signticket.rebasin.spec import ActivationSite, Perms, PermutationSpec, fmt
 from signticket.rebasin.weight_matching import check_matchable
+
+if TYPE_CHECKING:  # the core imports without flax: a model is anything with Flax's `apply`
+    import flax.linen as nn
 from signticket.tree import PyTree
 
 # corr = cov / (sd_a sd_b + 1e-4), as both sparse-rebasin matchers (act_matching_resnet20.py
@@ -71,7 +74,7 @@ def _batch_sums(model: nn.Module, sites: dict[str, tuple[ActivationSite, ...]]):
             for k, s in enumerate(ss):
                 a, b = acts_a[s.module], acts_b[s.module]
                 if s.relu:
-                    a, b = nn.relu(a), nn.relu(b)
+                    a, b = jax.nn.relu(a), jax.nn.relu(b)
                 # Units on the last axis; every other axis (N, H, W) is a sample.
                 a = a.reshape(-1, a.shape[-1]).astype(jnp.float32)
                 b = b.reshape(-1, b.shape[-1]).astype(jnp.float32)
