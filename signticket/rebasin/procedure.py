@@ -162,7 +162,9 @@ def _prunable_counts(mask: PyTree, prunable: LeafPredicate) -> tuple[int, int]:
 def _prune_count(params: PyTree, mask: PyTree, n: int, prunable: LeafPredicate) -> PyTree:
     """Remove exactly ``n`` more of the smallest surviving prunable weights (global)."""
     pruned, total = _prunable_counts(mask, prunable)
-    return magnitude_prune(params, mask, n / (total - pruned), "global", prunable=prunable)
+    # The scope's predicate says everything, the head included (sparse-rebasin prunes it).
+    return magnitude_prune(params, mask, n / (total - pruned), "global", prunable=prunable,
+                           keep_dense=())
 
 
 @dataclasses.dataclass
