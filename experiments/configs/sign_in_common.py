@@ -35,7 +35,7 @@ def base(*, model: str, dataset: str, epochs: int, seeds, sparsities, arms,
     # What the arm does (filled in per arm by the experiment; fields an arm does not use are
     # None so they do not split its run directory).
     c.method = ConfigDict({
-        "sign_in": False, "c": 1.0, "reset_epochs": reset_epochs, "reset_momentum": True,
+        "sign_in": False, "c": 1.0, "reset_epochs": reset_epochs, "reset_momentum": False,
         "mw_decay_scale": 1.0, "rigl": False, "rigl_alpha": 0.3, "rigl_every_epochs": 1,
         "rigl_end": 0.75,
     })
