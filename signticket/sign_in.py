@@ -228,6 +228,7 @@ def sign_in(
     weight_decay: float = 0.0,
     mw_weight_decay: float | None = None,
     reparam: LeafPredicate = is_kernel,
+    normalize: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Sign-In: train the ``reparam`` leaves as ``theta = M * m * w`` with ``inner`` on ``(m, w)``.
 
@@ -255,6 +256,10 @@ def sign_in(
             what shrinks ``m^2 - w^2``; on theta it acts like a decay of about ``2 λ_mw``, so
             ``weight_decay / 2`` matches the baseline's effective decay.
         reparam: which leaves are trained as ``m * w`` (default: conv and dense kernels).
+        normalize: divide each leaf's loss gradient on ``(m, w)`` by its ``c``, so theta moves by
+            ``-lr sqrt(1 + 4 theta^2 / c^2) g``: the plain step at theta = 0 whatever ``c``. Not
+            in the paper (an experiment knob for ``c`` relative to the weight scale, where the
+            unnormalised step near 0 would be ``c`` times smaller than SGD's).
 
     The params passed to ``update`` must be the current theta: the returned updates are exact
     differences ``M m w - theta``, so ``sign_in`` must be the *last* transform of a chain.
@@ -295,12 +300,16 @@ def sign_in(
             )
         treedef, mask, m, w = _flat(state)
         theta = treedef.flatten_up_to(params)
+        cs = treedef.flatten_up_to(state.c)
         dz = []
-        for g, mk, p, mi, wi in zip(treedef.flatten_up_to(grads), mask, theta, m, w, strict=True):
+        for g, mk, p, mi, wi, ci in zip(treedef.flatten_up_to(grads), mask, theta, m, w, cs,
+                                        strict=True):
             g = _where(mk, g)
             if mi is None:
                 dz.append(_where(mk, g + lam * p) if lam else g)
             else:
+                if normalize:
+                    g = g / ci.astype(g.dtype)
                 dz.append(MW(_where(mk, g * wi + lam_mw * mi), _where(mk, g * mi + lam_mw * wi)))
         z = _z_tree(treedef, theta, m, w)
         u, inner_state = inner.update(jax.tree.unflatten(treedef, dz), state.inner_state, z,

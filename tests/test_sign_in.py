@@ -466,3 +466,20 @@ def test_relative_balance_scales_with_the_layer(params):
 def test_bad_per_leaf_c(params):
     with pytest.raises(ValueError, match="must be > 0"):
         sign_in(optax.sgd(0.1), reset_every=None, c=lambda n, x: -1.0).init(params)
+
+
+def test_normalize_makes_the_step_at_zero_the_plain_step(params):
+    """normalize=True (an experiment knob, not the paper's): theta moves by
+    -lr sqrt(1 + 4 theta^2 / c^2) g to first order, whatever c."""
+    lr, c = 1e-5, 0.05
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), params)
+        tx = sign_in(optax.sgd(lr), reset_every=None, c=c, normalize=True)
+        state = tx.init(params)
+        g = jax.grad(_loss)(params, jnp.asarray(np.asarray(X), jnp.float64))
+        u, _ = tx.update(g, state, params)
+        theta, gi = params["conv1"]["kernel"], g["conv1"]["kernel"]
+        beta = jnp.asarray(state.c["conv1"]["kernel"], jnp.float64)
+        chex.assert_trees_all_close(u["conv1"]["kernel"],
+                                    -lr * jnp.sqrt(1 + 4 * theta**2 / beta**2) * gi, rtol=1e-3)
+        chex.assert_trees_all_close(u["fc0"]["bias"], -lr * g["fc0"]["bias"], rtol=1e-9)
