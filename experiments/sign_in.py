@@ -479,10 +479,30 @@ def run(config: ConfigDict, args, out: Path) -> list[dict]:
     return results
 
 
+def mechanism(out: Path, n: int = 100, steps: int = 2000) -> tuple[str, Path]:
+    """The single-neuron demonstration of what Sign-In does (``experiments.single_neuron``;
+    seconds): its table and figure, written to ``out/single_neuron``."""
+    from experiments import single_neuron
+
+    d = out / "single_neuron"
+    d.mkdir(parents=True, exist_ok=True)
+    res = single_neuron.run(n=n, steps=steps)
+    md = single_neuron.table(res)
+    (d / "table.md").write_text(md)
+    return md, single_neuron.plot(res, d / "single_neuron.png")
+
+
 def report(config: ConfigDict, results: list[dict], out: Path, title: str
            ) -> tuple[str, list[Path]]:
     figures = [*plot_flips(config, results, out), plot_balance(config, results, out)]
-    return make_table(config, results, out, title), [p for p in figures if p is not None]
+    md = make_table(config, results, out, title)
+    if config.experiment.get("single_neuron"):
+        # The mechanism beside the small table: at this scale the table alone can show no gain,
+        # the single neuron shows which sign configurations Sign-In can and cannot repair.
+        sn_md, sn_fig = mechanism(out)
+        md = sn_md.replace("# Single neuron", "### Mechanism (single neuron)", 1) + "\n" + md
+        figures.append(sn_fig)
+    return md, [p for p in figures if p is not None]
 
 
 def main(argv=None) -> int:

@@ -55,6 +55,7 @@ def base(*, model: str, dataset: str, epochs: int, seeds, sparsities, arms,
         "hessian_batch": 256,  # fixed training examples for the top Hessian eigenvalue
         "hessian_iters": 20,
         "snapshot_epochs": (),  # save params + mask after these epochs (sign alignment)
+        "single_neuron": False,  # put the single-neuron mechanism demonstration in the report
         "compile_cache": True,  # persistent XLA cache: one compile per arm, not per run
         "paper": ConfigDict(paper or {}),  # {arm: {"90": acc %}} where the paper has numbers
         "note": "",
