@@ -57,19 +57,23 @@ def mask_updater(
         if params is None:
             raise ValueError("mask_updater: update needs params: tx.update(grads, state, params)")
         mask = get_mask(state.inner_state)
+        as_bool = lambda t: jax.tree.map(lambda x: jnp.asarray(x, bool), t)
 
         def change(_):
             mid, new = rule(state.count, params, grads, mask)
-            new = jax.tree.map(lambda x: jnp.asarray(x, bool), new)
-            return new, set_mask(set_mask(state.inner_state, mid), new)
+            mid, new = as_bool(mid), as_bool(new)
+            return mid, new, set_mask(set_mask(state.inner_state, mid), new)
 
         def keep(_):
-            return mask, state.inner_state
+            return mask, mask, state.inner_state
 
-        mask, inner_state = jax.lax.cond(schedule(state.count), change, keep, None)
-        u, inner_state = inner.update(grads, inner_state, params, **extra)
-        # Newly pruned entries land on exactly 0 (a masked optimizer alone would leave them).
-        u = jax.tree.map(lambda ui, p, m: jnp.where(m, ui, -p), u, params, mask)
+        mid, mask, inner_state = jax.lax.cond(schedule(state.count), change, keep, None)
+        # The inner transform sees theta as it is after the drop (0 at every dropped entry, also
+        # one regrown in the same update), and its update is taken from there, so grown weights
+        # enter at 0 + their first step; entries outside the new mask land on exactly 0.
+        start = jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mid)
+        u, inner_state = inner.update(grads, inner_state, start, **extra)
+        u = jax.tree.map(lambda ui, s, p, m: jnp.where(m, ui + s - p, -p), u, start, params, mask)
         return u, MaskUpdaterState(state.count + 1, inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

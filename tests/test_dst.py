@@ -119,3 +119,35 @@ def test_bad_arguments():
         rigl(optim.masked(optax.sgd(0.1)), delta_t=0, end_step=10)
     with pytest.raises(ValueError, match="sparsity"):
         acdc(optim.masked(optax.sgd(0.1)), sparsity=1.0, steps_per_epoch=1, sparse_epochs=(True,))
+
+
+@pytest.mark.parametrize("kind", ["masked", "sign_in"])
+def test_a_weight_dropped_and_regrown_restarts_at_zero_plus_one_step(kind):
+    """RiGL here: a weight dropped and regrown in one update restarts like any grown one:
+    theta = 0 + its first step from fresh optimizer state (not its old value)."""
+    params = {"fc0": {"kernel": jnp.array([[3.0, 0.01, 2.0, 0.0]])},
+              "head": {"kernel": jnp.ones((4, 1))}}
+    mask = {"fc0": {"kernel": jnp.array([[True, True, True, False]])},
+            "head": {"kernel": jnp.ones((4, 1), bool)}}
+
+    def rule(t, p, g, m):  # drop entry 1, grow entries 1 (regrown) and 3 (new)
+        mid = {**m, "fc0": {"kernel": jnp.array([[True, False, True, False]])}}
+        new = {**m, "fc0": {"kernel": jnp.array([[True, True, True, True]])}}
+        return mid, new
+
+    from signticket.dst import mask_updater
+
+    lr = 0.1
+    inner = (optim.masked(optax.sgd(lr, momentum=0.9), mask) if kind == "masked"
+             else sign_in(optax.sgd(lr, momentum=0.9), mask, reset_every=None))
+    tx = mask_updater(inner, rule, lambda t: t == 1)
+    state = tx.init(params)
+    g = {"fc0": {"kernel": jnp.full((1, 4), 0.5)}, "head": {"kernel": jnp.zeros((4, 1))}}
+    u, state = tx.update(g, state, params)  # t = 0: no change, momentum builds up
+    params = optax.apply_updates(params, u)
+    u, state = tx.update(g, state, params)  # t = 1: drop/regrow entry 1, grow entry 3
+    new = optax.apply_updates(params, u)["fc0"]["kernel"][0]
+    # from theta = 0 with fresh momentum: one step of -lr * g (Sign-In: preconditioner c = 1)
+    assert float(new[1]) == pytest.approx(-lr * 0.5, rel=1e-5)
+    assert float(new[3]) == pytest.approx(-lr * 0.5, rel=1e-5)
+    assert float(new[0]) < float(params["fc0"]["kernel"][0, 0])  # kept entries keep moving
