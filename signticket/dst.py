@@ -62,7 +62,9 @@ def mask_updater(
         def change(_):
             mid, new = rule(state.count, params, grads, mask)
             mid, new = as_bool(mid), as_bool(new)
-            return mid, new, set_mask(set_mask(state.inner_state, mid), new)
+            # tx=inner: the state of dropped entries is zeroed at once (also of one regrown in
+            # the same update, which the lazy zeroing of masked_updates would not see)
+            return mid, new, set_mask(set_mask(state.inner_state, mid, inner), new, inner)
 
         def keep(_):
             return mask, mask, state.inner_state

@@ -113,13 +113,16 @@ def rigl_update(
     fraction: float | jax.Array,
     *,
     prunable: LeafPredicate = _is_prunable,
+    tx: optax.GradientTransformation | None = None,
 ) -> RiglResult:
     """One RiGL prune-and-grow of every ``prunable`` layer; the mask is read from (and written
     back into) ``opt_state`` (``optim.masked`` or ``sign_in``).
 
     ``dense_grads``: gradients of the training loss w.r.t. *all* entries of theta, pruned ones
     included (the gradient of a model evaluated at the masked params, as the train step computes
-    it before masking). ``fraction`` in ``[0, 1]`` (see :func:`drop_fraction`).
+    it before masking). ``fraction`` in ``[0, 1]`` (see :func:`drop_fraction`). ``tx``: the
+    transform that made ``opt_state``; with it the optimizer state of dropped entries is zeroed
+    at once (``optim.set_mask``), also of one regrown in this update.
     """
     try:
         f = float(fraction)
@@ -133,7 +136,7 @@ def rigl_update(
     after_drop, new_mask = rigl_masks(params, dense_grads, mask, fraction, prunable)
     # Two swaps, so a weight dropped and regrown in the same update restarts like any grown one
     # (theta = 0, fresh optimizer state; Sign-In: (sqrt(c), 0)) instead of keeping stale state.
-    opt_state = set_mask(set_mask(opt_state, after_drop), new_mask)
+    opt_state = set_mask(set_mask(opt_state, after_drop, tx), new_mask, tx)
     params = jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, after_drop)
     return RiglResult(params, new_mask, opt_state)
 
@@ -168,6 +171,7 @@ def rigl_hook(
     every_epochs: int = 1,
     alpha: float = 0.3,
     prunable: LeafPredicate = _is_prunable,
+    tx: optax.GradientTransformation | None = None,
 ) -> Callable[[int, TrainState], TrainState]:
     """``on_epoch_end`` hook: after every ``every_epochs``-th epoch before ``end_epoch``, one
     :func:`rigl_update` with fraction :func:`drop_fraction` ``(epoch, end_epoch, alpha)`` and
@@ -183,7 +187,8 @@ def rigl_hook(
         if epoch % every_epochs or epoch >= end_epoch:
             return state
         f = drop_fraction(epoch, end_epoch, alpha)
-        out = rigl_update(state.params, grad_fn(state), state.opt_state, f, prunable=prunable)
+        out = rigl_update(state.params, grad_fn(state), state.opt_state, f, prunable=prunable,
+                          tx=tx)
         return state.replace(params=out.params, opt_state=out.opt_state)
 
     return hook

@@ -12,7 +12,7 @@ The paper's recipe and what each default is pinned to: ``docs/protocols/sign_in.
 The caller's params stay plain ``theta``: :func:`sign_in` keeps ``(m, w)`` in its optimizer
 state and returns updates with ``theta_new = M * m_new * w_new``, so the model, the engine,
 checkpoints and every other pytree transform never see ``m`` and ``w``. Masks live in the state
-too; :func:`set_mask` (re-exported by ``signticket.optim``) swaps them without recompiling.
+too; ``optim.set_mask`` swaps them without recompiling (this module registers its surgery).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from signticket import optim
 from signticket.masks import full_mask
+from signticket.optim import _bool_like, _is_placeholder, register_mask_state
 from signticket.tree import LeafPredicate, PyTree, check_same_structure, is_kernel, named_leaves
 
 
@@ -270,6 +272,11 @@ def sign_in(
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: PyTree) -> SignInState:
+        if _is_placeholder(params):
+            # optax.tree_utils.tree_map_params: only the mask field is params-shaped; (m, w) and
+            # the inner state (over the (m, w) tree) are Sign-In's own, handled by its surgery.
+            z = jnp.zeros(())
+            return SignInState(step=z, c=z, mask=params, m=z, w=z, inner_state=z)
         msk = full_mask(params) if mask is None else mask
         check_same_structure(params, msk, "params", "mask")
         leaves, treedef = jax.tree.flatten(params)
@@ -347,19 +354,6 @@ def _is_state(node) -> bool:
     return isinstance(node, SignInState)
 
 
-def _bool_like(new: PyTree, old: PyTree) -> PyTree:
-    """``new`` as bool arrays on the shardings of ``old`` where those are concrete and committed
-    (a mask given by the caller is uncommitted; a changed placement would recompile the step)."""
-
-    def one(n, o):
-        n = jnp.asarray(n, bool)
-        if isinstance(o, jax.Array) and not isinstance(o, jax.core.Tracer) and o.committed:
-            return jax.device_put(n, o.sharding)
-        return n
-
-    return jax.tree.map(one, new, old)
-
-
 def _set_sign_in_mask(state: SignInState, new_mask: PyTree) -> SignInState:
     """New mask; every entry that is not kept active (pruned, or newly grown) restarts at
     ``(m, w) = (sqrt(c), 0)`` with zero inner state, so theta is 0 there."""
@@ -378,54 +372,9 @@ def _set_sign_in_mask(state: SignInState, new_mask: PyTree) -> SignInState:
     )
 
 
-def set_mask(opt_state: Any, mask: PyTree) -> Any:
-    """Put ``mask`` into every ``MaskedState`` and :class:`SignInState` inside ``opt_state``
-    (also nested in ``optax.chain``, ``MultiSteps``, ...). Optimizer state of newly pruned
-    entries is zeroed; Sign-In entries that are not kept restart at ``(sqrt(c), 0)``, so grown
-    weights enter at theta = 0 as in RiGL. Pure; same structure, dtypes and shardings, so the
-    jitted train step does not recompile.
-    The caller also zeroes pruned params (``masks.apply_mask``)."""
-    from signticket import optim  # optim re-exports this module, so import it lazily
-
-    found = []
-
-    def swap(node):
-        if isinstance(node, optim.MaskedState):
-            found.append(node)
-            check_same_structure(node.mask, mask, "current mask", "new mask")
-            new = _bool_like(mask, node.mask)
-            inner = _swap_all(node.inner_state)
-            return optim.MaskedState(new, optim._reset_pruned(inner, new))
-        if _is_state(node):
-            found.append(node)
-            return _set_sign_in_mask(node, mask)
-        return node
-
-    def _swap_all(tree):
-        is_node = lambda n: isinstance(n, optim.MaskedState) or _is_state(n)
-        return jax.tree.map(swap, tree, is_leaf=is_node)
-
-    out = _swap_all(opt_state)
-    if not found:
-        raise ValueError(
-            "set_mask: opt_state holds no MaskedState or SignInState; build the optimizer with "
-            "optim.masked() or sign_in()"
-        )
-    return out
-
-
-def get_mask(opt_state: Any) -> PyTree:
-    """The mask of the first ``MaskedState`` or :class:`SignInState` inside ``opt_state``."""
-    from signticket import optim
-
-    is_node = lambda n: isinstance(n, optim.MaskedState) or _is_state(n)
-    for node in jax.tree.leaves(opt_state, is_leaf=is_node):
-        if is_node(node):
-            return node.mask
-    raise ValueError(
-        "get_mask: opt_state holds no MaskedState or SignInState; build the optimizer with "
-        "optim.masked() or sign_in()"
-    )
+register_mask_state(SignInState, _set_sign_in_mask)
+# set_mask / get_mask for any optimizer state, Sign-In's included (re-exported from optim).
+set_mask, get_mask = optim.set_mask, optim.get_mask
 
 
 def sign_in_states(opt_state: Any) -> list[SignInState]:

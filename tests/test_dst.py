@@ -26,7 +26,7 @@ def _loss(params, x):
 
 def _inner(kind, mask):
     if kind == "masked":
-        return optim.masked(optax.sgd(0.05, momentum=0.9), mask)
+        return optim.masked_updates(optax.sgd(0.05, momentum=0.9), mask)
     return sign_in(optax.sgd(0.05, momentum=0.9), mask, reset_every=5)
 
 
@@ -116,9 +116,10 @@ def test_acdc_alternates_dense_and_exactly_sparse(kind):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="delta_t"):
-        rigl(optim.masked(optax.sgd(0.1)), delta_t=0, end_step=10)
+        rigl(optim.masked_updates(optax.sgd(0.1)), delta_t=0, end_step=10)
     with pytest.raises(ValueError, match="sparsity"):
-        acdc(optim.masked(optax.sgd(0.1)), sparsity=1.0, steps_per_epoch=1, sparse_epochs=(True,))
+        acdc(optim.masked_updates(optax.sgd(0.1)), sparsity=1.0, steps_per_epoch=1,
+             sparse_epochs=(True,))
 
 
 @pytest.mark.parametrize("kind", ["masked", "sign_in"])
@@ -138,7 +139,7 @@ def test_a_weight_dropped_and_regrown_restarts_at_zero_plus_one_step(kind):
     from signticket.dst import mask_updater
 
     lr = 0.1
-    inner = (optim.masked(optax.sgd(lr, momentum=0.9), mask) if kind == "masked"
+    inner = (optim.masked_updates(optax.sgd(lr, momentum=0.9), mask) if kind == "masked"
              else sign_in(optax.sgd(lr, momentum=0.9), mask, reset_every=None))
     tx = mask_updater(inner, rule, lambda t: t == 1)
     state = tx.init(params)

@@ -233,7 +233,7 @@ def test_set_mask_regrows_at_theta_zero_and_does_not_recompile(params):
 
 
 def test_set_mask_still_handles_masked_state(params):
-    state = optim.masked(optim.sgd(0.1)).init(params)
+    state = optim.masked_updates(optim.sgd(0.1)).init(params)
     mask = masks.random_mask(jax.random.PRNGKey(0), params, 0.5)
     out = optim.set_mask(state, mask)
     assert isinstance(out, optim.MaskedState)
