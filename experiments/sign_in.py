@@ -66,6 +66,10 @@ ARMS: dict[str, dict] = {
     "rigl_sign_in": {"rigl": True, "sign_in": True},
     "acdc": {"acdc": True},
     "acdc_sign_in": {"acdc": True, "sign_in": True},
+    # controls: the baseline with twice its decay (what Sign-In's λ on m and on w is on theta)
+    "random_wd2": {"decay_scale": 2.0},
+    "rigl_wd2": {"rigl": True, "decay_scale": 2.0},
+    "acdc_wd2": {"acdc": True, "decay_scale": 2.0},
 }
 LABELS = {
     "random": "random mask", "sign_in": "+ Sign-In", "sign_in_p1": "+ Sign-In (p = 1)",
@@ -75,10 +79,12 @@ LABELS = {
     "sign_in_rel1": "+ Sign-In, β = 1×RMS(layer), normalised",
     "sign_in_rel03": "+ Sign-In, β = 0.3×RMS(layer), normalised",
     "rigl": "RiGL", "rigl_sign_in": "RiGL + Sign-In", "acdc": "AC/DC",
-    "acdc_sign_in": "AC/DC + Sign-In",
+    "acdc_sign_in": "AC/DC + Sign-In", "random_wd2": "random mask, 2λ decay",
+    "rigl_wd2": "RiGL, 2λ decay", "acdc_wd2": "AC/DC, 2λ decay",
 }
 #: Arms each dense-to-sparse / DST arm is paired with (its Δ column); the rest pair with random.
-PAIRED_WITH = {"rigl_sign_in": "rigl", "acdc_sign_in": "acdc"}
+PAIRED_WITH = {"rigl_sign_in": "rigl", "acdc_sign_in": "acdc", "rigl_wd2": "rigl",
+               "acdc_wd2": "acdc"}
 
 _SIGN_IN_KEYS = ("c", "reset_epochs", "reset_momentum", "mw_decay_scale", "beta_rel", "normalize")
 _RIGL_KEYS = ("rigl_alpha", "rigl_delta_t", "rigl_end", "rigl_distribution")
@@ -153,7 +159,10 @@ def make_tx(cfg: ConfigDict, steps_per_epoch: int) -> optax.GradientTransformati
     norms, ``mw_decay_scale * λ`` on ``m`` and on ``w``."""
     m = cfg.method
     if not m.sign_in:
-        tx = build_optimizer(cfg.optimizer, cfg.epochs, steps_per_epoch)
+        o = cfg.optimizer
+        if m.get("decay_scale"):
+            o = ConfigDict({**o.to_dict(), "weight_decay": o.weight_decay * m.decay_scale})
+        tx = build_optimizer(o, cfg.epochs, steps_per_epoch)
     else:
         o, total = cfg.optimizer, max(1, cfg.epochs * steps_per_epoch)
         sched = make_schedule(o.schedule, o.learning_rate, total,
