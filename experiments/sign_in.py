@@ -1,6 +1,8 @@
 """Sign-In ("Sign-In to the Lottery", Gadhikar, Jacobs, Zhou, Burkholz, NeurIPS 2025): sparse
 training from scratch with random masks, with and without the ``theta = m * w``
-reparameterisation and its scaling resets; optionally RiGL with and without Sign-In.
+reparameterisation and its scaling resets; RiGL (per step) and AC/DC with and without Sign-In;
+controls (2λ decay) and a grid over p and beta relative to the weight scale. The recipe and the
+source of every default: ``docs/protocols/sign_in.md``.
 
     python -m experiments.sign_in --config experiments/configs/sign_in_cpu.py [--config.key=value]
 
@@ -9,8 +11,10 @@ their differences are paired (the table gives the mean ± std of the paired diff
 Every arm is a resumable config-hashed ``runs.train_run``; per-epoch sign metrics are written to
 ``sign_metrics.jsonl`` in its run directory (flips vs init and cumulative epoch-to-epoch flips
 per layer, mean ``m^2 - w^2`` per layer) and the final top Hessian eigenvalue to
-``final_metrics.json``. Writes ``table.md``/``.csv``, ``results.json`` and per-layer sign-flip
-plots to ``--out``.
+``final_metrics.json``; params and masks after ``experiment.snapshot_epochs`` (for
+``experiments.sign_alignment``). Writes ``table.md``/``.csv``, ``results.json`` and per-layer
+sign-flip plots to ``--out`` (with ``experiment.single_neuron``, the single-neuron mechanism
+demonstration above the table).
 """
 
 from __future__ import annotations
