@@ -1,6 +1,8 @@
 """Sign-In ("Sign-In to the Lottery", Gadhikar, Jacobs, Zhou, Burkholz, NeurIPS 2025): sparse
 training from scratch with random masks, with and without the ``theta = m * w``
-reparameterisation and its scaling resets; optionally RiGL with and without Sign-In.
+reparameterisation and its scaling resets; RiGL (per step) and AC/DC with and without Sign-In;
+controls (2λ decay) and a grid over p and beta relative to the weight scale. The recipe and the
+source of every default: ``docs/protocols/sign_in.md``.
 
     python -m experiments.sign_in --config experiments/configs/sign_in_cpu.py [--config.key=value]
 
@@ -9,8 +11,10 @@ their differences are paired (the table gives the mean ± std of the paired diff
 Every arm is a resumable config-hashed ``runs.train_run``; per-epoch sign metrics are written to
 ``sign_metrics.jsonl`` in its run directory (flips vs init and cumulative epoch-to-epoch flips
 per layer, mean ``m^2 - w^2`` per layer) and the final top Hessian eigenvalue to
-``final_metrics.json``. Writes ``table.md``/``.csv``, ``results.json`` and per-layer sign-flip
-plots to ``--out``.
+``final_metrics.json``; params and masks after ``experiment.snapshot_epochs`` (for
+``experiments.sign_alignment``). Writes ``table.md``/``.csv``, ``results.json`` and per-layer
+sign-flip plots to ``--out`` (with ``experiment.single_neuron``, the single-neuron mechanism
+demonstration above the table).
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from ml_collections import ConfigDict
 from experiments.cli_common import experiment_main
 from experiments.tables import mean_std, write_table
 from signticket import data as data_lib
+from signticket.acdc import acdc, acdc_phases
 from signticket.checkpoint import run_dir, write_json_atomic
 from signticket.curvature import top_hessian_eigenvalue
 from signticket.optim import get_mask, sign_in
-from signticket.rigl import dense_grad_fn, rigl_hook
+from signticket.rigl import rigl
 from signticket.runs import (
     build_model,
     build_optimizer,
@@ -40,9 +45,10 @@ from signticket.runs import (
     train_run,
 )
 from signticket.schedules import make_schedule
+from signticket.sign_in import relative_balance
 from signticket.sign_metrics import balance_per_layer, cumulative_flips, flip_tracker, track_flips
 from signticket.signs import sign_flips
-from signticket.train import Engine, cross_entropy
+from signticket.train import cross_entropy
 from signticket.tree import PyTree, is_kernel, is_prunable, named_leaves
 
 NAME = "sign_in"
@@ -52,17 +58,41 @@ TITLE = "Sign-In"
 ARMS: dict[str, dict] = {
     "random": {},
     "sign_in": {"sign_in": True},
+    "sign_in_p1": {"sign_in": True, "reset_epochs": 1},
     "sign_in_p5": {"sign_in": True, "reset_epochs": 5},
     "sign_in_no_reset": {"sign_in": True, "reset_epochs": 0},
     "sign_in_half_decay": {"sign_in": True, "mw_decay_scale": 0.5},
+    "sign_in_momentum_reset": {"sign_in": True, "reset_momentum": True},
+    # beta relative to each layer's weight scale (RMS at init), step at theta = 0 kept at SGD's
+    "sign_in_rel1": {"sign_in": True, "beta_rel": 1.0, "normalize": True},
+    "sign_in_rel03": {"sign_in": True, "beta_rel": 0.3, "normalize": True},
     "rigl": {"rigl": True},
     "rigl_sign_in": {"rigl": True, "sign_in": True},
+    "acdc": {"acdc": True},
+    "acdc_sign_in": {"acdc": True, "sign_in": True},
+    # controls: the baseline with twice its decay (what Sign-In's λ on m and on w is on theta)
+    "random_wd2": {"decay_scale": 2.0},
+    "rigl_wd2": {"rigl": True, "decay_scale": 2.0},
+    "acdc_wd2": {"acdc": True, "decay_scale": 2.0},
 }
 LABELS = {
-    "random": "random mask", "sign_in": "+ Sign-In", "sign_in_p5": "+ Sign-In (p = 5)",
-    "sign_in_no_reset": "+ Sign-In, no resets", "sign_in_half_decay": "+ Sign-In, decay / 2",
-    "rigl": "RiGL", "rigl_sign_in": "RiGL + Sign-In",
+    "random": "random mask", "sign_in": "+ Sign-In", "sign_in_p1": "+ Sign-In (p = 1)",
+    "sign_in_p5": "+ Sign-In (p = 5)", "sign_in_no_reset": "+ Sign-In, no resets",
+    "sign_in_half_decay": "+ Sign-In, decay / 2",
+    "sign_in_momentum_reset": "+ Sign-In, momentum zeroed at resets",
+    "sign_in_rel1": "+ Sign-In, β = 1×RMS(layer), normalised",
+    "sign_in_rel03": "+ Sign-In, β = 0.3×RMS(layer), normalised",
+    "rigl": "RiGL", "rigl_sign_in": "RiGL + Sign-In", "acdc": "AC/DC",
+    "acdc_sign_in": "AC/DC + Sign-In", "random_wd2": "random mask, 2λ decay",
+    "rigl_wd2": "RiGL, 2λ decay", "acdc_wd2": "AC/DC, 2λ decay",
 }
+#: Arms each dense-to-sparse / DST arm is paired with (its Δ column); the rest pair with random.
+PAIRED_WITH = {"rigl_sign_in": "rigl", "acdc_sign_in": "acdc", "rigl_wd2": "rigl",
+               "acdc_wd2": "acdc"}
+
+_SIGN_IN_KEYS = ("c", "reset_epochs", "reset_momentum", "mw_decay_scale", "beta_rel", "normalize")
+_RIGL_KEYS = ("rigl_alpha", "rigl_delta_t", "rigl_end", "rigl_distribution")
+_ACDC_KEYS = ("acdc_warmup", "acdc_phase", "acdc_final", "acdc_scope")
 
 
 def arm_config(config: ConfigDict, arm: str, seed: int, sparsity: float) -> ConfigDict:
@@ -75,15 +105,21 @@ def arm_config(config: ConfigDict, arm: str, seed: int, sparsity: float) -> Conf
     m = c.method
     for k, v in ARMS[arm].items():
         m[k] = v
+    unused = []
     if not m.sign_in:
-        m.c = m.reset_epochs = m.reset_momentum = m.mw_decay_scale = None
+        unused += _SIGN_IN_KEYS
     elif m.reset_epochs == 0:
-        m.reset_momentum = None
-    if not m.rigl:
-        m.rigl_alpha = m.rigl_every_epochs = m.rigl_end = None
+        unused.append("reset_momentum")
+    if not m.get("rigl"):
+        unused += _RIGL_KEYS
+    if not m.get("acdc"):
+        unused += _ACDC_KEYS
+    for k in unused:  # None, so settings an arm does not use do not split its run directory
+        if k in m:
+            m[k] = None
+    if "rigl_every_epochs" in m:  # the former once-per-epoch RiGL; RiGL now runs per step
+        m.rigl_every_epochs = None
     return c
-
-
 # -- masks ---------------------------------------------------------------------------------------
 
 
@@ -122,21 +158,51 @@ def random_mask(key: jax.Array, params: PyTree, cfg: ConfigDict) -> PyTree:
 
 
 def make_tx(cfg: ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The baseline's ``masked(sgd)`` or Sign-In over the same SGD and schedule. Sign-In owns the
-    decay: ``λ`` on biases / norms, ``mw_decay_scale * λ`` on ``m`` and on ``w``."""
-    if not cfg.method.sign_in:
-        return build_optimizer(cfg.optimizer, cfg.epochs, steps_per_epoch)
-    o, total = cfg.optimizer, max(1, cfg.epochs * steps_per_epoch)
-    sched = make_schedule(o.schedule, o.learning_rate, total, milestones=tuple(o.milestones),
-                          gamma=o.gamma, warmup_steps=min(total - 1, o.warmup_epochs
-                                                          * steps_per_epoch))
+    """The baseline's ``masked(sgd)`` or Sign-In over the same SGD and schedule, wrapped in
+    RiGL (per step) or AC/DC when the arm uses them. Sign-In owns the decay: ``λ`` on biases /
+    norms, ``mw_decay_scale * λ`` on ``m`` and on ``w``."""
     m = cfg.method
-    return sign_in(
-        optax.sgd(sched, momentum=o.momentum or None), reset_every=(
-            m.reset_epochs * steps_per_epoch if m.reset_epochs else None),
-        c=m.c, reset_momentum=bool(m.reset_momentum), weight_decay=o.weight_decay,
-        mw_weight_decay=o.weight_decay * m.mw_decay_scale,
-    )
+    if not m.sign_in:
+        o = cfg.optimizer
+        if m.get("decay_scale"):
+            o = ConfigDict({**o.to_dict(), "weight_decay": o.weight_decay * m.decay_scale})
+        tx = build_optimizer(o, cfg.epochs, steps_per_epoch)
+    else:
+        o, total = cfg.optimizer, max(1, cfg.epochs * steps_per_epoch)
+        sched = make_schedule(o.schedule, o.learning_rate, total,
+                              milestones=tuple(o.milestones), gamma=o.gamma,
+                              warmup_steps=min(total - 1, o.warmup_epochs * steps_per_epoch))
+        beta = relative_balance(m.beta_rel) if m.get("beta_rel") else m.c
+        tx = sign_in(
+            optax.sgd(sched, momentum=o.momentum or None), reset_every=(
+                m.reset_epochs * steps_per_epoch if m.reset_epochs else None),
+            c=beta, reset_momentum=bool(m.reset_momentum), weight_decay=o.weight_decay,
+            mw_weight_decay=o.weight_decay * m.mw_decay_scale,
+            normalize=bool(m.get("normalize")),
+        )
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if m.get("rigl"):
+        tx = rigl(tx, delta_t=m.rigl_delta_t, end_step=max(1, round(m.rigl_end * total)),
+                  alpha=m.rigl_alpha)
+    if m.get("acdc"):
+        tx = acdc(tx, sparsity=cfg.mask.sparsity, steps_per_epoch=steps_per_epoch,
+                  sparse_epochs=acdc_phases(cfg.epochs, m.acdc_warmup, m.acdc_phase,
+                                            m.acdc_final),
+                  scope=m.acdc_scope)
+    return tx
+
+
+def start_mask(key: jax.Array, params: PyTree, cfg: ConfigDict) -> PyTree:
+    """The mask an arm starts from: dense for AC/DC (it prunes itself), the config's random mask
+    otherwise (RiGL: with its own distribution, ERK in the paper)."""
+    from signticket import masks
+
+    if cfg.method.get("acdc"):
+        return masks.full_mask(params)
+    if cfg.method.get("rigl") and cfg.method.rigl_distribution:
+        return random_mask(key, params, ConfigDict({**cfg.mask.to_dict(),
+                                                    "distribution": cfg.method.rigl_distribution}))
+    return random_mask(key, params, cfg.mask)
 
 
 # -- per-epoch metrics ---------------------------------------------------------------------------
@@ -161,16 +227,42 @@ def _read_records(path: Path) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def epoch_hook(path: Path, init_params: PyTree, init_mask: PyTree, cfg: ConfigDict, rigl=None):
-    """``on_epoch_end``: RiGL (if any), then sign metrics appended to ``path``. Flips count
-    weights alive at both ends of the comparison (init and now; last epoch and now), so RiGL's
-    dropped and regrown weights are not flips. The flip tracker and the last epoch's mask live
-    in ``state.hook_state``, so they are checkpointed with the run."""
+def snapshot_path(directory: Path, epoch: int) -> Path:
+    """Where :func:`epoch_hook` keeps the params (and mask) after ``epoch`` (1-based count of
+    finished epochs; the sign-alignment experiment reads them)."""
+    return Path(directory) / f"params_epoch{epoch}.npz"
+
+
+def save_snapshot(path: Path, params: PyTree, mask: PyTree) -> None:
+    flat = {f"params/{n}": np.asarray(x) for n, x in named_leaves(params)}
+    flat.update({f"mask/{n}": np.asarray(x) for n, x in named_leaves(mask)})
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **flat)
+    tmp.replace(path)
+
+
+def load_snapshot(path: Path, like: PyTree) -> tuple[PyTree, PyTree]:
+    """``(params, mask)`` saved by :func:`save_snapshot`, in the structure of ``like``."""
+    with np.load(path) as z:
+        treedef = jax.tree.structure(like)
+        names = [n for n, _ in named_leaves(like)]
+        params = jax.tree.unflatten(treedef, [jnp.asarray(z[f"params/{n}"]) for n in names])
+        mask = jax.tree.unflatten(treedef, [jnp.asarray(z[f"mask/{n}"]) for n in names])
+    return params, mask
+
+
+def epoch_hook(path: Path, init_params: PyTree, init_mask: PyTree, cfg: ConfigDict,
+               snapshots: tuple[Path, tuple[int, ...]] | None = None):
+    """``on_epoch_end``: sign metrics appended to ``path`` (and params snapshots after the
+    ``snapshots`` epochs). Flips count weights alive at both ends of the comparison (init and
+    now; last epoch and now), so RiGL's / AC/DC's dropped and regrown weights are not flips. The
+    flip tracker and the last epoch's mask live in ``state.hook_state``, so they are
+    checkpointed with the run."""
 
     def hook(epoch, state):
-        if rigl is not None:
-            state = rigl(epoch, state)
         mask = get_mask(state.opt_state)
+        if snapshots is not None and epoch in snapshots[1]:
+            save_snapshot(snapshot_path(snapshots[0], epoch), state.params, mask)
         both = lambda a, b: jax.tree.map(jnp.logical_and, a, b)
         tracker = track_flips(state.hook_state["flips"], state.params,
                               both(mask, state.hook_state["mask"]))
@@ -215,18 +307,12 @@ def run_arm(config: ConfigDict, arm: str, seed: int, sparsity: float, dataset, r
     name = f"sign_in-{arm}"
     directory = run_dir(runs_root, cfg, name)
     variables = initial_variables(cfg, dataset)
-    mask = random_mask(jax.random.PRNGKey(10_000 + seed), variables["params"], cfg.mask)
+    mask = start_mask(jax.random.PRNGKey(10_000 + seed), variables["params"], cfg)
     init = jax.tree.map(lambda p, m: jnp.where(m, p, 0), variables["params"], mask)
     steps = data_lib.steps_per_epoch(len(dataset.train_labels), cfg.batch_size)
     model = build_model(cfg.model, dataset.num_classes)
-    rigl = None
-    if cfg.method.rigl:
-        n = exp.rigl_batch
-        grad_fn = dense_grad_fn(Engine(model, optax.identity(), dataset.preprocess),
-                                dataset.train_images[:n], dataset.train_labels[:n])
-        rigl = rigl_hook(grad_fn, end_epoch=max(1, round(cfg.method.rigl_end * cfg.epochs)),
-                         every_epochs=cfg.method.rigl_every_epochs, alpha=cfg.method.rigl_alpha)
-    hook = epoch_hook(directory / "sign_metrics.jsonl", init, mask, cfg, rigl)
+    hook = epoch_hook(directory / "sign_metrics.jsonl", init, mask, cfg,
+                      snapshots=(directory, tuple(exp.get("snapshot_epochs", ()))))
     result = train_run(cfg, dataset, name=name, runs_root=runs_root, init_params=init,
                        init_batch_stats=variables["batch_stats"], mask=mask,
                        tx=make_tx(cfg, steps),
@@ -262,15 +348,17 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
         header += ["paper acc (%)", "ours − paper"]
     rows = []
     for s in exp.sparsities:
-        base = {r["seed"]: r["test_accuracy"] for r in results
-                if r["sparsity"] == s and r["arm"] == "random"}
         for arm in exp.arms:
+            ref = PAIRED_WITH.get(arm, "random")
+            base = {r["seed"]: r["test_accuracy"] for r in results
+                    if r["sparsity"] == s and r["arm"] == ref}
             rs = [r for r in results if r["sparsity"] == s and r["arm"] == arm]
             acc = [r["test_accuracy"] for r in rs]
             delta = [r["test_accuracy"] - base[r["seed"]] for r in rs if r["seed"] in base]
             last = [r["last"] for r in rs if r["last"]]
             row = [f"{_pct(s)} %", LABELS[arm], mean_std(acc, 100),
-                   mean_std(delta, 100) if arm != "random" else "—",
+                   (mean_std(delta, 100) + (f" (vs {LABELS[ref]})" if ref != "random" else ""))
+                   if arm not in ("random", "rigl", "acdc") else "—",
                    mean_std([x["flips_vs_init"]["overall"] for x in last], 100),
                    mean_std([x["cumulative_flips"]["overall"] for x in last], 1, 3),
                    mean_std([np.mean([x["balance"]["overall"] for x in r["records"]])
@@ -404,10 +492,30 @@ def run(config: ConfigDict, args, out: Path) -> list[dict]:
     return results
 
 
+def mechanism(out: Path, n: int = 100, steps: int = 2000) -> tuple[str, Path]:
+    """The single-neuron demonstration of what Sign-In does (``experiments.single_neuron``;
+    seconds): its table and figure, written to ``out/single_neuron``."""
+    from experiments import single_neuron
+
+    d = out / "single_neuron"
+    d.mkdir(parents=True, exist_ok=True)
+    res = single_neuron.run(n=n, steps=steps)
+    md = single_neuron.table(res)
+    (d / "table.md").write_text(md)
+    return md, single_neuron.plot(res, d / "single_neuron.png")
+
+
 def report(config: ConfigDict, results: list[dict], out: Path, title: str
            ) -> tuple[str, list[Path]]:
     figures = [*plot_flips(config, results, out), plot_balance(config, results, out)]
-    return make_table(config, results, out, title), [p for p in figures if p is not None]
+    md = make_table(config, results, out, title)
+    if config.experiment.get("single_neuron"):
+        # The mechanism beside the small table: at this scale the table alone can show no gain,
+        # the single neuron shows which sign configurations Sign-In can and cannot repair.
+        sn_md, sn_fig = mechanism(out)
+        md = sn_md.replace("# Single neuron", "### Mechanism (single neuron)", 1) + "\n" + md
+        figures.append(sn_fig)
+    return md, [p for p in figures if p is not None]
 
 
 def main(argv=None) -> int:

@@ -1,18 +1,23 @@
 """Sign-In (Gadhikar et al., NeurIPS 2025): train each weight as ``theta = m * w``.
 
-Gradient descent on ``(m, w)`` conserves ``m^2 - w^2 = c`` under gradient flow and gives
-``theta`` the preconditioned flow ``d theta = -sqrt(4 theta^2 + c^2) grad L``, so weights near
-zero can cross it (flip sign). Noise and weight decay shrink the balance over training; the
-*scaling reset* re-initialises ``(m, w)`` from the current ``theta`` every ``reset_every`` steps.
+Gradient flow on ``(m, w)`` conserves ``m^2 - w^2 = c`` (the paper's beta) and gives ``theta``
+the preconditioned flow ``d theta = -sqrt(4 theta^2 + c^2) grad L`` (:func:`preconditioner`):
+the factor stays ``c`` at ``theta = 0``, so weights can cross zero (flip sign), unlike the
+``c = 0`` product ``m * w`` of continuous sparsification, whose factor ``2 |theta|`` vanishes
+there. Noise, discrete steps and weight decay shrink the balance over training; the *scaling
+reset* re-initialises ``(m, w)`` from the current ``theta`` every ``reset_every`` steps in closed
+form (:func:`balanced_init`), restoring ``m^2 - w^2 = c`` without changing theta.
+The paper's recipe and what each default is pinned to: ``docs/protocols/sign_in.md``.
 
 The caller's params stay plain ``theta``: :func:`sign_in` keeps ``(m, w)`` in its optimizer
 state and returns updates with ``theta_new = M * m_new * w_new``, so the model, the engine,
 checkpoints and every other pytree transform never see ``m`` and ``w``. Masks live in the state
-too; :func:`set_mask` (re-exported by ``signticket.optim``) swaps them without recompiling.
+too; ``optim.set_mask`` swaps them without recompiling (this module registers its surgery).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -20,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from signticket import optim
 from signticket.masks import full_mask
+from signticket.optim import _bool_like, _is_placeholder, register_mask_state
 from signticket.tree import LeafPredicate, PyTree, check_same_structure, is_kernel, named_leaves
 
 
@@ -40,7 +47,8 @@ class SignInState(NamedTuple):
     """
 
     step: jax.Array  # int32: updates applied so far (drives the reset schedule)
-    c: jax.Array  # float32: the balance m^2 - w^2 restored by init and every reset
+    c: PyTree  # float32 scalar per reparameterised leaf (None elsewhere): the balance m^2 - w^2
+    #           (the paper's beta) set by init and restored by every reset
     mask: PyTree
     m: PyTree
     w: PyTree
@@ -54,6 +62,33 @@ def balanced_init(theta: jax.Array, c: float | jax.Array = 1.0) -> MW:
     c = jnp.asarray(c, theta.dtype)
     m = jnp.sqrt((c + jnp.sqrt(c * c + 4.0 * theta * theta)) / 2.0)
     return MW(m, theta / m)
+
+
+def preconditioner(theta: jax.Array, c: float | jax.Array = 1.0) -> jax.Array:
+    """``m^2 + w^2 = sqrt(4 theta^2 + c^2)`` at balance ``c``: the factor by which gradient flow
+    on ``(m, w)`` scales ``-grad_theta L`` (to first order in the step size, also for SGD)."""
+    theta = jnp.asarray(theta)
+    c = jnp.asarray(c, theta.dtype)
+    return jnp.sqrt(4.0 * theta * theta + c * c)
+
+
+BalanceSpec = float | Callable[[str, jax.Array], Any]
+
+
+def relative_balance(k: float, floor: float = 1e-8) -> Callable[[str, jax.Array], jax.Array]:
+    """A per-leaf ``c`` for :func:`sign_in`: ``k`` times the leaf's RMS at init (over its nonzero
+    entries), i.e. beta relative to the layer's weight scale instead of the absolute ``c = 1``.
+    With ``c >> |theta|`` the preconditioner is ~``c`` everywhere (Sign-In ~ SGD at ``c`` times
+    the step size); with ``c ~ |theta|`` it differs between small and large weights."""
+
+    def spec(name: str, x: jax.Array) -> jax.Array:
+        del name
+        x = jnp.asarray(x, jnp.float32)
+        nz = jnp.sum(x != 0)
+        rms = jnp.sqrt(jnp.sum(x * x) / jnp.maximum(nz, 1))
+        return jnp.maximum(k * rms, floor)
+
+    return spec
 
 
 # -- small tree plumbing (flat lists in params' leaf order; m and w hold None at plain leaves) ---
@@ -110,13 +145,14 @@ def _flat(state: SignInState):
 def _rebalance(state: SignInState, reset_momentum: bool) -> SignInState:
     """The scaling reset: ``(m, w) = balanced_init(M * m * w, c)``; theta is unchanged."""
     treedef, mask, m, w = _flat(state)
+    cs = treedef.flatten_up_to(state.c)
     new_m, new_w = [], []
-    for mk, mi, wi in zip(mask, m, w, strict=True):
+    for mk, mi, wi, ci in zip(mask, m, w, cs, strict=True):
         if mi is None:
             new_m.append(None)
             new_w.append(None)
             continue
-        mw = balanced_init(_where(mk, mi * wi), state.c.astype(mi.dtype))
+        mw = balanced_init(_where(mk, mi * wi), ci.astype(mi.dtype))
         new_m.append(mw.m)
         new_w.append(mw.w)
     inner_state = state.inner_state
@@ -137,7 +173,7 @@ def _check_config(inner, reset_every, c, weight_decay, mw_weight_decay) -> None:
             f"sign_in: inner must be an optax.GradientTransformation (e.g. optax.sgd(lr)), got "
             f"{type(inner).__name__}"
         )
-    if not np.isfinite(c) or c <= 0:
+    if not callable(c) and (not np.isfinite(c) or c <= 0):
         raise ValueError(f"sign_in: c (the balance m^2 - w^2) must be > 0, got {c}")
     if reset_every is not None and (
         isinstance(reset_every, bool) or not isinstance(reset_every, int | np.integer)
@@ -170,6 +206,17 @@ def _check_inner_state(inner_state: Any) -> None:
             )
 
 
+def _leaf_c(c: BalanceSpec, name: str, theta: jax.Array) -> jax.Array:
+    """The balance of one leaf as a float32 scalar (checked > 0 where concrete)."""
+    v = jnp.asarray(c(name, theta) if callable(c) else c, jnp.float32)
+    if jnp.shape(v) != ():
+        raise ValueError(f"sign_in: c for {name!r} must be a scalar, got shape {jnp.shape(v)}")
+    if not isinstance(v, jax.core.Tracer) and not (np.isfinite(float(v)) and float(v) > 0):
+        raise ValueError(f"sign_in: c (the balance m^2 - w^2) must be > 0, got {float(v)} for "
+                         f"{name!r}")
+    return v
+
+
 # -- the transform -------------------------------------------------------------------------------
 
 
@@ -178,17 +225,19 @@ def sign_in(
     mask: PyTree | None = None,
     *,
     reset_every: int | None,
-    c: float = 1.0,
-    reset_momentum: bool = True,
+    c: BalanceSpec = 1.0,
+    reset_momentum: bool = False,
     weight_decay: float = 0.0,
     mw_weight_decay: float | None = None,
     reparam: LeafPredicate = is_kernel,
+    normalize: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Sign-In: train the ``reparam`` leaves as ``theta = M * m * w`` with ``inner`` on ``(m, w)``.
 
     ``(dm, dw) = (M g w + λ_mw m, M g m + λ_mw w)``; other leaves get ``M g + λ theta``. Every
-    ``reset_every`` steps ``(m, w) <- balanced_init(theta, c)``; with ``reset_momentum`` the
-    inner state of ``(m, w)`` (momentum, moments) is zeroed too, as in a fresh start.
+    ``reset_every`` steps ``(m, w) <- balanced_init(theta, c)`` (theta unchanged); with
+    ``reset_momentum`` the inner state of ``(m, w)`` (momentum, moments) is zeroed too.
+    To first order in the step size theta moves by ``-lr * preconditioner(theta, c) * g``.
 
     Args:
         inner: the optimizer of ``(m, w)`` and of the other leaves (e.g. ``optax.sgd(lr, 0.9)``).
@@ -198,13 +247,21 @@ def sign_in(
             ``(m, w) = (sqrt(c), 0)``; change it with :func:`set_mask`.
         reset_every: scaling-reset period in *steps* (experiments convert epochs), or None for
             no resets. Required, because the paper reports the reset is what makes Sign-In work.
-        c: the balance ``m^2 - w^2`` set at init and at every reset (> 0).
-        reset_momentum: zero the inner state of ``(m, w)`` at each reset.
+        c: the balance ``m^2 - w^2`` (the paper's beta) set at init and at every reset: a
+            number > 0 (the paper: 1), or ``(path, leaf) -> value`` evaluated on the init
+            params, one value per leaf (e.g. :func:`relative_balance`; layer-wise beta).
+        reset_momentum: also zero the inner state of ``(m, w)`` at each reset. Default False:
+            the paper's reset rewrites ``(m, w)`` only; a PyTorch implementation that resets
+            ``.data`` keeps the optimizer's buffers (see docs/protocols/sign_in.md).
         weight_decay: coupled (PyTorch) decay ``λ`` of the leaves that are not reparameterised.
         mw_weight_decay: decay ``λ_mw`` of ``m`` and of ``w`` (default: ``weight_decay``). It is
             what shrinks ``m^2 - w^2``; on theta it acts like a decay of about ``2 λ_mw``, so
             ``weight_decay / 2`` matches the baseline's effective decay.
         reparam: which leaves are trained as ``m * w`` (default: conv and dense kernels).
+        normalize: divide each leaf's loss gradient on ``(m, w)`` by its ``c``, so theta moves by
+            ``-lr sqrt(1 + 4 theta^2 / c^2) g``: the plain step at theta = 0 whatever ``c``. Not
+            in the paper (an experiment knob for ``c`` relative to the weight scale, where the
+            unnormalised step near 0 would be ``c`` times smaller than SGD's).
 
     The params passed to ``update`` must be the current theta: the returned updates are exact
     differences ``M m w - theta``, so ``sign_in`` must be the *last* transform of a chain.
@@ -215,6 +272,11 @@ def sign_in(
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: PyTree) -> SignInState:
+        if _is_placeholder(params):
+            # optax.tree_utils.tree_map_params: only the mask field is params-shaped; (m, w) and
+            # the inner state (over the (m, w) tree) are Sign-In's own, handled by its surgery.
+            z = jnp.zeros(())
+            return SignInState(step=z, c=z, mask=params, m=z, w=z, inner_state=z)
         msk = full_mask(params) if mask is None else mask
         check_same_structure(params, msk, "params", "mask")
         leaves, treedef = jax.tree.flatten(params)
@@ -222,14 +284,17 @@ def sign_in(
         chosen = [bool(reparam(name, x)) for name, x in named_leaves(params)]
         _check_params(params, chosen)
         theta = [_where(mk, p) for mk, p in zip(msk, leaves, strict=True)]
-        mw = [balanced_init(t, c) if ch else MW(None, None)
-              for t, ch in zip(theta, chosen, strict=True)]
+        names = [n for n, _ in named_leaves(params)]
+        cs = [_leaf_c(c, n, t) if ch else None
+              for n, t, ch in zip(names, theta, chosen, strict=True)]
+        mw = [balanced_init(t, ci) if ch else MW(None, None)
+              for t, ci, ch in zip(theta, cs, chosen, strict=True)]
         m = [x.m for x in mw]
         w = [x.w for x in mw]
         inner_state = inner.init(_z_tree(treedef, theta, m, w))
         _check_inner_state(inner_state)
         return SignInState(
-            step=jnp.zeros((), jnp.int32), c=jnp.asarray(c, jnp.float32),
+            step=jnp.zeros((), jnp.int32), c=jax.tree.unflatten(treedef, cs),
             mask=jax.tree.unflatten(treedef, msk), m=jax.tree.unflatten(treedef, m),
             w=jax.tree.unflatten(treedef, w), inner_state=inner_state,
         )
@@ -242,12 +307,16 @@ def sign_in(
             )
         treedef, mask, m, w = _flat(state)
         theta = treedef.flatten_up_to(params)
+        cs = treedef.flatten_up_to(state.c)
         dz = []
-        for g, mk, p, mi, wi in zip(treedef.flatten_up_to(grads), mask, theta, m, w, strict=True):
+        for g, mk, p, mi, wi, ci in zip(treedef.flatten_up_to(grads), mask, theta, m, w, cs,
+                                        strict=True):
             g = _where(mk, g)
             if mi is None:
                 dz.append(_where(mk, g + lam * p) if lam else g)
             else:
+                if normalize:
+                    g = g / ci.astype(g.dtype)
                 dz.append(MW(_where(mk, g * wi + lam_mw * mi), _where(mk, g * mi + lam_mw * wi)))
         z = _z_tree(treedef, theta, m, w)
         u, inner_state = inner.update(jax.tree.unflatten(treedef, dz), state.inner_state, z,
@@ -285,19 +354,6 @@ def _is_state(node) -> bool:
     return isinstance(node, SignInState)
 
 
-def _bool_like(new: PyTree, old: PyTree) -> PyTree:
-    """``new`` as bool arrays on the shardings of ``old`` where those are concrete and committed
-    (a mask given by the caller is uncommitted; a changed placement would recompile the step)."""
-
-    def one(n, o):
-        n = jnp.asarray(n, bool)
-        if isinstance(o, jax.Array) and not isinstance(o, jax.core.Tracer) and o.committed:
-            return jax.device_put(n, o.sharding)
-        return n
-
-    return jax.tree.map(one, new, old)
-
-
 def _set_sign_in_mask(state: SignInState, new_mask: PyTree) -> SignInState:
     """New mask; every entry that is not kept active (pruned, or newly grown) restarts at
     ``(m, w) = (sqrt(c), 0)`` with zero inner state, so theta is 0 there."""
@@ -305,9 +361,9 @@ def _set_sign_in_mask(state: SignInState, new_mask: PyTree) -> SignInState:
     treedef, old, m, w = _flat(state)
     new = treedef.flatten_up_to(_bool_like(new_mask, state.mask))
     kept = [o & n for o, n in zip(old, new, strict=True)]
-    sqrt_c = jnp.sqrt(state.c)
-    m = [None if mi is None else jnp.where(k, mi, sqrt_c.astype(mi.dtype))
-         for mi, k in zip(m, kept, strict=True)]
+    cs = treedef.flatten_up_to(state.c)
+    m = [None if mi is None else jnp.where(k, mi, jnp.sqrt(ci).astype(mi.dtype))
+         for mi, k, ci in zip(m, kept, cs, strict=True)]
     w = [None if wi is None else _where(k, wi) for wi, k in zip(w, kept, strict=True)]
     inner_state = _zero_in_state(state.inner_state, _z_keep(treedef, kept, m, keep_mw=True))
     return state._replace(
@@ -316,54 +372,9 @@ def _set_sign_in_mask(state: SignInState, new_mask: PyTree) -> SignInState:
     )
 
 
-def set_mask(opt_state: Any, mask: PyTree) -> Any:
-    """Put ``mask`` into every ``MaskedState`` and :class:`SignInState` inside ``opt_state``
-    (also nested in ``optax.chain``, ``MultiSteps``, ...). Optimizer state of newly pruned
-    entries is zeroed; Sign-In entries that are not kept restart at ``(sqrt(c), 0)``, so grown
-    weights enter at theta = 0 as in RiGL. Pure; same structure, dtypes and shardings, so the
-    jitted train step does not recompile.
-    The caller also zeroes pruned params (``masks.apply_mask``)."""
-    from signticket import optim  # optim re-exports this module, so import it lazily
-
-    found = []
-
-    def swap(node):
-        if isinstance(node, optim.MaskedState):
-            found.append(node)
-            check_same_structure(node.mask, mask, "current mask", "new mask")
-            new = _bool_like(mask, node.mask)
-            inner = _swap_all(node.inner_state)
-            return optim.MaskedState(new, optim._reset_pruned(inner, new))
-        if _is_state(node):
-            found.append(node)
-            return _set_sign_in_mask(node, mask)
-        return node
-
-    def _swap_all(tree):
-        is_node = lambda n: isinstance(n, optim.MaskedState) or _is_state(n)
-        return jax.tree.map(swap, tree, is_leaf=is_node)
-
-    out = _swap_all(opt_state)
-    if not found:
-        raise ValueError(
-            "set_mask: opt_state holds no MaskedState or SignInState; build the optimizer with "
-            "optim.masked() or sign_in()"
-        )
-    return out
-
-
-def get_mask(opt_state: Any) -> PyTree:
-    """The mask of the first ``MaskedState`` or :class:`SignInState` inside ``opt_state``."""
-    from signticket import optim
-
-    is_node = lambda n: isinstance(n, optim.MaskedState) or _is_state(n)
-    for node in jax.tree.leaves(opt_state, is_leaf=is_node):
-        if is_node(node):
-            return node.mask
-    raise ValueError(
-        "get_mask: opt_state holds no MaskedState or SignInState; build the optimizer with "
-        "optim.masked() or sign_in()"
-    )
+register_mask_state(SignInState, _set_sign_in_mask)
+# set_mask / get_mask for any optimizer state, Sign-In's included (re-exported from optim).
+set_mask, get_mask = optim.set_mask, optim.get_mask
 
 
 def sign_in_states(opt_state: Any) -> list[SignInState]:
@@ -371,7 +382,7 @@ def sign_in_states(opt_state: Any) -> list[SignInState]:
     return [n for n in jax.tree.leaves(opt_state, is_leaf=_is_state) if _is_state(n)]
 
 
-def reset_scaling(opt_state: Any, reset_momentum: bool = True) -> Any:
+def reset_scaling(opt_state: Any, reset_momentum: bool = False) -> Any:
     """Apply the scaling reset now to every :class:`SignInState` in ``opt_state`` (theta is
     unchanged), e.g. from an ``on_epoch_end`` hook instead of ``reset_every``."""
     if not sign_in_states(opt_state):

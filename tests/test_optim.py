@@ -32,7 +32,7 @@ def test_pruned_weights_stay_exactly_zero(inner):
         if inner == "sgd"
         else optim.adam(1e-2, weight_decay=1e-4)
     )
-    tx = optim.masked(base, mask)
+    tx = optim.masked_updates(base, mask)
     state = tx.init(params)
     x = jnp.ones((4, 8))
 
@@ -52,7 +52,7 @@ def test_pruned_weights_stay_exactly_zero(inner):
 
 def test_mask_change_no_recompile_and_momentum_reset():
     params = make_params()
-    tx = optim.masked(optim.sgd(0.1, momentum=0.9, weight_decay=5e-4))  # dense to start
+    tx = optim.masked_updates(optim.sgd(0.1, momentum=0.9, weight_decay=5e-4))  # dense to start
     state = tx.init(params)
     x = jnp.ones((4, 8))
     traces = []
@@ -68,10 +68,17 @@ def test_mask_change_no_recompile_and_momentum_reset():
         params, state = step(params, state)
     mask = masks.magnitude_prune(params, optim.get_mask(state), 0.5)
     params = masks.apply_mask(params, mask)
+    # with tx: the momentum of newly pruned entries is zeroed now (tree_map_params) ...
+    eager = optim.set_mask(state, mask, tx)
+    assert _all_zero_where_pruned(eager.inner_state[1][0].trace, mask)
+    # ... without it, at the next update; either way training is the same
     state = optim.set_mask(state, mask)
-    # momentum of newly pruned entries is reset
-    trace = state.inner_state[1][0].trace
-    assert _all_zero_where_pruned(trace, mask)
+    chex.assert_trees_all_equal(optim.get_mask(state), mask)
+    p1, s1 = step(params, state)
+    p2, s2 = step(params, eager)
+    chex.assert_trees_all_close(p1, p2)
+    chex.assert_trees_all_close(s1, s2)
+    assert _all_zero_where_pruned(s1.inner_state[1][0].trace, mask)
     for _ in range(20):
         params, state = step(params, state)
     assert len(traces) == 1, "changing the mask recompiled the step"
@@ -83,7 +90,8 @@ def test_composes_with_chain_and_multisteps():
     mask = masks.random_mask(jax.random.PRNGKey(0), params, 0.5)
     params = masks.apply_mask(params, mask)
     tx = optax.MultiSteps(
-        optax.chain(optax.clip_by_global_norm(1.0), optim.masked(optax.sgd(0.1, 0.9), mask)), 2
+        optax.chain(optax.clip_by_global_norm(1.0),
+                    optim.masked_updates(optax.sgd(0.1, 0.9), mask)), 2
     )
     state = tx.init(params)
     for _ in range(4):
@@ -115,8 +123,40 @@ def test_bad_input():
     mask = masks.full_mask(params)
     mask.pop("head")
     with pytest.raises(ValueError, match="structures differ"):
-        optim.masked(optax.sgd(0.1), mask).init(params)
+        optim.masked_updates(optax.sgd(0.1), mask).init(params)
     with pytest.raises(ValueError, match="no MaskedState"):
         optim.set_mask(optax.sgd(0.1).init(params), masks.full_mask(params))
     with pytest.raises(ValueError, match="unknown optimizer"):
         optim.make_optimizer("lion", 0.1)
+
+
+def test_init_works_with_tree_map_params_placeholders():
+    """optax.tree_utils.tree_map_params calls init on a placeholder: masked_updates (with or
+    without a given mask) and sign_in report their mask field (and masked_updates its inner
+    momentum) as params-shaped, so sharding specs / surgery map over exactly those."""
+    params = make_params()
+    mask = masks.random_mask(jax.random.PRNGKey(0), params, 0.5)
+    for tx in (optim.masked_updates(optim.sgd(0.1, momentum=0.9), mask),
+               optim.masked_updates(optim.sgd(0.1, momentum=0.9)),
+               optax.chain(optax.clip(1.0), optim.masked_updates(optax.sgd(0.1, 0.9), mask))):
+        state = tx.init(params)
+        names = optax.tree_utils.tree_map_params(tx, lambda x: "P", state,
+                                                 transform_non_params=lambda x: "-")
+        labels = set(jax.tree.leaves(names))
+        assert labels == {"P", "-"} or labels == {"P"}
+        assert set(jax.tree.leaves(optax.tree_utils.tree_get(names, "mask"))) == {"P"}
+    tx = optim.sign_in(optax.sgd(0.1, momentum=0.9), mask, reset_every=None)
+    names = optax.tree_utils.tree_map_params(tx, lambda x: "P", tx.init(params),
+                                             transform_non_params=lambda x: "-")
+    assert set(jax.tree.leaves(names.mask)) == {"P"}
+    assert set(jax.tree.leaves(names.inner_state)) == {"-"}
+
+
+def test_no_import_cycle_and_deprecated_alias():
+    import subprocess
+    import sys
+
+    code = ("import signticket.optim as o; assert 'signticket.sign_in' not in __import__('sys')"
+            ".modules; import signticket.sign_in as s; assert s.set_mask is o.set_mask; "
+            "assert o.sign_in is s.sign_in and o.masked is o.masked_updates")
+    subprocess.run([sys.executable, "-c", code], check=True)

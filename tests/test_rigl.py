@@ -41,7 +41,7 @@ def _expected(theta, grad, active, f):
 @pytest.mark.parametrize("which", ["masked", "sign_in"])
 def test_drops_smallest_grows_largest_and_keeps_density(which):
     base = optax.sgd(0.1, momentum=0.9)
-    tx = optim.masked(base) if which == "masked" else sign_in(base, reset_every=None)
+    tx = optim.masked_updates(base) if which == "masked" else sign_in(base, reset_every=None)
     params, mask, state, grads = _setup(tx)
     out = rigl_update(params, grads, state, 0.3)
     for name, p in named_leaves(params):
@@ -103,11 +103,11 @@ def test_dropped_and_regrown_weight_restarts_at_zero():
     params = {"fc": {"kernel": jnp.array([[0.1, 2.0], [3.0, 0.0]])}}
     mask = {"fc": {"kernel": jnp.array([[True, True], [True, False]])}}
     grads = {"fc": {"kernel": jnp.array([[9.0, 0.0], [0.0, 1.0]])}}  # the smallest has top grad
-    tx = optim.masked(optax.sgd(0.1, momentum=0.9), mask)
+    tx = optim.masked_updates(optax.sgd(0.1, momentum=0.9), mask)
     state = tx.init(params)
     trace = state.inner_state[0]._replace(trace=jax.tree.map(jnp.ones_like, params))
     state = state._replace(inner_state=(trace, *state.inner_state[1:]))
-    out = rigl_update(params, grads, state, 1 / 3, prunable=lambda n, x=None: True)
+    out = rigl_update(params, grads, state, 1 / 3, prunable=lambda n, x=None: True, tx=tx)
     np.testing.assert_array_equal(out.mask["fc"]["kernel"], mask["fc"]["kernel"])
     assert float(out.params["fc"]["kernel"][0, 0]) == 0.0  # regrown at zero
     assert float(out.opt_state.inner_state[0].trace["fc"]["kernel"][0, 0]) == 0.0
@@ -152,7 +152,7 @@ def test_hook_in_the_engine_keeps_density_and_does_not_recompile():
 
 
 def test_bad_input():
-    tx = optim.masked(optax.sgd(0.1))
+    tx = optim.masked_updates(optax.sgd(0.1))
     params, _, state, grads = _setup(tx)
     with pytest.raises(ValueError, match=r"fraction must lie in \[0, 1\]"):
         rigl_update(params, grads, state, 1.5)

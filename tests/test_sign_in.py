@@ -233,7 +233,7 @@ def test_set_mask_regrows_at_theta_zero_and_does_not_recompile(params):
 
 
 def test_set_mask_still_handles_masked_state(params):
-    state = optim.masked(optim.sgd(0.1)).init(params)
+    state = optim.masked_updates(optim.sgd(0.1)).init(params)
     mask = masks.random_mask(jax.random.PRNGKey(0), params, 0.5)
     out = optim.set_mask(state, mask)
     assert isinstance(out, optim.MaskedState)
@@ -402,3 +402,84 @@ def test_balance_per_layer_tracks_decay_and_ignores_masked_entries(params):
     stats = balance_per_layer(state)
     for v in stats.per_layer.values():  # masked entries sit at (sqrt(c), 0) and do not decay
         assert float(v) == pytest.approx(2.0 * (1 - lr * lam) ** 2, rel=1e-5)
+
+
+# -- the paper's recipe, pinned (docs/protocols/sign_in.md) ---------------------------------------
+
+
+@pytest.mark.parametrize("c", [1.0, 0.05, lambda name, x: 0.3 if "head" in name else 2.0])
+def test_first_order_update_is_the_preconditioned_gradient(params, c):
+    """Paper, Sec. 4 (Sign-In): gradient flow on (m, w) is d theta = -sqrt(4 theta^2 + beta^2)
+    grad L dt. One small SGD step must match it to first order in lr, per leaf's beta."""
+    from signticket.sign_in import preconditioner
+
+    lr = 1e-5
+    with jax.enable_x64(True):  # u = m'w' - theta cancels: float64 keeps the O(lr^2) visible
+        params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), params)
+        tx = sign_in(optax.sgd(lr), reset_every=None, c=c)
+        state = tx.init(params)
+        g = jax.grad(_loss)(params, jnp.asarray(np.asarray(X), jnp.float64))
+        u, _ = tx.update(g, state, params)
+        for name in ("conv0", "conv1", "fc0", "head"):
+            theta, gi = params[name]["kernel"], g[name]["kernel"]
+            beta = state.c[name]["kernel"]  # float32 scalar: compare against the same value
+            m, w = balanced_init(theta, beta)
+            expected = -lr * preconditioner(theta, m * m - w * w) * gi
+            # the second-order term is lr^2 g^2 theta: relative error O(lr |g|)
+            chex.assert_trees_all_close(u[name]["kernel"], expected, rtol=1e-4, atol=1e-12)
+            chex.assert_trees_all_close(m * m - w * w, jnp.full_like(m, beta), rtol=1e-6)
+        assert state.c["fc0"]["bias"] is None
+
+
+def test_reset_sets_each_leafs_beta_and_keeps_theta_and_momentum(params):
+    """Paper: 'every p epochs beta is reset to 1 without changing theta' (closed form). The
+    default keeps the optimizer's buffers (the paper describes no momentum reset)."""
+    per_leaf = lambda name, x: 0.5 if "head" in name else 1.0
+    kw = {"weight_decay": 0.05, "c": per_leaf}
+    base = optax.sgd(0.05, momentum=0.9)
+    p_none, s_none = _run(sign_in(base, reset_every=None, **kw), params, 3)
+    p_reset, s_reset = _run(sign_in(base, reset_every=3, **kw), params, 3)
+    chex.assert_trees_all_close(p_reset, p_none, atol=1e-6, rtol=1e-6)
+    m, w = reparameterized(s_reset)
+    for name, beta in (("conv1", 1.0), ("head", 0.5)):
+        bal = m[name]["kernel"] ** 2 - w[name]["kernel"] ** 2
+        chex.assert_trees_all_close(bal, jnp.full_like(bal, beta), atol=1e-5)
+        m0, w0 = reparameterized(s_none)
+        assert float(jnp.max(jnp.abs(m0[name]["kernel"] ** 2 - w0[name]["kernel"] ** 2
+                                     - beta))) > 1e-3  # without the reset it had drifted
+    trace = s_reset.inner_state[0].trace["conv1"]["kernel"]
+    assert not bool(jnp.all(trace.m == 0))  # momentum kept by default
+
+
+def test_relative_balance_scales_with_the_layer(params):
+    from signticket.sign_in import relative_balance
+
+    state = sign_in(optax.sgd(0.1), reset_every=None, c=relative_balance(0.5)).init(params)
+    for name in ("conv1", "head"):
+        x = params[name]["kernel"]
+        rms = float(jnp.sqrt(jnp.mean(x * x)))
+        assert float(state.c[name]["kernel"]) == pytest.approx(0.5 * rms, rel=1e-5)
+        m, w = reparameterized(state)
+        chex.assert_trees_all_close(m[name]["kernel"] * w[name]["kernel"], x, atol=1e-6)
+
+
+def test_bad_per_leaf_c(params):
+    with pytest.raises(ValueError, match="must be > 0"):
+        sign_in(optax.sgd(0.1), reset_every=None, c=lambda n, x: -1.0).init(params)
+
+
+def test_normalize_makes_the_step_at_zero_the_plain_step(params):
+    """normalize=True (an experiment knob, not the paper's): theta moves by
+    -lr sqrt(1 + 4 theta^2 / c^2) g to first order, whatever c."""
+    lr, c = 1e-5, 0.05
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), params)
+        tx = sign_in(optax.sgd(lr), reset_every=None, c=c, normalize=True)
+        state = tx.init(params)
+        g = jax.grad(_loss)(params, jnp.asarray(np.asarray(X), jnp.float64))
+        u, _ = tx.update(g, state, params)
+        theta, gi = params["conv1"]["kernel"], g["conv1"]["kernel"]
+        beta = jnp.asarray(state.c["conv1"]["kernel"], jnp.float64)
+        chex.assert_trees_all_close(u["conv1"]["kernel"],
+                                    -lr * jnp.sqrt(1 + 4 * theta**2 / beta**2) * gi, rtol=1e-3)
+        chex.assert_trees_all_close(u["fc0"]["bias"], -lr * g["fc0"]["bias"], rtol=1e-9)

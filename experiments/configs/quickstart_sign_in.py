@@ -1,6 +1,7 @@
 """Quickstart stage 3 — Sign-In at CPU-minute scale: BN convnet on a 4k-example Fashion-MNIST
 subset, 90 % random mask, 4 epochs, random-mask baseline vs + Sign-In (reset every 2 epochs),
-2 seeds (the fuller table: ``sign_in_cpu.py``)."""
+2 seeds (the fuller table: ``sign_in_cpu.py``), with the single-neuron mechanism demonstration
+(``experiments/single_neuron.py``, Thm 5.1 / 5.2 / 5.4 of the paper) above the table."""
 
 from experiments.configs.sign_in_common import base
 
@@ -15,4 +16,7 @@ def get_config():
     c.experiment.hessian_batch = 128
     c.experiment.hessian_iters = 10
     c.experiment.note = "quickstart scale: 4k-example subset, 4 epochs, 2 seeds"
+    # The single-neuron mechanism demonstration (experiments.single_neuron, seconds) is shown
+    # above the table: a newcomer sees what Sign-In does, not only a small-scale Δ.
+    c.experiment.single_neuron = True
     return c

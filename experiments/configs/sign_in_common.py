@@ -4,7 +4,7 @@ from ml_collections import ConfigDict
 
 #: Arms the experiment knows (see ``experiments.sign_in.ARMS``).
 ALL_ARMS = ("random", "sign_in", "sign_in_p5", "sign_in_no_reset", "sign_in_half_decay",
-            "rigl", "rigl_sign_in")
+            "rigl", "rigl_sign_in", "acdc", "acdc_sign_in")
 
 
 def base(*, model: str, dataset: str, epochs: int, seeds, sparsities, arms,
@@ -34,10 +34,19 @@ def base(*, model: str, dataset: str, epochs: int, seeds, sparsities, arms,
     })
     # What the arm does (filled in per arm by the experiment; fields an arm does not use are
     # None so they do not split its run directory).
+    # Sign-In (docs/protocols/sign_in.md): beta = c = 1 at init and every reset, resets every
+    # reset_epochs, momentum kept at resets, decay λ on m and on w. beta_rel / normalize: the
+    # grid's beta relative to the layer's weight scale (not the paper's). RiGL (Evci et al.
+    # 2020): every rigl_delta_t steps from the batch's dense gradient, cosine drop fraction
+    # alpha = 0.3 until rigl_end of training, ERK start mask. AC/DC (Peste et al. 2021): dense
+    # warm-up, alternating compressed / decompressed phases, a final compressed phase.
     c.method = ConfigDict({
-        "sign_in": False, "c": 1.0, "reset_epochs": reset_epochs, "reset_momentum": True,
-        "mw_decay_scale": 1.0, "rigl": False, "rigl_alpha": 0.3, "rigl_every_epochs": 1,
-        "rigl_end": 0.75,
+        "sign_in": False, "c": 1.0, "reset_epochs": reset_epochs, "reset_momentum": False,
+        "mw_decay_scale": 1.0, "beta_rel": 0.0, "normalize": False,
+        "rigl": False, "rigl_alpha": 0.3, "rigl_delta_t": 100, "rigl_end": 0.75,
+        "rigl_distribution": "erk",
+        "acdc": False, "acdc_warmup": 0.1, "acdc_phase": 0.05, "acdc_final": 0.1,
+        "acdc_scope": "global",
     })
     c.experiment = ConfigDict({
         "seeds": tuple(seeds),
@@ -45,7 +54,8 @@ def base(*, model: str, dataset: str, epochs: int, seeds, sparsities, arms,
         "arms": tuple(arms),
         "hessian_batch": 256,  # fixed training examples for the top Hessian eigenvalue
         "hessian_iters": 20,
-        "rigl_batch": 512,  # fixed training examples for RiGL's dense gradients
+        "snapshot_epochs": (),  # save params + mask after these epochs (sign alignment)
+        "single_neuron": False,  # put the single-neuron mechanism demonstration in the report
         "compile_cache": True,  # persistent XLA cache: one compile per arm, not per run
         "paper": ConfigDict(paper or {}),  # {arm: {"90": acc %}} where the paper has numbers
         "note": "",
