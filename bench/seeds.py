@@ -4,7 +4,7 @@ What is vmapped: :func:`train_step`, a pure function built from the engine's pie
 dataset's :class:`~signticket.data.Preprocess` (normalization; no augmentation), the Flax
 ``model.apply`` in train mode with mutable ``batch_stats``,
 :func:`signticket.train.cross_entropy`, ``jax.value_and_grad``, the optimizer
-``optim.masked(optim.sgd(0.05, momentum 0.9, weight decay 5e-4))`` and ``optax.apply_updates``
+``optim.masked_updates(optim.sgd(0.05, momentum 0.9, weight decay 5e-4))`` and ``optax.apply_updates``
 — over a leading seed axis of ``(params, batch_stats, opt_state, images, labels)``: every seed
 has its own init (``PRNGKey(seed)``), its own optimizer state and its own batch of 128
 Fashion-MNIST-shaped (28x28x1 uint8, synthetic) images. The state is donated in both variants.
@@ -90,7 +90,7 @@ def _measure(n: int, model, tx, single, batched, batch: int, steps: int,
 def run(tiny: bool = False) -> dict[str, Any]:
     """Total img/s of N seeds, vmapped vs sequential, for N in (4, 8) (tiny: 2)."""
     model = models.get("convnet", num_classes=10, channels=(16, 32, 64))
-    tx = optim.masked(optim.sgd(0.05, 0.9, 5e-4))
+    tx = optim.masked_updates(optim.sgd(0.05, 0.9, 5e-4))
     pre = data_lib.Preprocess(mean=(0.5,), std=(0.25,))
     step = make_train_step(model, tx, pre)
     single = jax.jit(step, donate_argnums=(0, 1, 2))

@@ -3,7 +3,7 @@
 What is measured: the engine's train step (:func:`bench.train_step.measure_engine`, no
 augmentation) on ResNet-20, batch 128 of 32x32x3, at 90% uniform random sparsity, with
 
-* masked SGD: ``optim.masked(optim.sgd(0.05, momentum 0.9, weight decay 5e-4), mask)``;
+* masked SGD: ``optim.masked_updates(optim.sgd(0.05, momentum 0.9, weight decay 5e-4), mask)``;
 * Sign-In: ``optim.sign_in(optax.sgd(0.05, momentum=0.9), mask, reset_every=391,
   weight_decay=5e-4)`` (``theta = m * w`` on every kernel, scaling reset every 391 steps = one
   CIFAR epoch at batch 128; the reset is a ``cond`` inside the step).

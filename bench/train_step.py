@@ -41,8 +41,8 @@ TxFactory = Callable[[PyTree | None], optax.GradientTransformation]
 
 
 def masked_sgd(mask: PyTree | None) -> optax.GradientTransformation:
-    """The default optimizer: ``masked(sgd(0.05, momentum 0.9, weight decay 5e-4))``."""
-    return optim.masked(optim.sgd(0.05, 0.9, 5e-4), mask)
+    """The default optimizer: ``masked_updates(sgd(0.05, momentum 0.9, weight decay 5e-4))``."""
+    return optim.masked_updates(optim.sgd(0.05, 0.9, 5e-4), mask)
 
 
 def xla_flag_state() -> dict[str, Any]:

@@ -116,7 +116,7 @@ def rigl_update(
     tx: optax.GradientTransformation | None = None,
 ) -> RiglResult:
     """One RiGL prune-and-grow of every ``prunable`` layer; the mask is read from (and written
-    back into) ``opt_state`` (``optim.masked`` or ``sign_in``).
+    back into) ``opt_state`` (``optim.masked_updates`` or ``sign_in``).
 
     ``dense_grads``: gradients of the training loss w.r.t. *all* entries of theta, pruned ones
     included (the gradient of a model evaluated at the masked params, as the train step computes

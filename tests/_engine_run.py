@@ -35,7 +35,7 @@ def preprocess(images, rng, train):
 
 def run(steps: int = 6):
     mesh = make_mesh()
-    tx = optim.masked(optim.sgd(0.1, momentum=0.9, weight_decay=5e-4))
+    tx = optim.masked_updates(optim.sgd(0.1, momentum=0.9, weight_decay=5e-4))
     engine = Engine(TinyNet(), tx, preprocess, mesh)
     rs = np.random.RandomState(0)
     images = rs.randint(0, 255, (64, 8, 8, 1)).astype(np.uint8)

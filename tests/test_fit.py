@@ -29,7 +29,7 @@ def _dataset(n=96):
 def _engine(tx=None):
     return Engine(
         TinyNet(),
-        tx or optim.masked(optim.sgd(0.05, 0.9, 5e-4)),
+        tx or optim.masked_updates(optim.sgd(0.05, 0.9, 5e-4)),
         _dataset().preprocess,
         make_mesh(),
     )
@@ -101,7 +101,7 @@ def _nan_after(k):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    tx = optim.masked(optax.chain(optim.sgd(0.05, 0.9), _nan_after(6 * 2 + 3)))
+    tx = optim.masked_updates(optax.chain(optim.sgd(0.05, 0.9), _nan_after(6 * 2 + 3)))
     with pytest.raises(NonFiniteLossError, match="epoch 3"):
         _fit(tmp_path / "nan", tx=tx)
     ckpt = Checkpointer(tmp_path / "nan")

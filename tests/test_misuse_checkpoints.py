@@ -31,7 +31,7 @@ EPOCHS = 4
 def _run(directory: Path, epochs: int = EPOCHS, checkpoint_every: int = 1):
     """Fit the tiny net; returns (state, summary, epochs trained in this call)."""
     ds = synthetic_dataset(96, 40, flip=True)
-    engine = Engine(TinyNet(), optim.masked(optim.sgd(0.05, 0.9, 5e-4)), ds.preprocess,
+    engine = Engine(TinyNet(), optim.masked_updates(optim.sgd(0.05, 0.9, 5e-4)), ds.preprocess,
                     make_mesh())
     state = engine.init_state(jax.random.PRNGKey(0), ds.train_images)
     trained = []

@@ -162,7 +162,7 @@ def test_optimizer_and_train_state_permute_equivariantly(mlp_bn):
     model = MODELS["mlp_bn"][0]
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 6, 6, 1))
     y = jnp.arange(8) % 10
-    tx = optim.masked(optim.sgd(0.1, momentum=0.9, weight_decay=1e-3))
+    tx = optim.masked_updates(optim.sgd(0.1, momentum=0.9, weight_decay=1e-3))
     mask = masks.magnitude_prune(v["params"], masks.full_mask(v["params"]), 0.5)
 
     def loss(params, batch_stats):

@@ -48,7 +48,7 @@ def test_sharded_step_8_devices_equals_1_device(tmp_path):
 
 
 def _engine(tx=None, pre_forward=None):
-    tx = tx or optim.masked(optim.sgd(0.05, momentum=0.9))
+    tx = tx or optim.masked_updates(optim.sgd(0.05, momentum=0.9))
     return Engine(TinyNet(), tx, preprocess, make_mesh(), pre_forward)
 
 
@@ -112,7 +112,7 @@ def test_bf16_compute_keeps_float32_state_pruned_zeros_and_tracks_float32():
     batch = _batch(full.mesh)
     state = full.init_state(jax.random.PRNGKey(0), batch["image"])
     mask = jax.tree.map(lambda p: jnp.arange(p.size).reshape(p.shape) % 3 != 0, state.params)
-    tx = optim.masked(optim.sgd(0.05, momentum=0.9), mask)
+    tx = optim.masked_updates(optim.sgd(0.05, momentum=0.9), mask)
     f32 = Engine(TinyNet(), tx, preprocess, full.mesh)
     bf16 = Engine(TinyNet(), tx, preprocess, full.mesh, compute_dtype=jnp.bfloat16)
     start = f32.init_state(jax.random.PRNGKey(0), batch["image"],
