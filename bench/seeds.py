@@ -4,8 +4,8 @@ What is vmapped: :func:`train_step`, a pure function built from the engine's pie
 dataset's :class:`~signticket.data.Preprocess` (normalization; no augmentation), the Flax
 ``model.apply`` in train mode with mutable ``batch_stats``,
 :func:`signticket.train.cross_entropy`, ``jax.value_and_grad``, the optimizer
-``optim.masked_updates(optim.sgd(0.05, momentum 0.9, weight decay 5e-4))`` and ``optax.apply_updates``
-— over a leading seed axis of ``(params, batch_stats, opt_state, images, labels)``: every seed
+``optim.masked_updates(optim.sgd(0.05, momentum 0.9, weight decay 5e-4))`` and
+``optax.apply_updates`` — over a leading seed axis of ``(params, batch_stats, opt_state, images, labels)``: every seed
 has its own init (``PRNGKey(seed)``), its own optimizer state and its own batch of 128
 Fashion-MNIST-shaped (28x28x1 uint8, synthetic) images. The state is donated in both variants.
 
