@@ -1,13 +1,13 @@
 """N seeds of the small convnet: one vmapped, jitted train step vs N sequential jitted steps.
 
-What is vmapped: :func:`train_step`, a pure function built from the engine's pieces — the
-dataset's :class:`~signticket.data.Preprocess` (normalization; no augmentation), the Flax
-``model.apply`` in train mode with mutable ``batch_stats``,
-:func:`signticket.train.cross_entropy`, ``jax.value_and_grad``, the optimizer
-``optim.masked_updates(optim.sgd(0.05, momentum 0.9, weight decay 5e-4))`` and
-``optax.apply_updates`` — over a leading seed axis of ``(params, batch_stats, opt_state,
-images, labels)``: every seed has its own init (``PRNGKey(seed)``), its own optimizer state and its own batch of 128
-Fashion-MNIST-shaped (28x28x1 uint8, synthetic) images. The state is donated in both variants.
+What is vmapped: :func:`train_step`, a pure function built from the engine's pieces — the dataset's
+:class:`~signticket.data.Preprocess` (normalization; no augmentation), the Flax ``model.apply`` in
+train mode with mutable ``batch_stats``, :func:`signticket.train.cross_entropy`,
+``jax.value_and_grad``, the optimizer ``optim.masked_updates(optim.sgd(0.05, momentum 0.9, weight
+decay 5e-4))`` and ``optax.apply_updates`` — over a leading seed axis of ``(params, batch_stats,
+opt_state, images, labels)``: every seed has its own init (``PRNGKey(seed)``), its own optimizer
+state and its own batch of 128 Fashion-MNIST-shaped (28x28x1 uint8, synthetic) images. The state is
+donated in both variants.
 
 Baseline: the same ``train_step`` jitted for one seed, called once per seed per step. Figure:
 total images/s over all seeds (median over repeats, compile timed apart).
