@@ -35,6 +35,7 @@ from signticket import data as data_lib
 from signticket.acdc import acdc, acdc_phases
 from signticket.checkpoint import run_dir, write_json_atomic
 from signticket.curvature import top_hessian_eigenvalue
+from signticket.errors import UserError
 from signticket.optim import get_mask, sign_in
 from signticket.rigl import rigl
 from signticket.runs import (
@@ -98,7 +99,7 @@ _ACDC_KEYS = ("acdc_warmup", "acdc_phase", "acdc_final", "acdc_scope")
 def arm_config(config: ConfigDict, arm: str, seed: int, sparsity: float) -> ConfigDict:
     """The run config of one arm: everything that changes its training, nothing else."""
     if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}; available: {', '.join(ARMS)}")
+        raise UserError(f"unknown arm {arm!r}; available: {', '.join(ARMS)}")
     c = ConfigDict(config.to_dict())
     del c["experiment"]
     c.seed, c.data_seed, c.mask.sparsity = seed, seed, float(sparsity)
@@ -132,7 +133,7 @@ def random_mask(key: jax.Array, params: PyTree, cfg: ConfigDict) -> PyTree:
     if cfg.distribution == "erk":
         return masks.random_mask(key, params, cfg.sparsity, "erk")
     if cfg.distribution != "uniform":
-        raise ValueError(f"mask.distribution must be 'uniform' or 'erk', got {cfg.distribution!r}")
+        raise UserError(f"mask.distribution must be 'uniform' or 'erk', got {cfg.distribution!r}")
     named = named_leaves(params)
     sizes = {n: int(np.prod(jnp.shape(x))) for n, x in named if is_prunable(n, x)}
     capped = {n for n in sizes if n in tuple(cfg.capped)}
@@ -141,7 +142,7 @@ def random_mask(key: jax.Array, params: PyTree, cfg: ConfigDict) -> PyTree:
     n_rest = sum(sizes.values()) - n_capped
     s_rest = (cfg.sparsity * (n_capped + n_rest) - s_cap * n_capped) / max(n_rest, 1)
     if not 0.0 <= s_rest < 1.0:
-        raise ValueError(f"sparsity {cfg.sparsity} is unreachable with the capped input layers")
+        raise UserError(f"sparsity {cfg.sparsity} is unreachable with the capped input layers")
     treedef = jax.tree.structure(params)
     out = []
     for i, (name, x) in enumerate(named):

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from signticket.errors import UserError
 from signticket.sign_in import sign_in
 
 QUADRANTS = ((1, 1), (-1, 1), (1, -1), (-1, -1))  # (sign a, sign w)
@@ -132,7 +133,7 @@ def sample_inits(key: jax.Array, n: int, family: str, low: float = 0.05, high: f
     :data:`FAMILIES`. ``output-heavy`` (``|a0| > |w0|``) is where the theorems separate the
     methods: GD fails from ``a0 < 0`` there."""
     if family not in FAMILIES:
-        raise ValueError(f"unknown init family {family!r}; available: {', '.join(FAMILIES)}")
+        raise UserError(f"unknown init family {family!r}; available: {', '.join(FAMILIES)}")
     ka, kw = jax.random.split(key)
     ma = jax.random.uniform(ka, (4, n), minval=low, maxval=high)
     if family == "balanced":

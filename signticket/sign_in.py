@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from signticket import optim
+from signticket.errors import UserError
 from signticket.masks import full_mask
 from signticket.optim import _bool_like, _is_placeholder, register_mask_state
 from signticket.tree import LeafPredicate, PyTree, check_same_structure, is_kernel, named_leaves
@@ -174,18 +175,18 @@ def _check_config(inner, reset_every, c, weight_decay, mw_weight_decay) -> None:
             f"{type(inner).__name__}"
         )
     if not callable(c) and (not np.isfinite(c) or c <= 0):
-        raise ValueError(f"sign_in: c (the balance m^2 - w^2) must be > 0, got {c}")
+        raise UserError(f"sign_in: c (the balance m^2 - w^2) must be > 0, got {c}")
     if reset_every is not None and (
         isinstance(reset_every, bool) or not isinstance(reset_every, int | np.integer)
         or reset_every <= 0
     ):
-        raise ValueError(
+        raise UserError(
             f"sign_in: reset_every must be a positive number of steps or None (no resets), got "
             f"{reset_every!r}"
         )
     for name, v in (("weight_decay", weight_decay), ("mw_weight_decay", mw_weight_decay)):
         if v is not None and v < 0:
-            raise ValueError(f"sign_in: {name} must be >= 0, got {v}")
+            raise UserError(f"sign_in: {name} must be >= 0, got {v}")
 
 
 def _check_params(params: PyTree, chosen: list[bool]) -> None:
@@ -210,9 +211,9 @@ def _leaf_c(c: BalanceSpec, name: str, theta: jax.Array) -> jax.Array:
     """The balance of one leaf as a float32 scalar (checked > 0 where concrete)."""
     v = jnp.asarray(c(name, theta) if callable(c) else c, jnp.float32)
     if jnp.shape(v) != ():
-        raise ValueError(f"sign_in: c for {name!r} must be a scalar, got shape {jnp.shape(v)}")
+        raise UserError(f"sign_in: c for {name!r} must be a scalar, got shape {jnp.shape(v)}")
     if not isinstance(v, jax.core.Tracer) and not (np.isfinite(float(v)) and float(v) > 0):
-        raise ValueError(f"sign_in: c (the balance m^2 - w^2) must be > 0, got {float(v)} for "
+        raise UserError(f"sign_in: c (the balance m^2 - w^2) must be > 0, got {float(v)} for "
                          f"{name!r}")
     return v
 
@@ -301,7 +302,7 @@ def sign_in(
 
     def update_fn(grads: PyTree, state: SignInState, params: PyTree | None = None, **extra_args):
         if params is None:
-            raise ValueError(
+            raise UserError(
                 "sign_in: update needs params (the current theta): call "
                 "tx.update(grads, state, params)"
             )
@@ -386,7 +387,7 @@ def reset_scaling(opt_state: Any, reset_momentum: bool = False) -> Any:
     """Apply the scaling reset now to every :class:`SignInState` in ``opt_state`` (theta is
     unchanged), e.g. from an ``on_epoch_end`` hook instead of ``reset_every``."""
     if not sign_in_states(opt_state):
-        raise ValueError("reset_scaling: opt_state holds no SignInState; build it with sign_in()")
+        raise UserError("reset_scaling: opt_state holds no SignInState; build it with sign_in()")
     return jax.tree.map(
         lambda n: _rebalance(n, reset_momentum) if _is_state(n) else n, opt_state, is_leaf=_is_state
     )
@@ -396,5 +397,5 @@ def reparameterized(opt_state: Any) -> tuple[PyTree, PyTree]:
     """``(m, w)`` of the (single) Sign-In state in ``opt_state``; None at plain leaves."""
     states = sign_in_states(opt_state)
     if len(states) != 1:
-        raise ValueError(f"expected one SignInState in opt_state, found {len(states)}")
+        raise UserError(f"expected one SignInState in opt_state, found {len(states)}")
     return states[0].m, states[0].w

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import flax.linen as nn
 
+from signticket.errors import UserError
 from signticket.models.convnet import ConvNet
 from signticket.models.mlp import MLP
 from signticket.models.mobilenet_v2 import MobileNetV2
@@ -35,7 +36,7 @@ def register(name: str, *, overwrite: bool = False) -> Callable[[C], C]:
 
     def decorator(fn: C) -> C:
         if name in _REGISTRY and not overwrite:
-            raise ValueError(f"model {name!r} is already registered")
+            raise UserError(f"model {name!r} is already registered")
         _REGISTRY[name] = fn
         return fn
 
@@ -68,7 +69,7 @@ def get(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         TypeError: a keyword is not accepted by that model.
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(names())}")
+        raise UserError(f"unknown model {name!r}; available: {', '.join(names())}")
     fn = _REGISTRY[name]
     accepted = _accepted_keywords(fn)
     if accepted is not None:

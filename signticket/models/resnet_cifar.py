@@ -15,6 +15,7 @@ from typing import Literal
 import flax.linen as nn
 import jax
 
+from signticket.errors import UserError
 from signticket.models.layers import batch_norm, conv, dense, global_avg_pool, kernel_init
 from signticket.models.torch_init import torch_bias_init
 
@@ -68,7 +69,7 @@ class CifarResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if len(self.stage_sizes) != len(self.widths):
-            raise ValueError(
+            raise UserError(
                 f"CifarResNet: {len(self.stage_sizes)} stage sizes but {len(self.widths)} widths"
             )
         x = conv(self.widths[0] * self.width, 3, name="stem_conv")(x)
@@ -82,7 +83,7 @@ class CifarResNet(nn.Module):
         if self.head_bias_init == "zeros":
             return dense(self.num_classes, name="head")(x)
         if self.head_bias_init != "torch":
-            raise ValueError(f"head_bias_init must be 'zeros' or 'torch': {self.head_bias_init!r}")
+            raise UserError(f"head_bias_init must be 'zeros' or 'torch': {self.head_bias_init!r}")
         head = nn.Dense(self.num_classes, kernel_init=kernel_init,
                         bias_init=torch_bias_init(x.shape[-1]), name="head")
         return head(x)
@@ -91,7 +92,7 @@ class CifarResNet(nn.Module):
 def cifar_resnet(depth: int = 20, num_classes: int = 10, width: int = 1) -> CifarResNet:
     """The 3-stage CIFAR ResNet of the given ``depth`` (6n + 2: 20, 32, 44, 56, 110, ...)."""
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
+        raise UserError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
     n = (depth - 2) // 6
     return CifarResNet(stage_sizes=(n, n, n), width=width, num_classes=num_classes)
 

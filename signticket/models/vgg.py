@@ -13,6 +13,7 @@ from typing import Literal
 import flax.linen as nn
 import jax
 
+from signticket.errors import UserError
 from signticket.models.layers import (
     batch_norm,
     conv,
@@ -74,7 +75,7 @@ class VGG(nn.Module):
 
     def _conv(self, features: int, in_features: int, name: str) -> nn.Module:
         if self.weight_init not in ("kaiming", "torch"):
-            raise ValueError(f"VGG weight_init must be 'kaiming' or 'torch': {self.weight_init!r}")
+            raise UserError(f"VGG weight_init must be 'kaiming' or 'torch': {self.weight_init!r}")
         if self.weight_init == "kaiming":
             return conv(features, 3, use_bias=not self.batch_norm, name=name)
         return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), use_bias=not self.batch_norm,

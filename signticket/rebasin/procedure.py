@@ -37,6 +37,7 @@ from ml_collections import ConfigDict
 
 from signticket import data as data_lib
 from signticket.checkpoint import config_hash, run_dir, write_json_atomic
+from signticket.errors import UserError
 from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune
 from signticket.rebasin.activation_matching import activation_matching
 from signticket.rebasin.apply import apply_permutation
@@ -82,7 +83,7 @@ def rewind_epoch(config: ConfigDict, k: int) -> int:
     ``e`` and ``--rewind k`` loads ``_epoch_k``, so ``k = 0`` is *after* the first epoch)."""
     convention = config.get("rewind_convention", "exact")
     if convention not in REWIND_CONVENTIONS:
-        raise ValueError(f"unknown rewind_convention {convention!r}; available: "
+        raise UserError(f"unknown rewind_convention {convention!r}; available: "
                          f"{', '.join(REWIND_CONVENTIONS)}")
     return int(k) + (convention == "official")
 
@@ -124,7 +125,7 @@ def dense_run(config: ConfigDict, dataset: data_lib.Dataset, *, seed: int, name:
     keeping the variables at each rewind point ``k`` in ``config.rewind_epochs``."""
     rewinds = sorted({int(k) for k in config.rewind_epochs})
     if any(k < 0 or k >= config.dense_epochs for k in rewinds):
-        raise ValueError(
+        raise UserError(
             f"rewind epochs {rewinds} must lie in [0, dense_epochs={config.dense_epochs}): the "
             "sparse runs train for dense_epochs - k epochs"
         )
@@ -143,7 +144,7 @@ def dense_run(config: ConfigDict, dataset: data_lib.Dataset, *, seed: int, name:
             continue
         path = _rewind_file(res.directory, e)
         if not path.exists():
-            raise ValueError(f"{path} is missing; delete {res.directory} to retrain it")
+            raise UserError(f"{path} is missing; delete {res.directory} to retrain it")
         points[k] = flax.serialization.from_bytes(final, path.read_bytes())
     return DenseRun(res.directory, final, points, res.summary)
 
@@ -194,12 +195,12 @@ def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
     """
     imp = config.imp
     if imp.mode not in IMP_MODES:
-        raise ValueError(f"unknown imp.mode {imp.mode!r}; available: {', '.join(IMP_MODES)}")
+        raise UserError(f"unknown imp.mode {imp.mode!r}; available: {', '.join(IMP_MODES)}")
     check_unit_interval("imp.fraction", imp.fraction)
     for t in targets:
         check_unit_interval("target sparsity", t)
     if imp.mode == "rewind" and imp.rewind_epoch not in dense.rewind:
-        raise ValueError(
+        raise UserError(
             f"imp.rewind_epoch={imp.rewind_epoch} must be one of rewind_epochs "
             f"{sorted(dense.rewind)}"
         )
@@ -222,7 +223,7 @@ def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
         if not pending:
             break
         if step < 1:
-            raise ValueError(f"IMP round {r + 1}: nothing left to prune at {pruned}/{total}")
+            raise UserError(f"IMP round {r + 1}: nothing left to prune at {pruned}/{total}")
         r += 1
         mask = _prune_count(params, mask, step, prunable)
         if imp.mode == "ft":
@@ -288,7 +289,7 @@ def match(config: ConfigDict, dataset: data_lib.Dataset, spec: PermutationSpec,
     under ``<runs_root>/perms`` by the two runs and the matching settings."""
     m = config.matching
     if m.method not in MATCHINGS:
-        raise ValueError(f"unknown matching {m.method!r}; available: {', '.join(MATCHINGS)}")
+        raise UserError(f"unknown matching {m.method!r}; available: {', '.join(MATCHINGS)}")
     ident = {"reference": reference.directory.name, "moving": moving.directory.name,
              "matching": m.to_dict(), "seed": seed}
     path = Path(runs_root) / "perms" / f"{m.method}-{config_hash(ident)}.npz"
@@ -323,7 +324,7 @@ def sparse_init(method: str, a: DenseRun, b: DenseRun, k: int, mask: PyTree, pi:
                 rho: Perms, spec: PermutationSpec) -> tuple[PyTree, PyTree, PyTree]:
     """``(params, batch_stats, mask)`` a sparse run of ``method`` starts from at rewind ``k``."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+        raise UserError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     source = a.rewind[k] if method == "lth" else b.rewind[k]
     if method == "permuted":
         mask = apply_permutation(spec, pi, mask)
