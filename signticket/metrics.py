@@ -125,7 +125,7 @@ class MetricsWriter:
 # fields, so they are encoded here by hand (about forty lines) instead of making TensorFlow,
 # tensorboard or tensorboardX a dependency of logging: the format has been frozen since 2016.
 #   Event:        wall_time = 1 (double), step = 2 (int64), file_version = 3 (string),
-#                 summary = 5 (Summary), session_log = 6 (SessionLog)
+#                 summary = 5 (Summary), session_log = 7 (SessionLog)
 #   Summary:      value = 1 (repeated Value);  Value: tag = 1 (string), simple_value = 2 (float)
 #   SessionLog:   status = 1 (enum; START = 1)
 
@@ -182,7 +182,7 @@ def _event(wall_time: float, step: int, *, file_version: str | None = None,
             for tag, value in scalars.items())
         msg += _field(5, values)
     if session_start:
-        msg += _field(6, b"\x08\x01")
+        msg += _field(7, b"\x08\x01")
     return msg
 
 
@@ -230,6 +230,7 @@ class TensorBoardWriter:
     def __init__(self, logdir: str | os.PathLike) -> None:
         self.logdir = Path(logdir)
         self._file = None
+        self._path: Path | None = None
         self._purge_from: int | None = None
 
     def _open(self):
@@ -241,7 +242,7 @@ class TensorBoardWriter:
             n = 1
             while path.exists():  # two writers in one second in one process
                 path, n = self.logdir / f"{name}.{n}", n + 1
-            self._file = path.open("ab")
+            self._file, self._path = path.open("ab"), path
             self._file.write(_tfrecord(_event(now, 0, file_version="brain.Event:2")))
             if self._purge_from is not None:
                 self._file.write(_tfrecord(_event(now, self._purge_from, session_start=True)))
@@ -250,7 +251,7 @@ class TensorBoardWriter:
     @property
     def path(self) -> Path | None:
         """The event file written to (None before the first write)."""
-        return None if self._file is None else Path(self._file.name)
+        return self._path
 
     def write(self, record: Record) -> None:
         f = self._open()
