@@ -278,24 +278,32 @@ class WandbWriter:
     """Records to a W&B run, at step = epoch. ``run_id`` (the run directory's name) makes a
     resumed run continue the same W&B run (``resume="allow"``). W&B cannot drop logged steps:
     after a resume it ignores, with its own warning, records of epochs it already holds, so
-    the redone epochs keep their first values there (``metrics.jsonl`` is the reference)."""
+    the redone epochs keep their first values there (``metrics.jsonl`` is the reference).
+
+    The package is imported at once (a missing one fails before training), the W&B run is
+    started at the first record (a finished run that is only reused starts none)."""
 
     def __init__(self, run_id: str, *, name: str | None = None, project: str | None = None,
                  config: Mapping[str, Any] | None = None,
                  directory: str | os.PathLike | None = None) -> None:
-        wandb = require("wandb", "wandb")
-        self._run = wandb.init(id=run_id, name=name or run_id, project=project,
-                               config=dict(config or {}), dir=None if directory is None
-                               else str(directory), resume="allow")
+        self._wandb = require("wandb", "wandb")
+        self._init = {"id": run_id, "name": name or run_id, "project": project,
+                      "config": dict(config or {}), "resume": "allow",
+                      "dir": None if directory is None else str(directory)}
+        self._run = None
 
     def write(self, record: Record) -> None:
+        if self._run is None:
+            self._run = self._wandb.init(**self._init)
         self._run.log(_scalars(record), step=int(record["epoch"]))
 
     def truncate_after(self, epoch: int) -> None:
         pass  # see the class docstring
 
     def close(self) -> None:
-        self._run.finish()
+        if self._run is not None:
+            self._run.finish()
+            self._run = None
 
 
 def require(module: str, extra: str):

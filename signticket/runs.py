@@ -218,6 +218,7 @@ def train_run(
     on_epoch_end: EpochHook | None = None,
     progress: bool = True,
     mesh=None,
+    learning_rate: optax.ScalarOrSchedule | None = None,
 ) -> RunResult:
     """Train one run described by ``config`` in its own resumable run directory.
 
@@ -228,6 +229,10 @@ def train_run(
     the directory is locked (:func:`~signticket.checkpoint.lock_run_dir`) for the whole run: a
     second process on the same run fails at once with
     :class:`~signticket.checkpoint.RunLockedError` naming the directory and the holder's pid.
+
+    Metrics go to the writers of ``config.logging`` (:func:`~signticket.metrics.make_writer`).
+    The learning rate they record is ``config.optimizer``'s schedule, or with a ``tx`` of the
+    caller's, ``learning_rate`` (the schedule that ``tx`` follows; none recorded if omitted).
     """
     from signticket.optim import set_mask
 
@@ -257,10 +262,10 @@ def train_run(
         if mask is not None:
             state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
         ckpt = Checkpointer(directory)
-        # The learning rate is logged from the config's schedule; a caller's own ``tx`` may
-        # follow another one, so its runs log none rather than a wrong one.
+        # A caller's own ``tx`` may follow another schedule than the config's: its runs log
+        # the one it names, or none rather than a wrong one.
         schedule = (build_schedule(config.optimizer, config.epochs, steps)
-                    if tx is None else None)
+                    if tx is None else learning_rate)
         writer = make_writer(directory, _logging_config(config), config=run_identity(config))
         try:
             state, summary = fit(

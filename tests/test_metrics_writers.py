@@ -203,6 +203,8 @@ def test_wandb_writer_logs_at_epoch_and_resumes_the_same_run(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
     w = make_writer(tmp_path / "train-abc123", {"writers": ("wandb",), "wandb_project": "p"},
                     config={"seed": 0})
+    w.truncate_after(0)
+    assert calls == []  # a reused finished run writes nothing and starts no W&B run
     w.write(_record(3))
     w.close()
     (_, kwargs), (_, data, step), (finish,) = calls
@@ -353,3 +355,37 @@ def test_fit_times_epochs_not_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(fit_mod.time, "perf_counter", lambda: reads.append(1) or real())
     _fit_tiny(tmp_path, optim.masked(optim.sgd(0.05, 0.9)))
     assert len(reads) == 2 * EPOCHS
+
+
+def test_train_run_writes_the_configured_writers_with_the_config_schedule(tmp_path, caplog):
+    """End to end through ``train_run``: jsonl + tensorboard from ``config.logging``, the
+    learning rate of ``config.optimizer``'s schedule, and a second run with other writers
+    reuses the same directory (logging is not part of the run's identity)."""
+    from ml_collections import ConfigDict
+
+    from signticket import provenance
+    from signticket.runs import build_schedule, train_run
+
+    cfg = ConfigDict({
+        "seed": 0, "data_seed": 0, "epochs": 2, "batch_size": BATCH, "eval_every": 1,
+        "checkpoint_every": 1, "model": {"name": "mlp", "kwargs": {"widths": (8,)}},
+        "data": {"name": "synthetic"},
+        "optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9,
+                      "weight_decay": 0.0, "schedule": "cosine"},
+        "logging": {"writers": ("jsonl", "tensorboard")},
+    })
+    ds = synthetic_dataset(N, 40)
+    res = train_run(cfg, ds, runs_root=tmp_path, progress=False)
+    records = MetricsWriter(res.directory / "metrics.jsonl").read()
+    schedule = build_schedule(cfg.optimizer, 2, N // BATCH)
+    assert [r["lr"] for r in records] == pytest.approx(
+        [float(schedule(e * N // BATCH - 1)) for e in (1, 2)])
+    assert [r["sparsity"] for r in records] == [0.0, 0.0]  # dense: the full mask
+    assert len(list((res.directory / "tb").glob("events.out.tfevents.*"))) == 1
+    assert [json.loads(x)["epoch"] for x in (res.directory / "timing.jsonl").open()] == [1, 2]
+    stored = json.loads((res.directory / "config.json").read_text())
+    assert "logging" not in stored and provenance.PROVENANCE_KEY in stored
+    cfg.logging.writers = ("jsonl",)
+    again = train_run(cfg, ds, runs_root=tmp_path, progress=False)
+    assert again.directory == res.directory and again.summary == pytest.approx(res.summary)
+    assert MetricsWriter(res.directory / "metrics.jsonl").read() == records  # reused as is
