@@ -124,13 +124,14 @@ def fit(
         train = {k: float(v) / n_steps for k, v in sums.items()}  # the epoch's one host sync
         seconds = time.perf_counter() - started
         check_finite(train, f"epoch {epoch}")
+        in_use = _schedule_and_mask(state, learning_rate)  # before a hook changes the mask
         if on_epoch_end is not None:
             state = on_epoch_end(epoch, state)
         record = {
             "epoch": epoch,
             "step": int(state.step),
             **{f"train_{k}": v for k, v in train.items()},
-            **_schedule_and_mask(state, learning_rate),
+            **in_use,
         }
         if epoch % eval_every == 0 or epoch == epochs:
             test = evaluate(engine, state, dataset, device_data=test_dev)
@@ -155,8 +156,9 @@ def fit(
 
 
 def _timing(seconds: float, n_steps: int, batch_size: int) -> dict[str, float]:
-    # Measured around a whole epoch (which ends in one sync), so the steps stay asynchronous.
-    # The first epoch of a process includes compiling the step.
+    # Measured around an epoch's training (which ends in one sync), so the steps stay
+    # asynchronous; evaluation and checkpointing are not included. The first epoch of a
+    # process includes compiling the step.
     return {
         "epoch_time_s": seconds,
         "step_time_ms": 1e3 * seconds / n_steps,
@@ -175,8 +177,8 @@ def _schedule_count(opt_state) -> jax.Array | None:
 
 
 def _schedule_and_mask(state: TrainState, learning_rate) -> dict[str, float]:
-    """``lr`` of the epoch's last step and ``sparsity`` (over prunable leaves) of the mask in
-    the optimizer state, each when known."""
+    """``lr`` of the epoch's last step and ``sparsity`` (over prunable leaves) of the mask it
+    trained under, each when known."""
     from signticket.masks import sparsity
     from signticket.optim import get_mask
 

@@ -332,6 +332,24 @@ def test_fit_records_lr_sparsity_and_timing_per_epoch(tmp_path, caplog):
     assert "sparsity 0.5" in epoch_lines[1] and "img/s" in epoch_lines[1]
 
 
+def test_fit_records_the_mask_each_epoch_trained_under(tmp_path):
+    """A hook that prunes after epoch 1 (as IMP / RiGL do between epochs): epoch 1 reports the
+    dense mask it trained under, the later epochs the pruned one."""
+    tx = optim.masked(optim.sgd(0.05, 0.9))
+    ds = synthetic_dataset(N, 40)
+    params = Engine(TinyNet(), tx, ds.preprocess).init_variables(
+        jax.random.PRNGKey(0), ds.train_images)["params"]
+    pruned = random_mask(jax.random.PRNGKey(1), params, 0.75)
+
+    def prune_after_first(epoch, state):
+        if epoch != 1:
+            return state
+        return state.replace(opt_state=optim.set_mask(state.opt_state, pruned))
+
+    _, records, _ = _fit_tiny(tmp_path, tx, on_epoch_end=prune_after_first)
+    assert [r["sparsity"] for r in records] == pytest.approx([0.0, 0.75, 0.75], abs=0.01)
+
+
 def test_fit_without_mask_or_schedule_records_neither(tmp_path, caplog):
     tx = optim.sgd(0.05, 0.9)  # no masked(): no mask to report
     caplog.set_level(logging.INFO, logger="signticket.fit")
