@@ -159,3 +159,25 @@ def test_save_figure_writes_and_closes(tmp_path):
     path = common.save_figure(fig, tmp_path / "figs" / "a.png")
     assert path.read_bytes().startswith(b"\x89PNG")
     assert not plt.fignum_exists(fig.number)
+
+
+# --- results on disk (what `signticket tables` regenerates from) ------------------------------
+
+
+def test_results_round_trip_and_unfinished_results_are_named(tmp_path):
+    from ml_collections import ConfigDict
+
+    from experiments.cli_common import IncompleteResultsError, load_results, save_results
+
+    results = [{"seed": 0, "acc": 0.5}, {"seed": 1, "acc": 0.75}]
+    save_results(tmp_path / "out", "aws", "experiments/configs/aws_cpu.py",
+                 ConfigDict({"seed": 0}), results)
+    meta, back = load_results(tmp_path / "out")
+    assert back == results and meta["experiment"] == "aws" and meta["config"] == {"seed": 0}
+    (tmp_path / "out" / "experiment.json").unlink()  # killed before it was marked done
+    with pytest.raises(IncompleteResultsError, match="no finished results"):
+        load_results(tmp_path / "out")
+    save_results(tmp_path / "out", "aws", "c.py", ConfigDict({}), results)
+    (tmp_path / "out" / "results.json").write_text('[{"seed": 0')
+    with pytest.raises(IncompleteResultsError, match="unreadable"):
+        load_results(tmp_path / "out")
