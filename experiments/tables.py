@@ -1,9 +1,14 @@
-"""Result tables: mean ± std over seeds, written as markdown and CSV side by side."""
+"""Result tables: mean ± std over seeds, paired differences, pooled samples, the paper's numbers
+beside ours; written as markdown and CSV side by side.
+
+Small pure functions of per-seed numbers, so every experiment's table logic is one composition
+of them, testable on synthetic results (``tests/test_tables.py``).
+"""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +24,61 @@ def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> st
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
+def paired_differences(values: Mapping[Hashable, float], baseline: Mapping[Hashable, float]
+                       ) -> dict[Hashable, float]:
+    """``values[k] - baseline[k]`` for every key (seed) in both, in ``values``' order.
+
+    Pairing by seed is what makes a difference meaningful (same init, mask and data order);
+    a seed missing on either side is left out, never paired with another seed's run."""
+    return {k: v - baseline[k] for k, v in values.items() if k in baseline}
+
+
+def pooled(per_seed: Iterable[float | Sequence[float]]) -> list[float]:
+    """One sample list from per-seed entries that are a number or a list of numbers (several
+    runs of one seed, e.g. sign transfers to two fresh inits): every run is a sample."""
+    out: list[float] = []
+    for entry in per_seed:
+        if isinstance(entry, list | tuple):
+            out.extend(float(x) for x in entry)
+        else:
+            out.append(float(entry))
+    return out
+
+
+def per_seed_mean(per_seed: Iterable[float | Sequence[float]]) -> list[float]:
+    """One number per seed: the mean of its runs (the alternative to :func:`pooled`)."""
+    return [float(np.mean(e)) if isinstance(e, list | tuple) else float(e) for e in per_seed]
+
+
+def paper_columns(values: Sequence[float], paper: float | None, scale: float = 100.0,
+                  digits: int = 2) -> list[str]:
+    """``[paper, ours − paper]`` cells: the paper's number (already in table units) and the
+    signed gap of our mean (``values * scale``) to it; ``"—"`` where either is missing."""
+    vals = [x for x in values if x is not None]
+    if paper is None or not vals:
+        return ["—", "—"]
+    return [f"{paper:.{digits}f}", f"{scale * float(np.mean(vals)) - paper:+.{digits}f}"]
+
+
+def wins(differences: Iterable[float]) -> str:
+    """``"k/n"``: how many of ``n`` paired differences are positive (``"—"`` for none)."""
+    d = list(differences)
+    return f"{sum(x > 0 for x in d)}/{len(d)}" if d else "—"
+
+
+def _cell(value: object) -> str:
+    # A "|" inside a cell would split it into two columns in markdown.
+    return str(value).replace("|", "\\|")
+
+
 def write_table(path_stem: Path, header: Sequence[str], rows: Sequence[Sequence[str]],
                 title: str = "", notes: str = "") -> str:
     """Write ``<stem>.md`` and ``<stem>.csv``; returns the markdown."""
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"### {title}", ""] if title else []
-    lines.append("| " + " | ".join(header) + " |")
+    lines.append("| " + " | ".join(_cell(h) for h in header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     if notes:
         lines += ["", notes]
     markdown = "\n".join(lines) + "\n"

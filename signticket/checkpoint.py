@@ -97,10 +97,32 @@ def check_runs_root(root: str | os.PathLike) -> Path:
     return root
 
 
+#: Top-level config keys that do not name a run: how it is logged changes no result, so runs
+#: that differ only there share a directory (and a config without them keeps its old hash).
+UNHASHED_KEYS = ("logging",)
+
+
+def run_identity(config: Any) -> dict[str, Any]:
+    """The part of ``config`` that names a run (hashed, stored in ``config.json``): all of it
+    but :data:`UNHASHED_KEYS`."""
+    plain = json.loads(canonical_json(config))
+    if isinstance(plain, dict):
+        for key in UNHASHED_KEYS:
+            plain.pop(key, None)
+    return plain
+
+
 def run_dir(root: str | os.PathLike, config: Any, name: str = "run") -> Path:
-    """The directory of the run described by ``config`` (created, with ``config.json``)."""
+    """The directory of the run described by ``config`` (created, with ``config.json``).
+
+    The directory is named by the hash of :func:`run_identity`. ``config.json`` holds that
+    identity plus, under :data:`~signticket.provenance.PROVENANCE_KEY`, the provenance of the
+    code that created the directory (ignored when comparing, so any code may reuse it)."""
+    from signticket import provenance
+
     root = check_runs_root(root)
-    path = root / f"{name}-{config_hash(config)}"
+    identity = run_identity(config)
+    path = root / f"{name}-{config_hash(identity)}"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -109,7 +131,7 @@ def run_dir(root: str | os.PathLike, config: Any, name: str = "run") -> Path:
         raise UserError(f"cannot create run directory {path}: {e.strerror or e}; pass a "
                         "writable directory (--runs-root or SIGNTICKET_RUNS)") from e
     cfg_file = path / CONFIG_FILE
-    expected = json.loads(canonical_json(config))
+    expected = identity
     if cfg_file.exists():
         try:
             stored = json.loads(cfg_file.read_text())
@@ -117,13 +139,18 @@ def run_dir(root: str | os.PathLike, config: Any, name: str = "run") -> Path:
             raise CheckpointError(
                 f"{cfg_file} is corrupt ({e}); delete {path} to start over"
             ) from e
+        if isinstance(stored, dict):
+            stored.pop(provenance.PROVENANCE_KEY, None)
         if stored != expected:
             raise CheckpointError(
                 f"{path} holds a run of a different config; refusing to mix results "
                 f"(delete it or change the runs root)"
             )
     else:
-        write_json_atomic(cfg_file, expected)
+        stamped = dict(expected) if isinstance(expected, dict) else expected
+        if isinstance(stamped, dict):
+            stamped[provenance.PROVENANCE_KEY] = provenance.collect()
+        write_json_atomic(cfg_file, stamped)
     return path
 
 
@@ -404,9 +431,13 @@ class Checkpointer:
         )
 
     def mark_done(self, summary: Mapping[str, Any]) -> None:
-        """Record that the run finished, with its final summary."""
+        """Record that the run finished, with its final summary and the provenance of the code
+        that finished it (``"provenance"``, see :mod:`signticket.provenance`)."""
+        from signticket import provenance
+
         self.wait()
-        write_json_atomic(self.directory / DONE_FILE, dict(summary))
+        write_json_atomic(self.directory / DONE_FILE,
+                          {**summary, "provenance": provenance.collect()})
 
     def done(self) -> dict[str, Any] | None:
         """The final summary of a finished run, or None (also, with a warning, when DONE.json

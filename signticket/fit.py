@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 from tqdm.auto import tqdm
 
 from signticket import data as data_lib
+from signticket import metrics as metrics_lib
+from signticket import provenance
 from signticket.checkpoint import Checkpointer, NoIntactCheckpointError
 from signticket.errors import UserError
-from signticket.metrics import MetricsWriter
 from signticket.train import Engine, TrainState, check_finite
 
 log = logging.getLogger(__name__)
@@ -45,12 +48,13 @@ def fit(
     batch_size: int,
     data_seed: int = 0,
     checkpointer: Checkpointer | None = None,
-    metrics: MetricsWriter | None = None,
+    metrics: metrics_lib.MetricWriter | None = None,
     eval_every: int = 1,
     checkpoint_every: int = 1,
     on_epoch_end: EpochHook | None = None,
     progress: bool = True,
     desc: str = "train",
+    learning_rate: optax.ScalarOrSchedule | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     """Train ``state`` for ``epochs`` epochs; returns the final state and test metrics.
 
@@ -61,7 +65,12 @@ def fit(
     :class:`~signticket.train.NonFiniteLossError` before that state is saved.
 
     ``metrics`` is cut back to the epochs the restored checkpoint holds (to nothing when there
-    is none), so epochs that are trained again are never recorded twice.
+    is none), so epochs that are trained again are never recorded twice. Each epoch's record
+    holds train and test loss/accuracy, the learning rate of its last step (``learning_rate``,
+    a schedule of the optimizer's step count, or a constant; omitted when None), the sparsity of
+    the mask in use, and its wall-clock time (:data:`~signticket.metrics.TIMING_KEYS`, measured
+    once per epoch: no host sync per step). With ``progress=False`` each epoch is also one INFO
+    log line.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size),
                         ("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
@@ -77,6 +86,7 @@ def fit(
         else:
             done = checkpointer.done()
             if done is not None and start >= epochs:
+                provenance.check_reuse(checkpointer.directory, done)
                 return state, {k: v for k, v in done.items() if k.startswith("test_")}
             log.info("resuming %s at epoch %d", checkpointer.directory, start + 1)
     if metrics is not None:
@@ -97,6 +107,7 @@ def fit(
         dynamic_ncols=True,
     )
     for epoch in range(start + 1, epochs + 1):
+        started = time.perf_counter()
         sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
         batches = data_lib.train_batches(
             dataset.train_images,
@@ -110,19 +121,25 @@ def fit(
             state, m = engine.train_step(state, batch)
             sums = jax.tree.map(jnp.add, sums, m)
             bar.update()
-        train = {k: float(v) / n_steps for k, v in sums.items()}
+        train = {k: float(v) / n_steps for k, v in sums.items()}  # the epoch's one host sync
+        seconds = time.perf_counter() - started
         check_finite(train, f"epoch {epoch}")
+        in_use = _schedule_and_mask(state, learning_rate)  # before a hook changes the mask
         if on_epoch_end is not None:
             state = on_epoch_end(epoch, state)
         record = {
             "epoch": epoch,
             "step": int(state.step),
             **{f"train_{k}": v for k, v in train.items()},
+            **in_use,
         }
         if epoch % eval_every == 0 or epoch == epochs:
             test = evaluate(engine, state, dataset, device_data=test_dev)
             record.update({f"test_{k}": v for k, v in test.items()})
         bar.set_postfix(loss=f"{train['loss']:.3f}", test_acc=f"{test.get('accuracy', 0):.3f}")
+        record.update(_timing(seconds, n_steps, batch_size))
+        if not progress:
+            log.info(metrics_lib.format_epoch(desc, record, epochs))
         if metrics is not None:
             metrics.write(record)
         if checkpointer is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
@@ -136,3 +153,44 @@ def fit(
             checkpointer.save(epochs, state)
         checkpointer.mark_done({"epoch": epochs, **summary})
     return state, summary
+
+
+def _timing(seconds: float, n_steps: int, batch_size: int) -> dict[str, float]:
+    # Measured around an epoch's training (which ends in one sync), so the steps stay
+    # asynchronous; evaluation and checkpointing are not included. The first epoch of a
+    # process includes compiling the step.
+    return {
+        "epoch_time_s": seconds,
+        "step_time_ms": 1e3 * seconds / n_steps,
+        "images_per_s": n_steps * batch_size / seconds if seconds > 0 else float("inf"),
+    }
+
+
+def _schedule_count(opt_state) -> jax.Array | None:
+    """The step count the learning-rate schedule sees (optax's ``ScaleByScheduleState``): it
+    restarts with the optimizer (a reset), which ``state.step`` does not."""
+    for node in jax.tree.leaves(
+            opt_state, is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState)):
+        if isinstance(node, optax.ScaleByScheduleState):
+            return node.count
+    return None
+
+
+def _schedule_and_mask(state: TrainState, learning_rate) -> dict[str, float]:
+    """``lr`` of the epoch's last step and ``sparsity`` (over prunable leaves) of the mask it
+    trained under, each when known."""
+    from signticket.masks import sparsity
+    from signticket.optim import get_mask
+
+    out: dict[str, float] = {}
+    if callable(learning_rate):
+        count = _schedule_count(state.opt_state)
+        count = state.step if count is None else count
+        out["lr"] = float(learning_rate(jnp.maximum(count - 1, 0)))
+    elif learning_rate is not None:
+        out["lr"] = float(learning_rate)
+    try:
+        out["sparsity"] = float(sparsity(get_mask(state.opt_state)).overall)
+    except ValueError:  # UserError included
+        pass  # no mask in the optimizer (not built with masked()), or no prunable leaf
+    return out

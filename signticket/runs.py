@@ -20,10 +20,11 @@ from signticket.checkpoint import (
     check_runs_root,
     lock_run_dir,
     run_dir,
+    run_identity,
 )
 from signticket.errors import UserError
 from signticket.fit import EpochHook, fit
-from signticket.metrics import MetricsWriter
+from signticket.metrics import make_writer, writer_names
 from signticket.optim import make_optimizer, masked
 from signticket.schedules import make_schedule
 from signticket.sharding import make_mesh
@@ -101,8 +102,37 @@ def check_run_config(config: ConfigDict, runs_root: str | os.PathLike | None = N
         if "schedule" in opt and opt.schedule not in SCHEDULES:
             raise UserError(f"optimizer.schedule {opt.get('schedule')!r} is unknown; available: "
                             f"{', '.join(SCHEDULES)}")
+    writer_names(_logging_config(config))  # unknown metric writers: before any directory
     if runs_root is not None:
         check_runs_root(runs_root)
+
+
+def _logging_config(config: ConfigDict) -> dict[str, Any]:
+    """``config.logging`` as a plain dict (empty when absent). Not part of a run's identity
+    (:data:`~signticket.checkpoint.UNHASHED_KEYS`)."""
+    section = config.get("logging")
+    return section.to_dict() if hasattr(section, "to_dict") else dict(section or {})
+
+
+def build_schedule(
+    cfg: ConfigDict,
+    epochs: int,
+    steps_per_epoch: int,
+    *,
+    schedule: str | None = None,
+    learning_rate: float | None = None,
+) -> optax.Schedule:
+    """The learning-rate schedule of an optimizer config (what :func:`build_optimizer` uses)."""
+    lr = cfg.learning_rate if learning_rate is None else learning_rate
+    total = max(1, epochs * steps_per_epoch)
+    return make_schedule(
+        schedule or cfg.schedule,
+        lr,
+        total,
+        milestones=tuple(cfg.get("milestones", (0.5, 0.75))),
+        gamma=cfg.get("gamma", 0.1),
+        warmup_steps=min(total - 1, cfg.get("warmup_epochs", 0) * steps_per_epoch),
+    )
 
 
 def build_optimizer(
@@ -114,16 +144,8 @@ def build_optimizer(
     learning_rate: float | None = None,
 ) -> optax.GradientTransformation:
     """``masked(optimizer(schedule))`` from an optimizer config (dense until a mask is set)."""
-    lr = cfg.learning_rate if learning_rate is None else learning_rate
-    total = max(1, epochs * steps_per_epoch)
-    sched = make_schedule(
-        schedule or cfg.schedule,
-        lr,
-        total,
-        milestones=tuple(cfg.get("milestones", (0.5, 0.75))),
-        gamma=cfg.get("gamma", 0.1),
-        warmup_steps=min(total - 1, cfg.get("warmup_epochs", 0) * steps_per_epoch),
-    )
+    sched = build_schedule(cfg, epochs, steps_per_epoch, schedule=schedule,
+                           learning_rate=learning_rate)
     kwargs: dict[str, Any] = {"weight_decay": cfg.get("weight_decay", 0.0)}
     if cfg.name == "sgd":
         kwargs["momentum"] = cfg.get("momentum", 0.9)
@@ -196,6 +218,7 @@ def train_run(
     on_epoch_end: EpochHook | None = None,
     progress: bool = True,
     mesh=None,
+    learning_rate: optax.ScalarOrSchedule | None = None,
 ) -> RunResult:
     """Train one run described by ``config`` in its own resumable run directory.
 
@@ -206,6 +229,10 @@ def train_run(
     the directory is locked (:func:`~signticket.checkpoint.lock_run_dir`) for the whole run: a
     second process on the same run fails at once with
     :class:`~signticket.checkpoint.RunLockedError` naming the directory and the holder's pid.
+
+    Metrics go to the writers of ``config.logging`` (:func:`~signticket.metrics.make_writer`).
+    The learning rate they record is ``config.optimizer``'s schedule, or with a ``tx`` of the
+    caller's, ``learning_rate`` (the schedule that ``tx`` follows; none recorded if omitted).
     """
     from signticket.optim import set_mask
 
@@ -235,6 +262,11 @@ def train_run(
         if mask is not None:
             state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
         ckpt = Checkpointer(directory)
+        # A caller's own ``tx`` may follow another schedule than the config's: its runs log
+        # the one it names, or none rather than a wrong one.
+        schedule = (build_schedule(config.optimizer, config.epochs, steps)
+                    if tx is None else learning_rate)
+        writer = make_writer(directory, _logging_config(config), config=run_identity(config))
         try:
             state, summary = fit(
                 engine,
@@ -244,13 +276,15 @@ def train_run(
                 batch_size=config.batch_size,
                 data_seed=config.data_seed,
                 checkpointer=ckpt,
-                metrics=MetricsWriter(directory / "metrics.jsonl"),
+                metrics=writer,
                 eval_every=config.get("eval_every", 1),
                 checkpoint_every=config.get("checkpoint_every", 1),
                 on_epoch_end=on_epoch_end,
                 progress=progress,
                 desc=name,
+                learning_rate=schedule,
             )
         finally:
+            writer.close()
             ckpt.close()
     return RunResult(directory, state, summary)

@@ -25,4 +25,7 @@ def get_config() -> ConfigDict:
     c.batch_size = 128
     c.eval_every = 1
     c.checkpoint_every = 1
+    # Where metrics go: any of "jsonl", "tensorboard", "wandb". Not part of the run's identity
+    # (signticket.checkpoint.UNHASHED_KEYS): changing it reuses the same run directory.
+    c.logging = ConfigDict({"writers": ("jsonl",), "wandb_project": ""})
     return c
