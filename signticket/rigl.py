@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +25,11 @@ import optax
 
 from signticket.dst import mask_updater
 from signticket.sign_in import get_mask, set_mask
-from signticket.train import Engine, TrainState, cross_entropy
 from signticket.tree import LeafPredicate, PyTree, check_same_structure, named_leaves
 from signticket.tree import is_prunable as _is_prunable
+
+if TYPE_CHECKING:  # the once-per-epoch helpers below take the lab's engine; the core does not
+    from signticket.train import Engine, TrainState
 
 
 class RiglResult(NamedTuple):
@@ -147,6 +149,8 @@ def dense_grad_fn(
     """``state -> dL/dtheta`` on a fixed batch (no augmentation; BatchNorm in training mode,
     its statistics update discarded), jit-compiled once. A fixed batch keeps RiGL
     deterministic, so a resumed run regrows the same weights."""
+    from signticket.train import cross_entropy  # the lab's loss; keeps the core import light
+
     images = jnp.asarray(images)
     labels = jnp.asarray(labels)
 

@@ -61,3 +61,23 @@ def test_cli_version():
     out = subprocess.run([sys.executable, "-m", "signticket.cli", "--version"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("signticket "), out.stderr
+
+
+# The core: pure pytree functions and optax transforms, usable from any JAX code.
+CORE = ("tree", "masks", "signs", "optim", "sign_in", "dst", "rigl", "acdc", "str_sparsity",
+        "curvature", "sign_metrics", "rebasin", "lmc")
+# What the lab brings (models, runs, data, plots, native kernels, torch baselines).
+LAB_ONLY = ("flax", "orbax", "tensorflow", "tensorflow_datasets", "ml_collections", "matplotlib",
+            "torch", "tqdm", "chex", "signticket.train", "signticket.runs", "signticket.native")
+
+
+def test_core_imports_with_jax_optax_numpy_scipy_only():
+    code = f"""
+import json, sys
+for name in {CORE!r}:
+    __import__("signticket." + name)
+print(json.dumps(sorted(m for m in {LAB_ONLY!r} if m in sys.modules)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
