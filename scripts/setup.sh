@@ -22,8 +22,9 @@ if (platform.system(), platform.machine()) == ("Linux", "x86_64"):  # the `cpu` 
 PYEOF
 ) >/dev/null 2>&1; then
   echo "== installing signticket and its dependencies"
-  # `cpu`: oneDNN's wheels for the fast CPU convolutions (Linux x86-64 only; a no-op elsewhere).
-  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,cpu]"
+  # `all`: TFDS + TensorFlow (data), matplotlib (figures) and oneDNN's wheels for the fast CPU
+  # convolutions (Linux x86-64 only; a no-op elsewhere); `test`: pytest, chex, ruff.
+  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[all,test]"
 fi
 
 FMNIST=/usr/share/datasets/fashion-mnist
