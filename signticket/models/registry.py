@@ -17,7 +17,7 @@ from signticket.models.convnet import ConvNet
 from signticket.models.mlp import MLP
 from signticket.models.mobilenet_v2 import MobileNetV2
 from signticket.models.resnet_cifar import resnet18, resnet20
-from signticket.models.resnet_imagenet import resnet50
+from signticket.models.resnet_imagenet import resnet50, resnet50_cifar
 from signticket.models.vgg import vgg11, vgg16
 
 Constructor = Callable[..., nn.Module]
@@ -97,6 +97,8 @@ def _convnet(num_classes: int = 10, channels: Sequence[int] = (16, 32, 64)) -> C
 register("resnet20")(resnet20)
 register("resnet18")(resnet18)
 register("resnet50")(resnet50)
+# Official AWS CIFAR-100 / Tiny-ImageNet ResNet-50: 3x3/1 stem, no max-pool.
+register("resnet50_cifar")(resnet50_cifar)
 
 
 # One registry name per BN choice (no ``batch_norm`` keyword), so a run's model name alone says
