@@ -33,11 +33,13 @@ from pathlib import Path
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import optax
 from ml_collections import ConfigDict
 
 from signticket import data as data_lib
 from signticket.checkpoint import run_dir
 from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune, sparsity
+from signticket.optim import make_optimizer, masked
 from signticket.runs import DEFAULT_RUNS_ROOT, RunResult, initial_variables, train_run
 from signticket.signs import TRANSFER_DEFAULT, sign_transfer
 from signticket.train import PreForward, TrainState
@@ -511,6 +513,39 @@ def transfer_init(
     return TICKET_STARTS[kind](source, fresh)
 
 
+#: Schedules built here rather than by ``runs.build_optimizer``.
+EPOCHWISE_SCHEDULES = ("torch_cosine",)
+
+
+def torch_cosine(base_lr: float, epochs: int, steps_per_epoch: int,
+                 eta_min_ratio: float = 0.0) -> optax.Schedule:
+    """``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=epochs, eta_min=ratio * lr)`` stepped
+    once per epoch, as the official ImageNet runs use it (``optim/utils.py``:
+    ``eta_min=args.lr * 0.001``): epoch ``e`` trains at
+    ``eta_min + (lr - eta_min) (1 + cos(pi e / epochs)) / 2``."""
+    eta_min = base_lr * eta_min_ratio
+
+    def schedule(step):
+        e = jnp.minimum(step // steps_per_epoch, epochs)
+        return eta_min + (base_lr - eta_min) * (1 + jnp.cos(jnp.pi * e / epochs)) / 2
+
+    return schedule
+
+
+def stage_tx(optimizer: ConfigDict, epochs: int, steps_per_epoch: int
+             ) -> optax.GradientTransformation | None:
+    """The masked optimizer of a stage whose schedule is one of :data:`EPOCHWISE_SCHEDULES`
+    (``None``: ``train_run`` builds the others)."""
+    if optimizer.schedule not in EPOCHWISE_SCHEDULES:
+        return None
+    sched = torch_cosine(optimizer.learning_rate, epochs, steps_per_epoch,
+                         optimizer.get("eta_min_ratio", 0.0))
+    kwargs = {"weight_decay": optimizer.get("weight_decay", 0.0)}
+    if optimizer.name == "sgd":
+        kwargs["momentum"] = optimizer.get("momentum", 0.9)
+    return masked(make_optimizer(optimizer.name, sched, **kwargs))
+
+
 def final_run(
     kind: str,
     source: Round | None,
@@ -544,6 +579,7 @@ def final_run(
     # e.g. "final-sign_transfer-imp-constant-aws-r10": the kind and the round it came from
     name = f"final-{kind}" + (
         f"-{source.directory.name.rsplit('-', 1)[0]}" if source and source.directory else "")
+    steps = data_lib.steps_per_epoch(len(dataset.train_labels), cfg.batch_size)
     return train_run(
         cfg,
         dataset,
@@ -552,5 +588,6 @@ def final_run(
         init_params=params,
         init_batch_stats=stats,
         mask=mask,
+        tx=stage_tx(cfg.optimizer, cfg.epochs, steps),
         progress=progress,
     )

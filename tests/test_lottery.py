@@ -291,3 +291,41 @@ def test_transfer_inits():
     chex.assert_trees_all_equal(params, masks.apply_mask(src_params, mask))
     with pytest.raises(ValueError, match="unknown transfer"):
         lottery.transfer_init("telepathy", source, fresh)
+
+
+def _schedule_fixture():
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(__file__).parent / "fixtures" / "aws_schedules.json").read_text())
+
+
+def test_torch_cosine_matches_the_official_imagenet_schedule():
+    """optim/utils.py: CosineAnnealingLR(T_max=epochs, eta_min=lr * 0.001), stepped per epoch
+    (lr of every epoch from torch in the fixture)."""
+    fx = _schedule_fixture()["cosine_10"]
+    steps = 7
+    sched = lottery.torch_cosine(fx["base_lr"], fx["epochs"], steps, 0.001)
+    for e, lr in enumerate(fx["lr_per_epoch"]):
+        for s in (e * steps, e * steps + steps - 1):  # constant within the epoch
+            assert float(sched(s)) == pytest.approx(lr, rel=1e-5)
+    tx = lottery.stage_tx(ConfigDict({"name": "adam", "learning_rate": 1e-3, "weight_decay": 0.0,
+                                      "schedule": "torch_cosine", "eta_min_ratio": 1e-3}), 10, 7)
+    assert tx is not None
+    assert lottery.stage_tx(ConfigDict({"schedule": "step"}), 10, 7) is None
+
+
+@pytest.mark.parametrize("epochs", [10, 100])
+def test_aws_config_step_schedule_is_the_official_multistep(epochs):
+    """MultiStepLR(milestones=[epochs // 2, epochs // 4 * 3], gamma=0.1): for 10 epochs the
+    second drop is at epoch 6, not 7.5."""
+    from experiments.configs.aws_common import official_milestones
+    from signticket.schedules import make_schedule
+
+    fx = _schedule_fixture()[f"multistep_{epochs}"]
+    steps = 3
+    sched = make_schedule("step", fx["base_lr"], epochs * steps,
+                          milestones=official_milestones(epochs))
+    got = [float(sched(e * steps + s)) for e in range(epochs) for s in (0, steps - 1)]
+    want = [lr for lr in fx["lr_per_epoch"] for _ in (0, 1)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
