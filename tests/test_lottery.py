@@ -329,3 +329,21 @@ def test_aws_config_step_schedule_is_the_official_multistep(epochs):
     got = [float(sched(e * steps + s)) for e in range(epochs) for s in (0, steps - 1)]
     want = [lr for lr in fx["lr_per_epoch"] for _ in (0, 1)]
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_round_policies_per_stage_optimizer():
+    """train.py never steps the scheduler in the pruning stage and rebuilds the optimizer each
+    iteration: the ``constant`` policy runs warm-up and rounds at the base LR; ``lrr`` restarts
+    the configured schedule; ``ft`` uses imp.ft_optimizer; only ``weight`` rewinds."""
+    cfg = _config("constant")
+    cfg.imp.ft_optimizer = ConfigDict(cfg.final.optimizer.to_dict())
+    pol = lottery.ROUND_POLICIES
+    assert pol["constant"].optimizer(cfg).schedule == "constant"
+    assert pol["constant"].warmup_optimizer(cfg).schedule == "constant"
+    assert pol["lrr"].optimizer(cfg).schedule == cfg.optimizer.schedule == "cosine"
+    assert pol["ft"].optimizer(cfg).schedule == "step"
+    assert [n for n, p in pol.items() if p.rewinds] == ["weight"]
+    with pytest.raises(ValueError, match="already registered"):
+        lottery.register_policy(pol["lrr"])
+    with pytest.raises(ValueError, match=r"unknown imp\.prunable"):
+        lottery.imp(_config(prunable="everything"), _dataset(), runs_root="/nonexistent")
