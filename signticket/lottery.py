@@ -19,7 +19,9 @@ names its parent run, so finished rounds are reused and a killed pipeline resume
 
 Reuse by other IMP variants (e.g. ``rebasin.procedure.imp_masks``, which starts from a trained
 dense run and fine-tunes or rewinds): pass that run as ``round0`` to :func:`imp_rounds` with the
-``ft`` or ``weight`` policy and a count rule; the loop, resumption and masking are shared.
+``ft`` policy (``imp.ft_optimizer``, ``epochs=ft_epochs``) or the ``weight`` policy
+(``rewind=`` the dense run's epoch-k point, ``epochs=T - k``), and ``kept=`` a function that
+cuts the last round exactly at the target; the loop, resumption and masking are shared.
 """
 
 from __future__ import annotations
@@ -222,13 +224,16 @@ def prune_round(
     prunable: str = "kernels_except_head",
     count_rule: str = "round",
     index: int = 0,
+    kept: int | None = None,
 ) -> PyTree:
     """The next round's mask: drop the smallest-|theta| surviving weights of the ``prunable``
-    leaves, keeping ``COUNT_RULES[count_rule](surviving, fraction)`` of them (global scope; the
-    layerwise scope applies ``fraction`` per leaf). Pruned weights never come back."""
+    leaves, keeping ``COUNT_RULES[count_rule](surviving, fraction)`` of them, or exactly ``kept``
+    when given (global scope; the layerwise scope applies ``fraction`` per leaf). Pruned weights
+    never come back."""
     predicate = PRUNING_SCOPES[prunable]
     surviving = _count(mask, predicate)
-    kept = COUNT_RULES[count_rule](surviving, fraction)
+    if kept is None:
+        kept = COUNT_RULES[count_rule](surviving, fraction)
     if surviving - kept < 1:
         raise ValueError(
             f"round {index}: nothing left to prune ({surviving} prunable weights survive, "
@@ -332,23 +337,32 @@ def imp_rounds(
     hook_state: PyTree | None = None,
     runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
     progress: bool = True,
+    epochs: int | None = None,
+    kept: Callable[[int, int], int] | None = None,
 ) -> Iterator[Round]:
     """Rounds ``1..config.imp.rounds`` after ``round0``: prune the parent, start as the policy
     says, train under the new mask. Each round's run config names its parent run and how many
-    weights it keeps, so no stale run is reused when anything upstream changes."""
+    weights it keeps, so no stale run is reused when anything upstream changes.
+
+    ``round0`` may be any trained network (a dense run for IMP-after-training). ``epochs``
+    overrides ``imp.epochs_per_round`` (e.g. weight rewinding to epoch k of a T-epoch run trains
+    T - k); ``kept(r, surviving)`` overrides the count rule (e.g. cut a round exactly at a target
+    sparsity, as ``rebasin.procedure.imp_masks`` does)."""
     imp_cfg = config.imp
     policy = ROUND_POLICIES[imp_cfg.mode]
     predicate_name = imp_cfg.get("prunable", "kernels_except_head")
     identity = _imp_identity(config)
     parent = round0
     for r in range(1, imp_cfg.rounds + 1):
+        surviving = _count(parent.mask, PRUNING_SCOPES[predicate_name])
         mask = prune_round(
             parent.params, parent.mask, imp_cfg.fraction, scope=imp_cfg.scope,
             prunable=predicate_name, count_rule=imp_cfg.get("count_rule", "round"), index=r,
+            kept=None if kept is None else kept(r, surviving),
         )
         params, stats = policy.start(parent, rewind)
         cfg = _stage_config(
-            config, "imp", round=r, epochs=imp_cfg.epochs_per_round,
+            config, "imp", round=r, epochs=imp_cfg.epochs_per_round if epochs is None else epochs,
             parent=parent.directory.name if parent.directory else "none",
             kept=_count(mask, PRUNING_SCOPES[predicate_name]), **identity,
         )

@@ -347,3 +347,19 @@ def test_round_policies_per_stage_optimizer():
         lottery.register_policy(pol["lrr"])
     with pytest.raises(ValueError, match=r"unknown imp\.prunable"):
         lottery.imp(_config(prunable="everything"), _dataset(), runs_root="/nonexistent")
+
+
+def test_imp_rounds_from_a_trained_network_with_an_exact_cut(tmp_path):
+    """The reuse path for IMP after dense training (rebasin.procedure.imp_masks): any network
+    as round 0, fine-tuning policy, a per-round count override."""
+    ds = _dataset()
+    cfg = _config("ft", rounds=2)
+    cfg.imp.ft_optimizer = ConfigDict(cfg.final.optimizer.to_dict())
+    init = lottery.initial_variables(cfg, ds)
+    round0 = lottery.Round(0, None, init["params"], init["batch_stats"],
+                           masks.full_mask(init["params"]), {})
+    n0 = _count(round0.mask)
+    rounds = list(lottery.imp_rounds(cfg, ds, round0, runs_root=tmp_path, progress=False,
+                                     epochs=1, kept=lambda r, n: n - 7 * r))
+    assert [_count(r.mask) for r in rounds] == [n0 - 7, n0 - 7 - 14]
+    assert all(_zero_outside(r.params, r.mask) for r in rounds)
