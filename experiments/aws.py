@@ -3,12 +3,17 @@ transfer, with error barriers.
 
     python -m experiments.aws --config experiments/configs/aws_cpu.py [--config.key=value ...]
 
-For every seed, LRR and AWS prune from the same init and data order; at each chosen round k the
-pruned network is retrained, its mask and signs are transferred to two fresh inits, and its mask
-alone to one; a dense baseline uses the final schedule. Barriers: (i) the norm-parameter path from
-trained psi to psi_init, (ii) sign transfer vs retrain, (iii) two sign transfers. Every training
-run is a resumable config-hashed run; barriers are cached. Writes ``table.md``/``.csv``,
-``results.json`` and barrier-curve figures to ``--out``.
+For every seed, LRR and AWS prune from the same init and data order. Round k is trained under
+its own mask (the official ``checkpoint_iter{k}``); from it the network is retrained, its mask
+and signs are transferred to two fresh inits, and its mask alone to one; a dense baseline uses
+the final schedule. As in the official scripts, the final runs of transfer seed ``s`` use data
+order ``s`` (retrain, sign and mask transfer share it), so the two sign transfers differ in init
+*and* data order. Barriers: (i) the norm-parameter path from trained psi to psi_init, (ii) sign
+transfer vs retrain, (iii) two sign transfers; reported with the official AWS definition
+(``lmc.error_barrier_midpoint_mean``) and BN re-estimation (``bn_mode="ema"``), the
+over-the-chord value beside it. Every training run is a resumable config-hashed run; barriers are
+cached. Writes ``table.md``/``.csv``, ``results.json`` and barrier-curve figures to ``--out``.
+See ``docs/protocols/aws.md``.
 """
 
 from __future__ import annotations
@@ -51,20 +56,26 @@ def _variables(run) -> dict:
 def _barrier(name, model, dataset, a, b, config, runs_root, ids, mask=None):
     """Cached barrier curve between variables ``a`` and ``b`` (ids name them for the cache)."""
     exp = config.experiment
+    bn_mode = exp.get("bn_mode", "average")
+    bn_bs = exp.get("bn_batch_size", 0) or None
+    definition = exp.get("barrier_definition", "midpoint_mean")
     settings = {"ids": ids, "points": exp.barrier_points, "bn": exp.bn_batches,
-                "bs": exp.barrier_batch_size}
+                "bs": exp.barrier_batch_size, "bn_mode": bn_mode, "bn_bs": bn_bs}
     path = Path(runs_root) / "barriers" / f"{name}-{config_hash(settings)}.json"
     if path.exists():
         return json.loads(path.read_text())
     curve = lmc.barrier_curve(
         model, dataset.preprocess, a, b, dataset,
         alphas=np.linspace(0, 1, exp.barrier_points), bn_batches=exp.bn_batches,
-        batch_size=exp.barrier_batch_size, mask_a=mask, mask_b=mask,
+        batch_size=exp.barrier_batch_size, mask_a=mask, mask_b=mask, bn_mode=bn_mode,
+        bn_batch_size=bn_bs,
     )
+    err_fn, loss_fn = lmc.BARRIERS[definition]
     out = {"alphas": np.asarray(curve.alphas).tolist(), "error": np.asarray(curve.error).tolist(),
-           "loss": np.asarray(curve.loss).tolist(),
-           "error_barrier": float(lmc.error_barrier(curve)),
-           "loss_barrier": float(lmc.loss_barrier(curve))}
+           "loss": np.asarray(curve.loss).tolist(), "definition": definition,
+           "error_barrier": float(err_fn(curve)), "loss_barrier": float(loss_fn(curve)),
+           "error_barrier_over_chord": float(lmc.error_barrier_over_chord(curve)),
+           "error_barrier_midpoint_mean": float(lmc.error_barrier_midpoint_mean(curve))}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, out)
     return out
@@ -81,20 +92,23 @@ def run_seed(config: ConfigDict, seed: int, dataset, runs_root, progress: bool) 
         cfg = _seeded(config, seed, method)
         rounds = lottery.imp(cfg, dataset, runs_root=runs_root, progress=progress)
         psi_init = initial_variables(cfg, dataset)["params"]
-        # Round r trains under round r - 1's mask, then prunes: its accuracy belongs to the
-        # density it was trained at.
-        trained_at = [1.0] + [r.remaining for r in rounds[:-1]]
+        # Round r was trained under its own mask: its accuracy belongs to its density.
         result.setdefault("imp_curve", {})[method] = [
-            {"round": r.index, "remaining": f, "accuracy": r.summary["test_accuracy"]}
-            for r, f in zip(rounds, trained_at, strict=True)]
+            {"round": r.index, "remaining": r.remaining, "accuracy": r.summary["test_accuracy"]}
+            for r in rounds]
         for k in exp.final_rounds:
             src = rounds[k]
             kw = dict(runs_root=runs_root, progress=progress)
-            retrain = lottery.final_run("retrain", src, cfg, dataset, init_seed=seed, **kw)
-            signs = [lottery.final_run("sign_transfer", src, cfg, dataset,
-                                       init_seed=seed + off, **kw) for off in exp.transfer_seeds]
-            masked = lottery.final_run("mask_transfer", src, cfg, dataset,
-                                       init_seed=seed + exp.transfer_seeds[0], **kw)
+            # Official script: `--seed ft_seed` for retrain, sign and mask transfer alike (data
+            # order); the inits are drawn unseeded. Here transfer seed s = seed + offset seeds
+            # both the fresh init and the data order.
+            first = seed + exp.transfer_seeds[0]
+            retrain = lottery.final_run("retrain", src, cfg, dataset, init_seed=first,
+                                        data_seed=first, **kw)
+            signs = [lottery.final_run("sign_transfer", src, cfg, dataset, init_seed=seed + off,
+                                       data_seed=seed + off, **kw) for off in exp.transfer_seeds]
+            masked = lottery.final_run("mask_transfer", src, cfg, dataset, init_seed=first,
+                                       data_seed=first, **kw)
             pruned = {"params": src.pruned_params, "batch_stats": src.batch_stats}
             chosen = select(src.params, is_norm)
             at_init = {"params": jax.tree.map(lambda c, p, p0: p0 if c else p, chosen,
@@ -152,7 +166,10 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
             row.append(mean_std([p[m]["barrier_norm"]["error"][-1]
                                  - p[m]["barrier_norm"]["error"][0] for p in per], 100))
         rows.append(row)
-    notes = (f"Test accuracy (%) and error barriers (points of test error), mean ± std over "
+    definition = config.experiment.get("barrier_definition", "midpoint_mean")
+    notes = (f"Test accuracy (%) and error barriers (points of test error; definition "
+             f"{definition}, BN re-estimation {config.experiment.get('bn_mode', 'average')}), "
+             f"mean ± std over "
              f"seeds {list(config.experiment.seeds)} (sign transfer: both fresh inits of every "
              f"seed). Pruning stage: {config.imp.mode}, {config.imp.rounds} rounds x "
              f"{config.imp.epochs_per_round} epochs after {config.imp.warmup_epochs} warm-up; "

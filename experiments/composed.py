@@ -3,7 +3,8 @@ does these). Masks, signs, permutations and params are pytrees and Sign-In is an
 transform, so each composition is a few lines over the library's pieces:
 
 1. **AWS sign transfer + Sign-In.** The AWS pruning stage (``lottery.imp`` with ``aws=True``)
-   gives a mask and signs after its last round; the sign-transfer ticket on a fresh init
+   gives its last round: a mask and the weights trained under it (signs); the sign-transfer
+   ticket on a fresh init
    (``lottery.transfer_init("sign_transfer", ...)``) is trained with the final schedule by
    (1a) masked SGD, as ``lottery.final_run`` does, and (1b) Sign-In over the same SGD.
 2. **Permuted LTH mask + Sign-In from init B.** From the permuted-masks procedure
@@ -188,13 +189,14 @@ def train_arm(cfg: ConfigDict, dataset: data_lib.Dataset, params: PyTree, batch_
 
 def aws_arms(config: ConfigDict, dataset: data_lib.Dataset, seed: int, arms: Sequence[str], *,
              runs_root: str | Path, progress: bool) -> tuple[dict, dict]:
-    """AWS pruning for ``seed``, then the sign-transfer ticket of its last round trained by
-    each of ``arms``; returns (pipeline info, {arm: result})."""
+    """AWS pruning for ``seed``, then the sign-transfer ticket of its last round (its mask and
+    the signs of the weights trained under it) trained by each of ``arms``; returns (pipeline
+    info, {arm: result})."""
     acfg = aws_config(config, seed)
     rounds = lottery.imp(acfg, dataset, runs_root=runs_root, progress=progress)
     src = rounds[-1]
     info = {"round": src.index, "remaining": src.remaining,
-            # the last round's network, trained at the previous round's density
+            # the last round's network, trained under its own mask (at ``remaining``)
             "imp_accuracy": float(src.summary["test_accuracy"])}
     results = {}
     for arm in arms:

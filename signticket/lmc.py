@@ -38,21 +38,51 @@ def interpolate(a: PyTree, b: PyTree, alpha: float | jax.Array) -> PyTree:
     return jax.tree.map(lambda x, y: (1 - alpha) * x + alpha * y, a, b)
 
 
-def _barrier(values: jax.Array, alphas: jax.Array) -> jax.Array:
+def _over_chord(values: jax.Array, alphas: jax.Array) -> jax.Array:
     line = (1 - alphas) * values[0] + alphas * values[-1]
     return jnp.max(values - line)
 
 
-def error_barrier(curve: BarrierCurve) -> jax.Array:
+def _over_midpoint_mean(values: jax.Array) -> jax.Array:
+    return jnp.max(values - (values[0] + values[-1]) / 2)
+
+
+def error_barrier_over_chord(curve: BarrierCurve) -> jax.Array:
     """``max_alpha [err(alpha) - ((1 - alpha) err(0) + alpha err(1))]``: how far the error along
     the path rises above the straight line between the endpoints (0 for a linear or convex path;
-    in error units, e.g. 0.05 = 5 points)."""
-    return _barrier(curve.error, curve.alphas)
+    in error units, e.g. 0.05 = 5 points). The definition of Frankle et al. 2020 / Entezari et
+    al. 2022; the permuted-masks and Sign-In experiments use it."""
+    return _over_chord(curve.error, curve.alphas)
 
 
-def loss_barrier(curve: BarrierCurve) -> jax.Array:
-    """Like :func:`error_barrier`, on the test loss."""
-    return _barrier(curve.loss, curve.alphas)
+def error_barrier_midpoint_mean(curve: BarrierCurve) -> jax.Array:
+    """``max_alpha [err(alpha) - (err(0) + err(1)) / 2]``: the rise above the *mean* of the
+    endpoint errors, the curve the official AWS code plots (``calculate_error_barrier.py``:
+    ``plt.plot(alphas, errors - (errors[0] + errors[-1]) / 2)``); the AWS experiments report its
+    maximum. Equals :func:`error_barrier_over_chord` at ``alpha = 1/2`` and whenever the
+    endpoint errors are equal; otherwise it can be negative and differs near the endpoints."""
+    return _over_midpoint_mean(curve.error)
+
+
+def loss_barrier_over_chord(curve: BarrierCurve) -> jax.Array:
+    """Like :func:`error_barrier_over_chord`, on the test loss."""
+    return _over_chord(curve.loss, curve.alphas)
+
+
+def loss_barrier_midpoint_mean(curve: BarrierCurve) -> jax.Array:
+    """Like :func:`error_barrier_midpoint_mean`, on the test loss."""
+    return _over_midpoint_mean(curve.loss)
+
+
+#: Kept for existing callers: the over-the-chord definitions.
+error_barrier = error_barrier_over_chord
+loss_barrier = loss_barrier_over_chord
+
+#: Barrier definitions by name, for experiment configs.
+BARRIERS = {
+    "over_chord": (error_barrier_over_chord, loss_barrier_over_chord),
+    "midpoint_mean": (error_barrier_midpoint_mean, loss_barrier_midpoint_mean),
+}
 
 
 def check_alphas(alphas: Any) -> jax.Array:
@@ -109,6 +139,40 @@ def reestimate_batch_stats(
     return jax.tree.map(lambda t: t / images.shape[0], total)
 
 
+def fresh_batch_stats(batch_stats: PyTree) -> PyTree:
+    """Running statistics as a freshly built BatchNorm holds them: mean 0, var 1."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: jnp.ones_like(x) if str(getattr(p[-1], "key", "")) == "var"
+        else jnp.zeros_like(x), batch_stats)
+
+
+def reestimate_batch_stats_ema(
+    model: nn.Module, params: PyTree, batch_stats: PyTree, images: jax.Array
+) -> PyTree:
+    """BatchNorm running statistics as the official AWS code re-estimates them: start from a
+    fresh model's statistics (``calculate_error_barrier.py`` builds each interpolated network
+    from ``copy.deepcopy(initial_model)``) and run the batches ``images[i]`` (one pass over the
+    augmented, shuffled training set there) in train mode, each updating
+    ``r <- momentum * r + (1 - momentum) * s`` with the model's own momentum (PyTorch's 0.1 =
+    0.9 here). ``batch_stats`` gives only the structure."""
+    if not batch_stats:
+        return batch_stats
+
+    def body(stats, x):
+        _, new = model.apply(
+            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return new["batch_stats"], None
+
+    out, _ = jax.lax.scan(body, fresh_batch_stats(batch_stats), images)
+    return out
+
+
+#: BN re-estimation along a barrier curve: ``average`` (exact mean of per-batch statistics, as
+#: REPAIR / sparse-rebasin's ``reset_bn_stats`` with ``momentum=None``) or ``ema`` (official AWS).
+BN_MODES = ("average", "ema")
+
+
 def _stack_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, mesh):
     """Pad to whole batches; returns device arrays [n_batches, B, ...] split over the mesh."""
     n = len(labels)
@@ -125,7 +189,8 @@ def _stack_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, mesh
     )
 
 
-def _prepare(a, b, dataset, *, bn_batches, batch_size, seed, reestimate_bn, mask_a, mask_b, mesh):
+def _prepare(a, b, dataset, *, bn_batches, batch_size, seed, reestimate_bn, mask_a, mask_b, mesh,
+             bn_batch_size=None):
     check_same_structure(a["params"], b["params"], "params of a", "params of b")
     check_same_structure(
         a.get("batch_stats", {}), b.get("batch_stats", {}), "batch_stats of a", "batch_stats of b"
@@ -135,12 +200,15 @@ def _prepare(a, b, dataset, *, bn_batches, batch_size, seed, reestimate_bn, mask
     batch_size = max(mesh.size, batch_size - batch_size % mesh.size)
     test = _stack_batches(dataset.test_images, dataset.test_labels, batch_size, mesh)
     n_train = len(dataset.train_labels)
-    n_bn = min(bn_batches * batch_size, n_train) // batch_size
+    bn_bs = batch_size if bn_batch_size is None else max(
+        mesh.size, bn_batch_size - bn_batch_size % mesh.size)
+    # bn_batches=0: one pass over the whole training set (full batches), as the AWS code does
+    n_bn = (n_train if bn_batches <= 0 else min(bn_batches * bn_bs, n_train)) // bn_bs
     if reestimate_bn and a.get("batch_stats") and n_bn < 1:
-        raise ValueError(f"need at least one training batch of {batch_size} to re-estimate BN")
-    idx = np.random.RandomState(seed).permutation(n_train)[: max(n_bn, 1) * batch_size]
+        raise ValueError(f"need at least one training batch of {bn_bs} to re-estimate BN")
+    idx = np.random.RandomState(seed).permutation(n_train)[: max(n_bn, 1) * bn_bs]
     bn_x, _, _ = _stack_batches(
-        dataset.train_images[idx], dataset.train_labels[idx], batch_size, mesh
+        dataset.train_images[idx], dataset.train_labels[idx], bn_bs, mesh
     )
     return (bn_x, *test)
 
@@ -162,6 +230,8 @@ def barrier_curve(
     mask_b: PyTree | None = None,
     mesh=None,
     loop: bool = False,
+    bn_mode: str = "average",
+    bn_batch_size: int | None = None,
 ) -> BarrierCurve:
     """Test error/loss along the linear path from ``a`` to ``b`` (default: 11 alphas).
 
@@ -172,7 +242,15 @@ def barrier_curve(
     a time on CPU, where vmapping over weights turns convolutions into grouped convolutions that
     XLA's CPU backend runs ~20 % slower than a sequence of plain ones (``python -m bench.suite``).
     ``loop=True`` runs one program call per alpha (the reference the benchmark compares with).
+
+    ``bn_mode``: ``average`` (default) sets the statistics to the exact average over the
+    batches; ``ema`` (the official AWS procedure) starts from fresh statistics and applies the
+    momentum update batch by batch, with ``preprocess``'s training augmentation (seeded by
+    ``seed``). ``bn_batches=0`` uses one pass over the whole training set in batches of
+    ``bn_batch_size`` (default ``batch_size``; the AWS code's training loader uses 128).
     """
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"unknown bn_mode {bn_mode!r}; available: {', '.join(BN_MODES)}")
     alphas = check_alphas(np.linspace(0, 1, 11) if alphas is None else alphas)
     data = _prepare(
         a,
@@ -185,16 +263,18 @@ def barrier_curve(
         mask_a=mask_a,
         mask_b=mask_b,
         mesh=mesh,
+        bn_batch_size=bn_batch_size,
     )
+    data = (*data, jax.random.PRNGKey(seed))
     if loop:
-        fn = _curve_fn(model, preprocess, reestimate_bn, 1)
+        fn = _curve_fn(model, preprocess, reestimate_bn, 1, bn_mode)
         points = [fn(a, b, alphas[i : i + 1], *data) for i in range(len(alphas))]
         error = jnp.concatenate([p[0] for p in points])
         loss = jnp.concatenate([p[1] for p in points])
     else:
         if alpha_chunk is None:
             alpha_chunk = 1 if jax.default_backend() == "cpu" else len(alphas)
-        fn = _curve_fn(model, preprocess, reestimate_bn, alpha_chunk)
+        fn = _curve_fn(model, preprocess, reestimate_bn, alpha_chunk, bn_mode)
         error, loss = fn(a, b, alphas, *data)
     return BarrierCurve(alphas, error, loss)
 
@@ -202,15 +282,20 @@ def barrier_curve(
 _CURVE_CACHE: dict = {}
 
 
-def _curve_fn(model, preprocess, reestimate_bn: bool, alpha_chunk: int):
-    key = (model, preprocess, reestimate_bn, alpha_chunk)
+def _curve_fn(model, preprocess, reestimate_bn: bool, alpha_chunk: int, bn_mode: str = "average"):
+    key = (model, preprocess, reestimate_bn, alpha_chunk, bn_mode)
     if key in _CURVE_CACHE:
         return _CURVE_CACHE[key]
 
-    def point(alpha, a, b, bn_x, test_x, test_y, test_w):
+    def point(alpha, a, b, bn_x, test_x, test_y, test_w, key):
         params = interpolate(a["params"], b["params"], alpha)
         stats = interpolate(a.get("batch_stats", {}), b.get("batch_stats", {}), alpha)
-        if reestimate_bn and stats:
+        if reestimate_bn and stats and bn_mode == "ema":
+            # the same augmented batches at every alpha (one key per batch)
+            keys = jax.random.split(key, bn_x.shape[0])
+            xs = jax.vmap(lambda x, k: preprocess(x, k, True))(bn_x, keys)
+            stats = reestimate_batch_stats_ema(model, params, stats, xs)
+        elif reestimate_bn and stats:
             xs = jax.vmap(lambda x: preprocess(x, None, False))(bn_x)
             stats = reestimate_batch_stats(model, params, stats, xs)
         variables = {"params": params, "batch_stats": stats} if stats else {"params": params}
@@ -228,9 +313,10 @@ def _curve_fn(model, preprocess, reestimate_bn: bool, alpha_chunk: int):
         return wrong / n, loss / n
 
     @jax.jit
-    def curve(a, b, alphas, bn_x, test_x, test_y, test_w):
+    def curve(a, b, alphas, bn_x, test_x, test_y, test_w, key):
         return jax.lax.map(
-            lambda al: point(al, a, b, bn_x, test_x, test_y, test_w), alphas, batch_size=alpha_chunk
+            lambda al: point(al, a, b, bn_x, test_x, test_y, test_w, key), alphas,
+            batch_size=alpha_chunk,
         )
 
     _CURVE_CACHE[key] = curve

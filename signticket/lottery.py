@@ -1,16 +1,27 @@
 """Lottery-ticket procedures as compositions of the pytree core and the one engine.
 
-* Iterative magnitude pruning (:func:`imp`) with three rewinding modes: ``lrr`` (keep trained
-  weights, restart the LR schedule), ``constant`` (keep weights, constant LR and a fresh optimizer
-  every round: the AWS/LRR pruning stage of the official code), ``weight`` (LTH: rewind the
-  surviving weights to their values after ``rewind_epoch`` epochs).
+* :func:`imp` is the one iterative-magnitude-pruning driver. Round 0 is the dense warm-up; round
+  ``k >= 1`` prunes round ``k - 1``'s trained weights to its mask ``M_k`` (``(1 - fraction) ** k``
+  of the prunable weights) and then *trains under ``M_k``*. A :class:`Round` therefore carries the
+  mask it was trained under and the weights trained under it, as the official AWS code's
+  ``checkpoint_iter{k}`` does (``train.py``: train iteration ``k``, save, then prune). How a
+  round starts and trains is a :class:`RoundPolicy` from :data:`ROUND_POLICIES` (``lrr``,
+  ``constant``, ``weight`` rewinding, ``ft`` fine-tuning); which weights are scored is a
+  predicate from :data:`PRUNING_SCOPES`; how many are removed is a rule from :data:`COUNT_RULES`.
 * AWS (:func:`aws_pre_forward`): every minibatch's forward pass uses norm parameters
   interpolated toward their initial values by one ``alpha ~ U[0, 1)``.
-* Ticket transfer (:func:`transfer_init`, :func:`final_run`): retrain, sign transfer, mask
-  transfer and a dense baseline from a pruning round.
+* Ticket starts (:data:`TICKET_STARTS`, :func:`final_run`): small registered functions of
+  ``(parent round, fresh init)`` -- retrain, sign transfer, mask transfer, dense.
 
-Every stage is one :func:`~signticket.runs.train_run` in a config-hashed directory, so finished
-rounds are reused and a killed pipeline resumes at the round (and epoch) it stopped.
+Every stage is one :func:`~signticket.runs.train_run` in a config-hashed directory whose config
+names its parent run, so finished rounds are reused and a killed pipeline resumes at the round
+(and epoch) it stopped.
+
+Reuse by other IMP variants (e.g. ``rebasin.procedure.imp_masks``, which starts from a trained
+dense run and fine-tunes or rewinds): pass that run as ``round0`` to :func:`imp_rounds` with the
+``ft`` policy (``imp.ft_optimizer``, ``epochs=ft_epochs``) or the ``weight`` policy
+(``rewind=`` the dense run's epoch-k point, ``epochs=T - k``), and ``kept=`` a function that
+cuts the last round exactly at the target; the loop, resumption and masking are shared.
 """
 
 from __future__ import annotations
@@ -18,24 +29,34 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import optax
 from ml_collections import ConfigDict
 
 from signticket import data as data_lib
 from signticket.checkpoint import run_dir
 from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune, sparsity
+from signticket.optim import make_optimizer, masked
 from signticket.runs import DEFAULT_RUNS_ROOT, RunResult, initial_variables, train_run
 from signticket.signs import TRANSFER_DEFAULT, sign_transfer
 from signticket.train import PreForward, TrainState
-from signticket.tree import LeafPredicate, PyTree, is_norm, is_prunable, named_leaves, select
+from signticket.tree import (
+    LeafPredicate,
+    PyTree,
+    is_kernel,
+    is_norm,
+    is_prunable,
+    named_leaves,
+    select,
+)
 
-PRUNING_MODES = ("lrr", "constant", "weight")
-TRANSFER_KINDS = ("retrain", "sign_transfer", "mask_transfer", "dense")
 REWIND_FILE = "rewind.msgpack"
+Variables = dict[str, PyTree]  # {"params": ..., "batch_stats": ...}
 
 
 # -- AWS ------------------------------------------------------------------------------------------
@@ -65,18 +86,19 @@ def aws_pre_forward(where: LeafPredicate = is_norm) -> PreForward:
     return hook
 
 
-# -- iterative magnitude pruning ------------------------------------------------------------------
+# -- rounds and policies --------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Round:
-    """A pruning round's outcome: the trained network and the mask after pruning it.
+    """One IMP round: the mask it was trained under and the weights trained under it.
 
-    Round 0 is the dense warm-up (mask all True). After round ``k`` the mask keeps
-    ``(1 - fraction) ** k`` of the prunable weights."""
+    Round 0 is the dense warm-up (mask all True). Round ``k`` trained under a mask keeping
+    ``(1 - fraction) ** k`` of the prunable weights (up to the count rule's rounding); its
+    ``params`` are exactly zero outside ``mask``."""
 
     index: int
-    directory: Path
+    directory: Path | None
     params: PyTree
     batch_stats: PyTree
     mask: PyTree
@@ -84,11 +106,146 @@ class Round:
 
     @property
     def pruned_params(self) -> PyTree:
+        # Already masked when trained under the mask (the engine keeps pruned entries at 0);
+        # applying it again makes hand-built rounds safe too.
         return apply_mask(self.params, self.mask)
 
     @property
     def remaining(self) -> float:
         return 1.0 - float(sparsity(self.mask).overall)
+
+    @property
+    def variables(self) -> Variables:
+        return {"params": self.pruned_params, "batch_stats": self.batch_stats}
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundPolicy:
+    """How a round after the warm-up starts and trains.
+
+    ``start(parent, rewind)``: the unmasked ``(params, batch_stats)`` the round starts from, given
+    the previous round and the rewind point (``None`` unless the policy rewinds);
+    ``optimizer(config)``: the round's optimizer config (from the IMP config);
+    ``warmup_optimizer(config)``: the warm-up's; ``rewinds``: whether a rewind point is kept.
+    """
+
+    name: str
+    start: Callable[[Round, Variables | None], tuple[PyTree, PyTree]]
+    optimizer: Callable[[ConfigDict], ConfigDict]
+    warmup_optimizer: Callable[[ConfigDict], ConfigDict]
+    rewinds: bool = False
+
+
+def _keep(parent: Round, rewind: Variables | None) -> tuple[PyTree, PyTree]:
+    return parent.params, parent.batch_stats
+
+
+def _rewound(parent: Round, rewind: Variables | None) -> tuple[PyTree, PyTree]:
+    assert rewind is not None
+    return rewind["params"], rewind["batch_stats"]
+
+
+def _own_optimizer(config: ConfigDict) -> ConfigDict:
+    return ConfigDict(config.optimizer.to_dict())
+
+
+def _constant_optimizer(config: ConfigDict) -> ConfigDict:
+    # Official train.py steps its scheduler only outside the pruning stage (`if not
+    # is_pruning_stage: scheduler.step()`) and builds a fresh optimizer every iteration: the
+    # warm-up and every round run at the base LR, momentum reset.
+    c = config.optimizer.to_dict()
+    c.update(schedule="constant", warmup_epochs=0)
+    return ConfigDict(c)
+
+
+def _ft_optimizer(config: ConfigDict) -> ConfigDict:
+    return ConfigDict(config.imp.ft_optimizer.to_dict())
+
+
+ROUND_POLICIES: dict[str, RoundPolicy] = {}
+
+
+def register_policy(policy: RoundPolicy, *, overwrite: bool = False) -> RoundPolicy:
+    """Add a round policy under ``policy.name`` (``ValueError`` if taken, unless ``overwrite``)."""
+    if policy.name in ROUND_POLICIES and not overwrite:
+        raise ValueError(f"round policy {policy.name!r} is already registered")
+    ROUND_POLICIES[policy.name] = policy
+    return policy
+
+
+# LRR: keep the trained weights, restart the LR schedule every round.
+register_policy(RoundPolicy("lrr", _keep, _own_optimizer, _own_optimizer))
+# The AWS/LRR pruning stage of the official code: keep weights, constant LR, fresh optimizer.
+register_policy(RoundPolicy("constant", _keep, _constant_optimizer, _constant_optimizer))
+# LTH weight rewinding: survivors go back to their values after imp.rewind_epoch warm-up epochs.
+register_policy(RoundPolicy("weight", _rewound, _own_optimizer, _own_optimizer, rewinds=True))
+# Fine-tuning: keep weights, train each round with imp.ft_optimizer.
+register_policy(RoundPolicy("ft", _keep, _ft_optimizer, _own_optimizer))
+
+#: Backward-compatible name for the registered policies.
+PRUNING_MODES = tuple(ROUND_POLICIES)
+
+#: Which leaves a round scores and prunes.
+PRUNING_SCOPES: dict[str, LeafPredicate] = {
+    # Official AWS models/utils.py: every nn.Conv2d and every nn.Linear except the classifier
+    # (`m.weight.shape[0] != num_classes`) gets a mask; biases and norm params never do.
+    "kernels_except_head": is_prunable,
+    "kernels": is_kernel,
+}
+
+
+def _kept_round(n: int, fraction: float) -> int:
+    return n - round(fraction * n)
+
+
+def _kept_official(n: int, fraction: float) -> int:
+    # utils/prune.py: `topk(int(weights.shape[0] * (1 - pruning_ratio)))` keeps that many of the
+    # surviving weights (the count truncates; float64 arithmetic as in Python).
+    return int(n * (1 - fraction))
+
+
+#: ``kept(n_surviving, fraction)``: how many surviving prunable weights a round keeps.
+COUNT_RULES: dict[str, Callable[[int, float], int]] = {
+    "round": _kept_round,
+    "official_aws": _kept_official,
+}
+
+
+def _count(mask: PyTree, prunable: LeafPredicate) -> int:
+    return sum(int(jnp.sum(m)) for p, m in named_leaves(mask) if prunable(p))
+
+
+def prune_round(
+    params: PyTree,
+    mask: PyTree,
+    fraction: float,
+    *,
+    scope: str = "global",
+    prunable: str = "kernels_except_head",
+    count_rule: str = "round",
+    index: int = 0,
+    kept: int | None = None,
+) -> PyTree:
+    """The next round's mask: drop the smallest-|theta| surviving weights of the ``prunable``
+    leaves, keeping ``COUNT_RULES[count_rule](surviving, fraction)`` of them, or exactly ``kept``
+    when given (global scope; the layerwise scope applies ``fraction`` per leaf). Pruned weights
+    never come back."""
+    predicate = PRUNING_SCOPES[prunable]
+    surviving = _count(mask, predicate)
+    if kept is None:
+        kept = COUNT_RULES[count_rule](surviving, fraction)
+    if surviving - kept < 1:
+        raise ValueError(
+            f"round {index}: nothing left to prune ({surviving} prunable weights survive, "
+            f"{fraction:.0%} of them rounds to 0); use fewer rounds"
+        )
+    if scope == "layerwise":
+        return magnitude_prune(params, mask, fraction, scope, predicate)
+    # magnitude_prune removes round(f * surviving): f = removed / surviving gives the exact count.
+    return magnitude_prune(params, mask, (surviving - kept) / surviving, scope, predicate)
+
+
+# -- the IMP driver -------------------------------------------------------------------------------
 
 
 def _stage_config(config: ConfigDict, stage: str, **extra) -> ConfigDict:
@@ -134,9 +291,9 @@ def _save_rewind(directory: Path, epoch: int):
 
 def _check_imp(config: ConfigDict) -> None:
     imp = config.imp
-    if imp.mode not in PRUNING_MODES:
+    if imp.mode not in ROUND_POLICIES:
         raise ValueError(
-            f"unknown pruning mode {imp.mode!r}; available: {', '.join(PRUNING_MODES)}"
+            f"unknown pruning mode {imp.mode!r}; available: {', '.join(ROUND_POLICIES)}"
         )
     check_unit_interval("pruning fraction", imp.fraction)
     if imp.rounds < 0 or imp.epochs_per_round <= 0 or imp.warmup_epochs < 0:
@@ -146,16 +303,86 @@ def _check_imp(config: ConfigDict) -> None:
             f"imp.rewind_epoch ({imp.rewind_epoch}) must lie in [0, imp.warmup_epochs "
             f"({imp.warmup_epochs})]: weights are rewound to that epoch of the warm-up"
         )
+    if imp.get("prunable", "kernels_except_head") not in PRUNING_SCOPES:
+        raise ValueError(f"unknown imp.prunable {imp.prunable!r}; available: "
+                         f"{', '.join(PRUNING_SCOPES)}")
+    if imp.get("count_rule", "round") not in COUNT_RULES:
+        raise ValueError(f"unknown imp.count_rule {imp.count_rule!r}; available: "
+                         f"{', '.join(COUNT_RULES)}")
 
 
-def _prune(params: PyTree, mask: PyTree, fraction: float, scope: str, index: int) -> PyTree:
-    surviving = sum(int(jnp.sum(m)) for p, m in named_leaves(mask) if is_prunable(p))
-    if round(fraction * surviving) < 1:
+def _rewind_point(imp_cfg: ConfigDict, init: Variables, warm: RunResult) -> Variables | None:
+    if not ROUND_POLICIES[imp_cfg.mode].rewinds:
+        return None
+    if imp_cfg.rewind_epoch == 0:
+        return init
+    path = warm.directory / REWIND_FILE
+    if not path.exists():
         raise ValueError(
-            f"round {index}: nothing left to prune ({surviving} prunable weights survive, "
-            f"{fraction:.0%} of them rounds to 0); use fewer rounds"
+            f"{path} is missing: the warm-up run finished without its rewind point; "
+            f"delete {warm.directory} to redo it"
         )
-    return magnitude_prune(params, mask, fraction, scope)
+    template = {"params": warm.state.params, "batch_stats": warm.state.batch_stats}
+    return flax.serialization.from_bytes(template, path.read_bytes())
+
+
+def imp_rounds(
+    config: ConfigDict,
+    dataset: data_lib.Dataset,
+    round0: Round,
+    *,
+    rewind: Variables | None = None,
+    name: str = "imp",
+    pre_forward: PreForward | None = None,
+    hook_state: PyTree | None = None,
+    runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
+    progress: bool = True,
+    epochs: int | None = None,
+    kept: Callable[[int, int], int] | None = None,
+) -> Iterator[Round]:
+    """Rounds ``1..config.imp.rounds`` after ``round0``: prune the parent, start as the policy
+    says, train under the new mask. Each round's run config names its parent run and how many
+    weights it keeps, so no stale run is reused when anything upstream changes.
+
+    ``round0`` may be any trained network (a dense run for IMP-after-training). ``epochs``
+    overrides ``imp.epochs_per_round`` (e.g. weight rewinding to epoch k of a T-epoch run trains
+    T - k); ``kept(r, surviving)`` overrides the count rule (e.g. cut a round exactly at a target
+    sparsity, as ``rebasin.procedure.imp_masks`` does)."""
+    imp_cfg = config.imp
+    policy = ROUND_POLICIES[imp_cfg.mode]
+    predicate_name = imp_cfg.get("prunable", "kernels_except_head")
+    identity = _imp_identity(config)
+    parent = round0
+    for r in range(1, imp_cfg.rounds + 1):
+        surviving = _count(parent.mask, PRUNING_SCOPES[predicate_name])
+        mask = prune_round(
+            parent.params, parent.mask, imp_cfg.fraction, scope=imp_cfg.scope,
+            prunable=predicate_name, count_rule=imp_cfg.get("count_rule", "round"), index=r,
+            kept=None if kept is None else kept(r, surviving),
+        )
+        params, stats = policy.start(parent, rewind)
+        cfg = _stage_config(
+            config, "imp", round=r, epochs=imp_cfg.epochs_per_round if epochs is None else epochs,
+            parent=parent.directory.name if parent.directory else "none",
+            kept=_count(mask, PRUNING_SCOPES[predicate_name]), **identity,
+        )
+        cfg.optimizer = policy.optimizer(config)
+        cfg.data_seed = config.data_seed + r  # a new data order every round
+        res = train_run(
+            cfg,
+            dataset,
+            name=f"{name}-r{r:02d}",
+            runs_root=runs_root,
+            init_params=apply_mask(params, mask),
+            init_batch_stats=stats,
+            mask=mask,
+            pre_forward=pre_forward,
+            hook_state=hook_state,
+            progress=progress,
+        )
+        parent = Round(r, res.directory, res.state.params, res.state.batch_stats, mask,
+                       res.summary)
+        yield parent
 
 
 def imp(
@@ -165,14 +392,17 @@ def imp(
     runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
     progress: bool = True,
 ) -> list[Round]:
-    """Warm-up, then ``config.imp.rounds`` rounds of train-then-prune; returns every round.
+    """Warm-up (round 0), then ``config.imp.rounds`` rounds of prune-then-train; every round.
 
     ``config``: ``seed, data_seed, model, data, optimizer, batch_size`` (as for a train run),
     ``aws`` (bool) and ``imp = {mode, warmup_epochs, rounds, epochs_per_round, fraction,
-    scope, rewind_epoch}``. Finished rounds are read back from their run directories.
+    scope, rewind_epoch}`` plus optional ``prunable`` (:data:`PRUNING_SCOPES`), ``count_rule``
+    (:data:`COUNT_RULES`) and ``ft_optimizer`` (``ft`` mode). ``rounds[k]`` was trained under
+    ``rounds[k].mask``. Finished rounds are read back from their run directories.
     """
     _check_imp(config)
     imp_cfg = config.imp
+    policy = ROUND_POLICIES[imp_cfg.mode]
     aws = bool(config.get("aws", False))
     identity = _imp_identity(config)
     init = initial_variables(config, dataset)
@@ -181,10 +411,11 @@ def imp(
     tag = f"imp-{imp_cfg.mode}{'-aws' if aws else ''}"
 
     warm_cfg = _stage_config(config, "imp", round=0, epochs=imp_cfg.warmup_epochs, **identity)
+    warm_cfg.optimizer = policy.warmup_optimizer(config)
     warm_dir = run_dir(runs_root, warm_cfg, f"{tag}-r00")
     rewind_hook = (
         _save_rewind(warm_dir, imp_cfg.rewind_epoch)
-        if imp_cfg.mode == "weight" and imp_cfg.rewind_epoch > 0
+        if policy.rewinds and imp_cfg.rewind_epoch > 0
         else None
     )
     res = train_run(
@@ -199,91 +430,134 @@ def imp(
         on_epoch_end=rewind_hook,
         progress=progress,
     )
-    rounds = [
-        Round(
-            0,
-            res.directory,
-            res.state.params,
-            res.state.batch_stats,
-            full_mask(res.state.params),
-            res.summary,
-        )
-    ]
+    round0 = Round(0, res.directory, res.state.params, res.state.batch_stats,
+                   full_mask(res.state.params), res.summary)
     rewind = _rewind_point(imp_cfg, init, res)
-    for r in range(1, imp_cfg.rounds + 1):
-        prev = rounds[-1]
-        if imp_cfg.mode == "weight":
-            start, stats = apply_mask(rewind["params"], prev.mask), rewind["batch_stats"]
-        else:
-            start, stats = prev.pruned_params, prev.batch_stats
-        optimizer = config.optimizer.to_dict()
-        if imp_cfg.mode == "constant":
-            optimizer.update(schedule="constant", warmup_epochs=0)
-        cfg = _stage_config(config, "imp", round=r, epochs=imp_cfg.epochs_per_round, **identity)
-        cfg.optimizer = ConfigDict(optimizer)
-        cfg.data_seed = config.data_seed + r  # a new data order every round
-        res = train_run(
-            cfg,
-            dataset,
-            name=f"{tag}-r{r:02d}",
-            runs_root=runs_root,
-            init_params=start,
-            init_batch_stats=stats,
-            mask=prev.mask,
-            pre_forward=hook,
-            hook_state=hook_state,
-            progress=progress,
-        )
-        mask = _prune(res.state.params, prev.mask, imp_cfg.fraction, imp_cfg.scope, r)
-        rounds.append(
-            Round(r, res.directory, res.state.params, res.state.batch_stats, mask, res.summary)
-        )
-    return rounds
+    later = imp_rounds(config, dataset, round0, rewind=rewind, name=tag, pre_forward=hook,
+                       hook_state=hook_state, runs_root=runs_root, progress=progress)
+    return [round0, *later]
 
 
-def _rewind_point(imp_cfg: ConfigDict, init: dict, warm: RunResult) -> dict | None:
-    if imp_cfg.mode != "weight":
-        return None
-    if imp_cfg.rewind_epoch == 0:
-        return init
-    path = warm.directory / REWIND_FILE
-    if not path.exists():
-        raise ValueError(
-            f"{path} is missing: the warm-up run finished without its rewind point; "
-            f"delete {warm.directory} to redo it"
-        )
-    template = {"params": warm.state.params, "batch_stats": warm.state.batch_stats}
-    return flax.serialization.from_bytes(template, path.read_bytes())
+# -- ticket starts --------------------------------------------------------------------------------
+
+#: ``start(parent, fresh) -> (params, batch_stats, mask)``: where a final run begins, from the
+#: round it comes from (``None`` for starts that need none) and a fresh initialization.
+TicketStart = Callable[[Round | None, Variables], tuple[PyTree, PyTree, PyTree]]
+TICKET_STARTS: dict[str, TicketStart] = {}
+#: Starts that never read the fresh init (their run's seed does not name them).
+NO_FRESH_INIT: set[str] = set()
 
 
-# -- ticket transfer ------------------------------------------------------------------------------
+def register_start(name: str, *, uses_fresh: bool = True, overwrite: bool = False):
+    """Decorator adding a ticket start under ``name``."""
+
+    def decorator(fn: TicketStart) -> TicketStart:
+        if name in TICKET_STARTS and not overwrite:
+            raise ValueError(f"ticket start {name!r} is already registered")
+        TICKET_STARTS[name] = fn
+        if not uses_fresh:
+            NO_FRESH_INIT.add(name)
+        return fn
+
+    return decorator
+
+
+def _need(parent: Round | None, kind: str) -> Round:
+    if parent is None:
+        raise ValueError(f"transfer {kind!r} needs a pruning round as its source")
+    return parent
+
+
+@register_start("retrain", uses_fresh=False)
+def _retrain(parent: Round | None, fresh: Variables):
+    # Official: `model.load_state_dict(checkpoint_iter{k})` -- trained weights, norm params and
+    # BN running statistics of round k, its mask (fixed_m is in the state dict).
+    p = _need(parent, "retrain")
+    return p.pruned_params, p.batch_stats, p.mask
+
+
+@register_start("sign_transfer")
+def _sign_transfer(parent: Round | None, fresh: Variables, which=TRANSFER_DEFAULT):
+    # Official utils/mask_transfer.py::sign_transfer: |init| * sign(w * fixed_m) on masked
+    # layers (and their biases), |init| * sign(w) on the unpruned classifier; BN weights, biases
+    # and running stats from the fresh init.
+    p = _need(parent, "sign_transfer")
+    return sign_transfer(fresh["params"], p.params, p.mask, which), fresh["batch_stats"], p.mask
+
+
+@register_start("mask_transfer")
+def _mask_transfer(parent: Round | None, fresh: Variables):
+    p = _need(parent, "mask_transfer")
+    return apply_mask(fresh["params"], p.mask), fresh["batch_stats"], p.mask
+
+
+@register_start("dense")
+def _dense(parent: Round | None, fresh: Variables):
+    return fresh["params"], fresh["batch_stats"], full_mask(fresh["params"])
+
+
+@register_start("signs_only")
+def _signs_only(parent: Round | None, fresh: Variables):
+    # Control: the parent's signs on the fresh magnitudes, no mask (dense).
+    p = _need(parent, "signs_only")
+    return sign_transfer(fresh["params"], p.params, None), fresh["batch_stats"], full_mask(
+        fresh["params"])
+
+
+#: Backward-compatible names of the built-in starts.
+TRANSFER_KINDS = tuple(TICKET_STARTS)
 
 
 def transfer_init(
     kind: str,
     source: Round | None,
-    fresh: dict[str, PyTree],
+    fresh: Variables,
     which: LeafPredicate = TRANSFER_DEFAULT,
 ) -> tuple[PyTree, PyTree, PyTree]:
-    """``(params, batch_stats, mask)`` a final run starts from.
+    """``(params, batch_stats, mask)`` a final run starts from (:data:`TICKET_STARTS`).
 
-    ``retrain``: the pruned trained network; ``sign_transfer``: ``|fresh| * sign(pruned) * mask``
-    on the ``which`` leaves (kernels, biases, head), norm params and BN statistics from ``fresh``;
-    ``mask_transfer``: ``fresh * mask``; ``dense``: ``fresh`` unmasked.
+    ``retrain``: the round's trained network under its mask; ``sign_transfer``:
+    ``|fresh| * sign(round) * mask`` on the ``which`` leaves (kernels, biases, head), norm params
+    and BN statistics from ``fresh``; ``mask_transfer``: ``fresh * mask``; ``dense``: ``fresh``.
     """
-    if kind not in TRANSFER_KINDS:
-        raise ValueError(f"unknown transfer {kind!r}; available: {', '.join(TRANSFER_KINDS)}")
-    if kind == "dense":
-        return fresh["params"], fresh["batch_stats"], full_mask(fresh["params"])
-    if source is None:
-        raise ValueError(f"transfer {kind!r} needs a pruning round as its source")
-    if kind == "retrain":
-        return source.pruned_params, source.batch_stats, source.mask
+    if kind not in TICKET_STARTS:
+        raise ValueError(f"unknown transfer {kind!r}; available: {', '.join(TICKET_STARTS)}")
     if kind == "sign_transfer":
-        params = sign_transfer(fresh["params"], source.params, source.mask, which)
-    else:
-        params = apply_mask(fresh["params"], source.mask)
-    return params, fresh["batch_stats"], source.mask
+        return _sign_transfer(source, fresh, which)
+    return TICKET_STARTS[kind](source, fresh)
+
+
+#: Schedules built here rather than by ``runs.build_optimizer``.
+EPOCHWISE_SCHEDULES = ("torch_cosine",)
+
+
+def torch_cosine(base_lr: float, epochs: int, steps_per_epoch: int,
+                 eta_min_ratio: float = 0.0) -> optax.Schedule:
+    """``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=epochs, eta_min=ratio * lr)`` stepped
+    once per epoch, as the official ImageNet runs use it (``optim/utils.py``:
+    ``eta_min=args.lr * 0.001``): epoch ``e`` trains at
+    ``eta_min + (lr - eta_min) (1 + cos(pi e / epochs)) / 2``."""
+    eta_min = base_lr * eta_min_ratio
+
+    def schedule(step):
+        e = jnp.minimum(step // steps_per_epoch, epochs)
+        return eta_min + (base_lr - eta_min) * (1 + jnp.cos(jnp.pi * e / epochs)) / 2
+
+    return schedule
+
+
+def stage_tx(optimizer: ConfigDict, epochs: int, steps_per_epoch: int
+             ) -> optax.GradientTransformation | None:
+    """The masked optimizer of a stage whose schedule is one of :data:`EPOCHWISE_SCHEDULES`
+    (``None``: ``train_run`` builds the others)."""
+    if optimizer.schedule not in EPOCHWISE_SCHEDULES:
+        return None
+    sched = torch_cosine(optimizer.learning_rate, epochs, steps_per_epoch,
+                         optimizer.get("eta_min_ratio", 0.0))
+    kwargs = {"weight_decay": optimizer.get("weight_decay", 0.0)}
+    if optimizer.name == "sgd":
+        kwargs["momentum"] = optimizer.get("momentum", 0.9)
+    return masked(make_optimizer(optimizer.name, sched, **kwargs))
 
 
 def final_run(
@@ -293,25 +567,33 @@ def final_run(
     dataset: data_lib.Dataset,
     *,
     init_seed: int,
+    data_seed: int | None = None,
     runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
     progress: bool = True,
 ) -> RunResult:
     """Train a ticket from ``source`` with the final schedule ``config.final`` (no AWS).
 
-    ``init_seed`` draws the fresh initialization (unused by ``retrain``)."""
+    ``init_seed`` draws the fresh initialization (unused by ``retrain``); ``data_seed`` the data
+    order (default ``config.data_seed``). The official final runs take ``--seed ft_seed`` for
+    the data order and draw the init before seeding, so two final runs of one kind differ in
+    init *and* data order: pass different ``data_seed`` for them."""
     cfg = _stage_config(
         config,
         "final",
         kind=kind,
-        source=source.directory.name if source is not None else "none",
+        source=source.directory.name if source is not None and source.directory else "none",
         epochs=config.final.epochs,
     )
     cfg.optimizer = ConfigDict(config.final.optimizer.to_dict())
-    cfg.seed = init_seed if kind != "retrain" else config.seed
+    cfg.seed = config.seed if kind in NO_FRESH_INIT else init_seed
+    if data_seed is not None:
+        cfg.data_seed = data_seed
     fresh = initial_variables(cfg, dataset)
     params, stats, mask = transfer_init(kind, source, fresh)
     # e.g. "final-sign_transfer-imp-constant-aws-r10": the kind and the round it came from
-    name = f"final-{kind}" + (f"-{source.directory.name.rsplit('-', 1)[0]}" if source else "")
+    name = f"final-{kind}" + (
+        f"-{source.directory.name.rsplit('-', 1)[0]}" if source and source.directory else "")
+    steps = data_lib.steps_per_epoch(len(dataset.train_labels), cfg.batch_size)
     return train_run(
         cfg,
         dataset,
@@ -320,5 +602,6 @@ def final_run(
         init_params=params,
         init_batch_stats=stats,
         mask=mask,
+        tx=stage_tx(cfg.optimizer, cfg.epochs, steps),
         progress=progress,
     )

@@ -1,4 +1,5 @@
-"""IMP with LRR / constant / weight rewinding, AWS norm interpolation, ticket transfer."""
+"""IMP with LRR / constant / weight rewinding / fine-tuning, AWS norm interpolation, ticket
+starts."""
 
 import itertools
 
@@ -140,21 +141,74 @@ def _count(mask):
     return sum(int(jnp.sum(m)) for p, m in tree.named_leaves(mask) if tree.is_prunable(p))
 
 
-@pytest.mark.parametrize("mode,aws", [("constant", True), ("lrr", False), ("weight", False)])
+@pytest.mark.parametrize(
+    "mode,aws", [("constant", True), ("lrr", False), ("weight", False), ("ft", False)])
 def test_rounds_keep_exactly_080_of_survivors(tmp_path, mode, aws):
-    rounds = lottery.imp(
-        _config(mode, rounds=2, aws=aws), _dataset(), runs_root=tmp_path, progress=False
-    )
+    cfg = _config(mode, rounds=2, aws=aws)
+    if mode == "ft":
+        cfg.imp.ft_optimizer = ConfigDict(cfg.final.optimizer.to_dict())
+    rounds = lottery.imp(cfg, _dataset(), runs_root=tmp_path, progress=False)
     counts = [_count(r.mask) for r in rounds]
     for before, after in itertools.pairwise(counts):
         assert after == before - round(0.2 * before)
     assert counts[1] < counts[0]
-    for r in rounds:  # the trained round keeps earlier-pruned weights at exactly zero
-        prev = rounds[max(r.index - 1, 0)].mask
-        assert all(
-            bool(jnp.all(jnp.where(m, True, x == 0)))
-            for x, m in zip(jax.tree.leaves(r.params), jax.tree.leaves(prev), strict=True)
-        )
+
+
+def _zero_outside(params, mask):
+    return all(bool(jnp.all(jnp.where(m, True, x == 0)))
+               for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True))
+
+
+@pytest.mark.parametrize("mode", ["constant", "weight"])
+def test_round_k_is_trained_under_mask_k(tmp_path, mode):
+    """The official train.py trains iteration k under mask k, saves checkpoint_iter{k}, then
+    prunes. A round must carry its own mask and weights trained under it: zero outside the mask,
+    the mask is the parent's magnitude prune, the weights moved after pruning, and the last
+    density is trained (the off-by-one this replaced trained round k under mask k - 1)."""
+    rounds = lottery.imp(_config(mode, rounds=3, aws=mode == "constant"), _dataset(),
+                         runs_root=tmp_path, progress=False)
+    assert [r.index for r in rounds] == [0, 1, 2, 3]
+    assert rounds[-1].remaining == pytest.approx(_count(rounds[-1].mask) / _count(rounds[0].mask))
+    for parent, r in itertools.pairwise(rounds):
+        assert _zero_outside(r.params, r.mask)
+        expected = lottery.prune_round(parent.params, parent.mask, 0.2)
+        chex.assert_trees_all_equal(r.mask, expected)
+        assert _count(r.mask) < _count(parent.mask)
+        # trained under the new mask: the kept weights moved away from where pruning left them
+        start = masks.apply_mask(parent.params, r.mask) if mode == "constant" else None
+        if start is not None:
+            moved = jax.tree.map(lambda a, b: jnp.any(a != b), r.params, start)
+            assert any(bool(x) for x in jax.tree.leaves(moved))
+        assert not _zero_outside(parent.params, r.mask)  # the parent was not trained under it
+
+
+def test_official_count_rule_keeps_int_of_080_n():
+    # utils/prune.py: topk(int(n * (1 - 0.2))) survivors; n = 12 keeps 9 (round-rule: 10)
+    assert lottery.COUNT_RULES["official_aws"](12, 0.2) == 9
+    assert lottery.COUNT_RULES["round"](12, 0.2) == 10
+    assert lottery.COUNT_RULES["official_aws"](10, 0.2) == 8
+    p = _params(0)
+    full = masks.full_mask(p)
+    n = _count(full)
+    m = lottery.prune_round(p, full, 0.2, count_rule="official_aws")
+    assert _count(m) == int(n * 0.8)
+    kept = [np.abs(np.asarray(x))[np.asarray(mm)] for (path, x), mm in
+            zip(tree.named_leaves(p), jax.tree.leaves(m), strict=True) if tree.is_prunable(path)]
+    dropped = [np.abs(np.asarray(x))[~np.asarray(mm)] for (path, x), mm in
+               zip(tree.named_leaves(p), jax.tree.leaves(m), strict=True)
+               if tree.is_prunable(path)]
+    assert np.concatenate(kept).min() >= np.concatenate(dropped).max()
+    # the head is never scored or pruned
+    assert bool(jnp.all(m["head"]["kernel"]))
+
+
+def test_ticket_start_registry():
+    assert {"retrain", "sign_transfer", "mask_transfer", "dense"} <= set(lottery.TICKET_STARTS)
+    with pytest.raises(ValueError, match="already registered"):
+        lottery.register_start("retrain")(lambda parent, fresh: None)
+    with pytest.raises(ValueError, match="needs a pruning round"):
+        lottery.transfer_init("sign_transfer", None, {"params": _params(0), "batch_stats": {}})
+    assert "retrain" in lottery.NO_FRESH_INIT and "sign_transfer" not in lottery.NO_FRESH_INIT
 
 
 def test_killed_pipeline_resumes_at_its_round(tmp_path, monkeypatch):
@@ -215,6 +269,10 @@ def test_transfer_inits():
     src_params, fresh_params = _params(0), _params(1)
     mask = masks.random_mask(jax.random.PRNGKey(0), src_params, 0.5)
     source = lottery.Round(3, None, src_params, {"bn0": {"mean": jnp.ones(6)}}, mask, {})
+    params, stats, _m = lottery.transfer_init("signs_only", source, {
+        "params": fresh_params, "batch_stats": {}})
+    assert bool(jnp.all(jnp.abs(params["conv0"]["kernel"])
+                        == jnp.abs(fresh_params["conv0"]["kernel"])))
     fresh = {"params": fresh_params, "batch_stats": {"bn0": {"mean": jnp.zeros(6)}}}
     params, stats, _m = lottery.transfer_init("sign_transfer", source, fresh)
     k, k0, ks = (
@@ -233,3 +291,75 @@ def test_transfer_inits():
     chex.assert_trees_all_equal(params, masks.apply_mask(src_params, mask))
     with pytest.raises(ValueError, match="unknown transfer"):
         lottery.transfer_init("telepathy", source, fresh)
+
+
+def _schedule_fixture():
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(__file__).parent / "fixtures" / "aws_schedules.json").read_text())
+
+
+def test_torch_cosine_matches_the_official_imagenet_schedule():
+    """optim/utils.py: CosineAnnealingLR(T_max=epochs, eta_min=lr * 0.001), stepped per epoch
+    (lr of every epoch from torch in the fixture)."""
+    fx = _schedule_fixture()["cosine_10"]
+    steps = 7
+    sched = lottery.torch_cosine(fx["base_lr"], fx["epochs"], steps, 0.001)
+    for e, lr in enumerate(fx["lr_per_epoch"]):
+        for s in (e * steps, e * steps + steps - 1):  # constant within the epoch
+            assert float(sched(s)) == pytest.approx(lr, rel=1e-5)
+    tx = lottery.stage_tx(ConfigDict({"name": "adam", "learning_rate": 1e-3, "weight_decay": 0.0,
+                                      "schedule": "torch_cosine", "eta_min_ratio": 1e-3}), 10, 7)
+    assert tx is not None
+    assert lottery.stage_tx(ConfigDict({"schedule": "step"}), 10, 7) is None
+
+
+@pytest.mark.parametrize("epochs", [10, 100])
+def test_aws_config_step_schedule_is_the_official_multistep(epochs):
+    """MultiStepLR(milestones=[epochs // 2, epochs // 4 * 3], gamma=0.1): for 10 epochs the
+    second drop is at epoch 6, not 7.5."""
+    from experiments.configs.aws_common import official_milestones
+    from signticket.schedules import make_schedule
+
+    fx = _schedule_fixture()[f"multistep_{epochs}"]
+    steps = 3
+    sched = make_schedule("step", fx["base_lr"], epochs * steps,
+                          milestones=official_milestones(epochs))
+    got = [float(sched(e * steps + s)) for e in range(epochs) for s in (0, steps - 1)]
+    want = [lr for lr in fx["lr_per_epoch"] for _ in (0, 1)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_round_policies_per_stage_optimizer():
+    """train.py never steps the scheduler in the pruning stage and rebuilds the optimizer each
+    iteration: the ``constant`` policy runs warm-up and rounds at the base LR; ``lrr`` restarts
+    the configured schedule; ``ft`` uses imp.ft_optimizer; only ``weight`` rewinds."""
+    cfg = _config("constant")
+    cfg.imp.ft_optimizer = ConfigDict(cfg.final.optimizer.to_dict())
+    pol = lottery.ROUND_POLICIES
+    assert pol["constant"].optimizer(cfg).schedule == "constant"
+    assert pol["constant"].warmup_optimizer(cfg).schedule == "constant"
+    assert pol["lrr"].optimizer(cfg).schedule == cfg.optimizer.schedule == "cosine"
+    assert pol["ft"].optimizer(cfg).schedule == "step"
+    assert [n for n, p in pol.items() if p.rewinds] == ["weight"]
+    with pytest.raises(ValueError, match="already registered"):
+        lottery.register_policy(pol["lrr"])
+    with pytest.raises(ValueError, match=r"unknown imp\.prunable"):
+        lottery.imp(_config(prunable="everything"), _dataset(), runs_root="/nonexistent")
+
+
+def test_imp_rounds_from_a_trained_network_with_an_exact_cut(tmp_path):
+    """The reuse path for IMP after dense training (rebasin.procedure.imp_masks): any network
+    as round 0, fine-tuning policy, a per-round count override."""
+    ds = _dataset()
+    cfg = _config("ft", rounds=2)
+    cfg.imp.ft_optimizer = ConfigDict(cfg.final.optimizer.to_dict())
+    init = lottery.initial_variables(cfg, ds)
+    round0 = lottery.Round(0, None, init["params"], init["batch_stats"],
+                           masks.full_mask(init["params"]), {})
+    n0 = _count(round0.mask)
+    rounds = list(lottery.imp_rounds(cfg, ds, round0, runs_root=tmp_path, progress=False,
+                                     epochs=1, kept=lambda r, n: n - 7 * r))
+    assert [_count(r.mask) for r in rounds] == [n0 - 7, n0 - 7 - 14]
+    assert all(_zero_outside(r.params, r.mask) for r in rounds)

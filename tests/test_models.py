@@ -25,6 +25,7 @@ CASES: dict[str, tuple[dict, tuple[int, ...]]] = {
     "resnet20_rebasin": ({"width": 1}, (2, 32, 32, 3)),
     "resnet18": ({"widths": (4, 8, 8, 16)}, (2, 32, 32, 3)),
     "resnet50": ({"widths": (4, 4, 8, 8)}, (2, 64, 64, 3)),
+    "resnet50_cifar": ({"widths": (4, 4, 8, 8)}, (2, 32, 32, 3)),
     "vgg11": ({}, (2, 32, 32, 3)),
     "vgg11_bn": ({}, (2, 32, 32, 3)),
     "vgg11_nofc": ({}, (2, 32, 32, 3)),

@@ -1,20 +1,34 @@
-"""Shared shape of AWS experiment configs."""
+"""Shared shape of AWS experiment configs (every value's source: ``docs/protocols/aws.md``)."""
 
 from ml_collections import ConfigDict
+
+
+def official_milestones(epochs: int) -> tuple[float, float]:
+    """The official ``MultiStepLR(milestones=[epochs // 2, epochs // 4 * 3])`` as fractions of
+    the run (``optim/utils.py``), so the drops land on the same epochs at every length."""
+    return (epochs // 2 / epochs, epochs // 4 * 3 / epochs)
 
 
 def sgd(lr: float, wd: float, schedule: str, milestones=(0.5, 0.75)) -> ConfigDict:
     return ConfigDict({
         "name": "sgd", "learning_rate": lr, "momentum": 0.9, "weight_decay": wd,
-        "schedule": schedule, "warmup_epochs": 0, "milestones": milestones, "gamma": 0.1,
+        "schedule": schedule, "warmup_epochs": 0, "milestones": tuple(milestones), "gamma": 0.1,
     })
 
 
-def adam(lr: float, wd: float, schedule: str) -> ConfigDict:
-    return ConfigDict({
+def adam(lr: float, wd: float, schedule: str, eta_min_ratio: float = 0.0) -> ConfigDict:
+    c = ConfigDict({
         "name": "adam", "learning_rate": lr, "weight_decay": wd, "schedule": schedule,
         "warmup_epochs": 0, "milestones": (0.5, 0.75), "gamma": 0.1,
     })
+    if eta_min_ratio:
+        c.eta_min_ratio = eta_min_ratio
+    return c
+
+
+def final_sgd(lr: float, wd: float, epochs: int) -> ConfigDict:
+    """The official final-run optimizer on CIFAR: SGD(momentum 0.9, wd) with MultiStepLR."""
+    return sgd(lr, wd, "step", official_milestones(epochs))
 
 
 def base(*, model: str, dataset: str, train_subset: int = 0, optimizer: ConfigDict,
@@ -26,7 +40,7 @@ def base(*, model: str, dataset: str, train_subset: int = 0, optimizer: ConfigDi
     c.data_seed = 0
     c.model = ConfigDict({"name": model, "kwargs": ConfigDict(model_kwargs or {})})
     c.data = ConfigDict({"name": dataset, "train_subset": train_subset, "test_subset": 0})
-    c.optimizer = optimizer  # pruning stage
+    c.optimizer = optimizer  # pruning stage (warm-up and rounds)
     c.batch_size = batch_size
     c.eval_every = 1
     c.checkpoint_every = 1
@@ -35,16 +49,23 @@ def base(*, model: str, dataset: str, train_subset: int = 0, optimizer: ConfigDi
         "mode": mode, "warmup_epochs": warmup_epochs, "rounds": rounds,
         "epochs_per_round": epochs_per_round, "fraction": 0.2, "scope": "global",
         "rewind_epoch": 0,
+        # utils/prune.py: every conv and non-classifier linear, int(n * 0.8) survivors kept
+        "prunable": "kernels_except_head", "count_rule": "official_aws",
     })
     c.final = ConfigDict({"epochs": final_epochs, "optimizer": final_optimizer})
     c.experiment = ConfigDict({
         "seeds": tuple(seeds),
         "final_rounds": tuple(final_rounds),
-        "transfer_seeds": (1000, 2000),  # offsets added to the seed: two fresh inits
+        "transfer_seeds": (1000, 2000),  # offsets added to the seed: init and data order
         "dense_seed": 3000,
-        "barrier_points": 11,
-        "bn_batches": 10,
-        "barrier_batch_size": 500,
+        "barrier_points": 11,  # calculate_error_barrier.py: alpha = 0, 0.1, ..., 1
+        # calculate_error_barrier.py: BN statistics from one train-mode pass over the
+        # (augmented) training loader, starting from a fresh model's, momentum updates
+        "bn_mode": "ema",
+        "bn_batches": 0,  # 0 = the whole training set
+        "bn_batch_size": batch_size,
+        "barrier_batch_size": 500,  # test-set evaluation batch (no effect on the numbers)
+        "barrier_definition": "midpoint_mean",  # max_alpha err(alpha) - (err(0) + err(1)) / 2
         "paper": ConfigDict(),  # the paper's numbers for this table, where it has them
     })
     return c

@@ -1,5 +1,6 @@
-"""AWS paper scale: ImageNet ResNet-50 (Adam 1e-3, wd 1e-5, batch 256, 20 warm-up epochs,
-10 rounds x 5 epochs, final 100 epochs cosine)."""
+"""AWS paper scale: ImageNet ResNet-50 (script/imagenet_resnet50_aws.sh: Adam 1e-3, wd 1e-5,
+batch 256, 20 warm-up epochs, 10 rounds x 5 epochs at constant LR, final 100 epochs;
+optim/utils.py: CosineAnnealingLR(T_max=epochs, eta_min=lr * 0.001) stepped per epoch)."""
 
 from experiments.configs.aws_common import adam, base
 
@@ -7,6 +8,7 @@ from experiments.configs.aws_common import adam, base
 def get_config():
     return base(
         model="resnet50", dataset="imagenet2012", optimizer=adam(1e-3, 1e-5, "constant"),
-        final_optimizer=adam(1e-3, 1e-5, "cosine"), batch_size=256, warmup_epochs=20,
-        rounds=10, epochs_per_round=5, final_epochs=100, final_rounds=(5, 10), seeds=(0,),
+        final_optimizer=adam(1e-3, 1e-5, "torch_cosine", eta_min_ratio=1e-3), batch_size=256,
+        warmup_epochs=20, rounds=10, epochs_per_round=5, final_epochs=100, final_rounds=(10,),
+        seeds=(0,),
     )

@@ -3,7 +3,8 @@
 
 Reduced scale, far below every paper's: AWS prunes with constant LR for 1 warm-up epoch + 8
 rounds x 1 epoch at 25 % per round (0.75^8 = 10.0 % remaining, so both groups sit at 90 %
-sparsity) and trains its tickets 5 epochs; the permuted-mask pipeline trains dense A and B 4
+sparsity; round 8 is trained under its 10 % mask, and its mask and signs are the ticket) and
+trains its tickets 5 epochs; the permuted-mask pipeline trains dense A and B 4
 epochs, cuts A's IMP-FT mask (25 % per round, 1 fine-tuning epoch) at 90 %, rewinds to k = 1
 and trains the sparse runs the remaining 3 epochs; Sign-In resets its scaling every epoch.
 Accuracies are evaluated once, at the end of each run. 3 seeds x 28 runs (171 epochs):
@@ -36,8 +37,9 @@ def base(*, model: str, model_kwargs: dict, dataset: str, train_subset: int, tes
     # Sign-In arms (experiments.sign_in.make_tx over the arm's SGD and schedule).
     c.sign_in = ConfigDict({"c": 1.0, "reset_epochs": reset_epochs, "reset_momentum": True,
                             "mw_decay_scale": 1.0})
-    # Composition 1: the AWS pruning stage (lottery.imp, aws=True); the ticket is the mask and
-    # signs after the last round, transferred to the init seed + transfer_seed.
+    # Composition 1: the AWS pruning stage (lottery.imp, aws=True); the ticket is the last
+    # round's mask and the signs of the weights trained under it, transferred to the init
+    # seed + transfer_seed.
     c.aws = ConfigDict({
         "optimizer": aws_sgd(lr, wd, "constant"),
         "imp": ConfigDict({"mode": "constant", "warmup_epochs": aws_warmup,

@@ -18,6 +18,31 @@ from signticket.native import conv as native_conv
 # he_normal truncates. Sign transfer keeps init magnitudes, so match the papers' code exactly.
 kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
+# The inits of the reference code, by name. Sign transfer keeps |new init|, so the init scale is
+# part of the method: each model states which of these every layer uses.
+#  - torchvision ResNet (resnet.py ``ResNet.__init__``): every nn.Conv2d
+#    ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``: N(0, 2 / (out * k * k)).
+#  - PyTorch's default ``nn.Conv2d`` / ``nn.Linear.reset_parameters``:
+#    ``kaiming_uniform_(a=sqrt(5))`` = U(+-sqrt(6 / ((1 + 5) fan_in))) = U(+-1 / sqrt(fan_in)),
+#    fan_in = in / groups * k * k (HWIO kernels here: Flax's fan_in is the same product).
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+KERNEL_INITS = {
+    "kaiming_normal_fan_in": kernel_init,
+    "kaiming_normal_fan_out": kaiming_normal_fan_out,
+    "torch_default": torch_default_kernel,
+}
+
+
+def torch_default_bias(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default conv/linear bias: U(+-1 / sqrt(fan_in)) (fan_in of the weight)."""
+    bound = 1.0 / float(fan_in) ** 0.5 if fan_in > 0 else 0.0
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
 
 # XLA's CPU convolution is pathological on tiny images: a 3x3 512->512 conv on a 128x2x2 batch
 # runs at ~1.4 GFLOP/s (3.4 s fwd+bwd) where the same layer on 4x4 runs at ~120 GFLOP/s. VGG's
@@ -86,11 +111,13 @@ def conv(
     strides: int = 1,
     use_bias: bool = False,
     groups: int = 1,
+    init: str = "kaiming_normal_fan_in",
 ) -> nn.Conv:
     """A square HWIO convolution with PyTorch-style symmetric padding ``kernel_size // 2``.
 
     Symmetric padding (rather than Flax's ``"SAME"``, which pads ``(0, 1)`` for stride 2) keeps
     strided layers pixel-aligned with their PyTorch counterparts, so weights can be ported.
+    ``init`` names the kernel init (:data:`KERNEL_INITS`); biases start at zero.
     """
     pad = kernel_size // 2
     return nn.Conv(
@@ -100,9 +127,21 @@ def conv(
         padding=((pad, pad), (pad, pad)),
         use_bias=use_bias,
         feature_group_count=groups,
-        kernel_init=kernel_init,
+        kernel_init=KERNEL_INITS[init],
         bias_init=nn.initializers.zeros,
         conv_general_dilated=conv_general_dilated,
+        name=name,
+    )
+
+
+def torch_dense(features: int, fan_in: int, *, name: str) -> nn.Dense:
+    """A Dense layer initialized as PyTorch's default ``nn.Linear(fan_in, features)``: kernel
+    and bias U(+-1 / sqrt(fan_in)) (torchvision's ResNet ``fc`` and the AWS CIFAR models'
+    classifiers rely on this default)."""
+    return nn.Dense(
+        features,
+        kernel_init=torch_default_kernel,
+        bias_init=torch_default_bias(fan_in),
         name=name,
     )
 

@@ -18,7 +18,7 @@ from signticket.models.convnet import ConvNet
 from signticket.models.mlp import MLP
 from signticket.models.mobilenet_v2 import MobileNetV2
 from signticket.models.resnet_cifar import resnet18, resnet20, resnet20_rebasin
-from signticket.models.resnet_imagenet import resnet50
+from signticket.models.resnet_imagenet import resnet50, resnet50_cifar
 from signticket.models.vgg import vgg11, vgg11_nofc, vgg16
 
 Constructor = Callable[..., nn.Module]
@@ -100,6 +100,8 @@ register("resnet20_rebasin")(resnet20_rebasin)  # sparse-rebasin's: 3x3 shortcut
 register("vgg11_nofc")(vgg11_nofc)  # sparse-rebasin's: conv biases, no BN, PyTorch init
 register("resnet18")(resnet18)
 register("resnet50")(resnet50)
+# Official AWS CIFAR-100 / Tiny-ImageNet ResNet-50: 3x3/1 stem, no max-pool.
+register("resnet50_cifar")(resnet50_cifar)
 
 
 # One registry name per BN choice (no ``batch_norm`` keyword), so a run's model name alone says
