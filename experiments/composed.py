@@ -47,6 +47,7 @@ from experiments.sign_in import make_tx
 from experiments.tables import mean_std, write_table
 from signticket import data as data_lib
 from signticket import lottery
+from signticket.errors import UserError
 from signticket.rebasin import (
     Perms,
     PermutationSpec,
@@ -100,7 +101,7 @@ ARMS: dict[str, Arm] = {
 def _check_arms(arms: Sequence[str]) -> None:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
-        raise ValueError(f"unknown arm(s) {unknown} in experiment.arms; available: "
+        raise UserError(f"unknown arm(s) {unknown} in experiment.arms; available: "
                          f"{', '.join(ARMS)}")
 
 
@@ -148,7 +149,7 @@ def arm_config(config: ConfigDict, arm: str, *, seed: int, init_seed: int, epoch
               "reset_momentum": s.reset_momentum if on and s.reset_epochs else None,
               "mw_decay_scale": s.mw_decay_scale if on else None}
     if on and optimizer.name != "sgd":
-        raise ValueError(f"arm {arm!r}: Sign-In is built over SGD (experiments.sign_in.make_tx);"
+        raise UserError(f"arm {arm!r}: Sign-In is built over SGD (experiments.sign_in.make_tx);"
                          f" got optimizer {optimizer.name!r}")
     return procedure.stage_config(config, "composed", seed=init_seed, optimizer=optimizer,
                                   epochs=epochs, data_seed=seed, arm=arm,
@@ -262,7 +263,7 @@ def permuted_init(kind: str, setup: PermutedSetup) -> tuple[PyTree, PyTree, PyTr
                                                 identity_perms(s.spec), s.spec)
     if kind.endswith("_signs"):
         if base not in ("naive", "permuted"):
-            raise ValueError(f"no sign-transfer variant of {base!r}")
+            raise UserError(f"no sign-transfer variant of {base!r}")
         donor = s.a.final["params"]
         if base == "permuted":
             donor = apply_permutation(s.spec, s.pi, donor)  # A_T in B's basis

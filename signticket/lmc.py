@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from signticket.errors import UserError
 from signticket.sharding import DATA_AXIS, make_mesh
 from signticket.tree import PyTree, check_same_structure
 
@@ -96,9 +97,9 @@ def check_alphas(alphas: Any) -> jax.Array:
     """An increasing grid in [0, 1] that starts at 0 and ends at 1 (else ``ValueError``)."""
     a = np.asarray(alphas, np.float32)
     if a.ndim != 1 or a.size < 2:
-        raise ValueError(f"alphas must be a 1-D grid of at least 2 points, got shape {a.shape}")
+        raise UserError(f"alphas must be a 1-D grid of at least 2 points, got shape {a.shape}")
     if a[0] != 0.0 or a[-1] != 1.0 or np.any(np.diff(a) <= 0):
-        raise ValueError(f"alphas must increase from exactly 0 to exactly 1, got {a.tolist()}")
+        raise UserError(f"alphas must increase from exactly 0 to exactly 1, got {a.tolist()}")
     return jnp.asarray(a)
 
 
@@ -110,7 +111,7 @@ def _check_masks(mask_a: PyTree | None, mask_b: PyTree | None) -> None:
         jax.tree_util.tree_flatten_with_path(mask_a)[0], jax.tree.leaves(mask_b), strict=True
     ):
         if not bool(jnp.all(jnp.asarray(x, bool) == jnp.asarray(y, bool))):
-            raise ValueError(
+            raise UserError(
                 f"barrier between models with different masks (first difference at "
                 f"{jax.tree_util.keystr(path)}); interpolate networks that share one mask"
             )
@@ -212,7 +213,7 @@ def _prepare(a, b, dataset, *, bn_batches, batch_size, seed, reestimate_bn, mask
     # bn_batches=0: one pass over the whole training set (full batches), as the AWS code does
     n_bn = (n_train if bn_batches <= 0 else min(bn_batches * bn_bs, n_train)) // bn_bs
     if reestimate_bn and a.get("batch_stats") and n_bn < 1:
-        raise ValueError(f"need at least one training batch of {bn_bs} to re-estimate BN")
+        raise UserError(f"need at least one training batch of {bn_bs} to re-estimate BN")
     idx = np.random.RandomState(seed).permutation(n_train)[: max(n_bn, 1) * bn_bs]
     bn_x, _, _ = _stack_batches(
         dataset.train_images[idx], dataset.train_labels[idx], bn_bs, mesh
@@ -257,7 +258,7 @@ def barrier_curve(
     ``bn_batch_size`` (default ``batch_size``; the AWS code's training loader uses 128).
     """
     if bn_mode not in BN_MODES:
-        raise ValueError(f"unknown bn_mode {bn_mode!r}; available: {', '.join(BN_MODES)}")
+        raise UserError(f"unknown bn_mode {bn_mode!r}; available: {', '.join(BN_MODES)}")
     alphas = check_alphas(np.linspace(0, 1, 11) if alphas is None else alphas)
     data = _prepare(
         a,

@@ -40,6 +40,7 @@ from ml_collections import ConfigDict
 
 from signticket import data as data_lib
 from signticket.checkpoint import run_dir
+from signticket.errors import UserError
 from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune, sparsity
 from signticket.optim import make_optimizer, masked
 from signticket.runs import DEFAULT_RUNS_ROOT, RunResult, initial_variables, train_run
@@ -168,7 +169,7 @@ ROUND_POLICIES: dict[str, RoundPolicy] = {}
 def register_policy(policy: RoundPolicy, *, overwrite: bool = False) -> RoundPolicy:
     """Add a round policy under ``policy.name`` (``ValueError`` if taken, unless ``overwrite``)."""
     if policy.name in ROUND_POLICIES and not overwrite:
-        raise ValueError(f"round policy {policy.name!r} is already registered")
+        raise UserError(f"round policy {policy.name!r} is already registered")
     ROUND_POLICIES[policy.name] = policy
     return policy
 
@@ -235,7 +236,7 @@ def prune_round(
     if kept is None:
         kept = COUNT_RULES[count_rule](surviving, fraction)
     if surviving - kept < 1:
-        raise ValueError(
+        raise UserError(
             f"round {index}: nothing left to prune ({surviving} prunable weights survive, "
             f"{fraction:.0%} of them rounds to 0); use fewer rounds"
         )
@@ -292,22 +293,22 @@ def _save_rewind(directory: Path, epoch: int):
 def _check_imp(config: ConfigDict) -> None:
     imp = config.imp
     if imp.mode not in ROUND_POLICIES:
-        raise ValueError(
+        raise UserError(
             f"unknown pruning mode {imp.mode!r}; available: {', '.join(ROUND_POLICIES)}"
         )
     check_unit_interval("pruning fraction", imp.fraction)
     if imp.rounds < 0 or imp.epochs_per_round <= 0 or imp.warmup_epochs < 0:
-        raise ValueError("imp.rounds, imp.warmup_epochs must be >= 0 and imp.epochs_per_round > 0")
+        raise UserError("imp.rounds, imp.warmup_epochs must be >= 0 and imp.epochs_per_round > 0")
     if imp.mode == "weight" and not 0 <= imp.rewind_epoch <= imp.warmup_epochs:
-        raise ValueError(
+        raise UserError(
             f"imp.rewind_epoch ({imp.rewind_epoch}) must lie in [0, imp.warmup_epochs "
             f"({imp.warmup_epochs})]: weights are rewound to that epoch of the warm-up"
         )
     if imp.get("prunable", "kernels_except_head") not in PRUNING_SCOPES:
-        raise ValueError(f"unknown imp.prunable {imp.prunable!r}; available: "
+        raise UserError(f"unknown imp.prunable {imp.prunable!r}; available: "
                          f"{', '.join(PRUNING_SCOPES)}")
     if imp.get("count_rule", "round") not in COUNT_RULES:
-        raise ValueError(f"unknown imp.count_rule {imp.count_rule!r}; available: "
+        raise UserError(f"unknown imp.count_rule {imp.count_rule!r}; available: "
                          f"{', '.join(COUNT_RULES)}")
 
 
@@ -318,7 +319,7 @@ def _rewind_point(imp_cfg: ConfigDict, init: Variables, warm: RunResult) -> Vari
         return init
     path = warm.directory / REWIND_FILE
     if not path.exists():
-        raise ValueError(
+        raise UserError(
             f"{path} is missing: the warm-up run finished without its rewind point; "
             f"delete {warm.directory} to redo it"
         )
@@ -453,7 +454,7 @@ def register_start(name: str, *, uses_fresh: bool = True, overwrite: bool = Fals
 
     def decorator(fn: TicketStart) -> TicketStart:
         if name in TICKET_STARTS and not overwrite:
-            raise ValueError(f"ticket start {name!r} is already registered")
+            raise UserError(f"ticket start {name!r} is already registered")
         TICKET_STARTS[name] = fn
         if not uses_fresh:
             NO_FRESH_INIT.add(name)
@@ -464,7 +465,7 @@ def register_start(name: str, *, uses_fresh: bool = True, overwrite: bool = Fals
 
 def _need(parent: Round | None, kind: str) -> Round:
     if parent is None:
-        raise ValueError(f"transfer {kind!r} needs a pruning round as its source")
+        raise UserError(f"transfer {kind!r} needs a pruning round as its source")
     return parent
 
 
@@ -521,7 +522,7 @@ def transfer_init(
     and BN statistics from ``fresh``; ``mask_transfer``: ``fresh * mask``; ``dense``: ``fresh``.
     """
     if kind not in TICKET_STARTS:
-        raise ValueError(f"unknown transfer {kind!r}; available: {', '.join(TICKET_STARTS)}")
+        raise UserError(f"unknown transfer {kind!r}; available: {', '.join(TICKET_STARTS)}")
     if kind == "sign_transfer":
         return _sign_transfer(source, fresh, which)
     return TICKET_STARTS[kind](source, fresh)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
+from signticket.errors import UserError
 from signticket.models.layers import batch_norm, conv, global_avg_pool, torch_dense
 
 STEMS = ("imagenet", "cifar")
@@ -66,11 +67,11 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if len(self.stage_sizes) != len(self.widths):
-            raise ValueError(
+            raise UserError(
                 f"ResNet: {len(self.stage_sizes)} stage sizes but {len(self.widths)} widths"
             )
         if self.stem not in STEMS:
-            raise ValueError(f"unknown stem {self.stem!r}; available: {', '.join(STEMS)}")
+            raise UserError(f"unknown stem {self.stem!r}; available: {', '.join(STEMS)}")
         if self.stem == "imagenet":
             x = conv(self.widths[0], 7, strides=2, name="stem_conv", init=_INIT)(x)
             x = nn.relu(batch_norm(train, name="stem_bn")(x))
