@@ -41,6 +41,7 @@ from signticket.rigl import rigl
 from signticket.runs import (
     build_model,
     build_optimizer,
+    check_run_config,
     initial_variables,
     load_dataset,
     train_run,
@@ -306,6 +307,7 @@ def run_arm(config: ConfigDict, arm: str, seed: int, sparsity: float, dataset, r
     cfg = arm_config(config, arm, seed, sparsity)
     exp = config.experiment
     name = f"sign_in-{arm}"
+    check_run_config(cfg, runs_root)  # before any directory exists
     directory = run_dir(runs_root, cfg, name)
     variables = initial_variables(cfg, dataset)
     mask = start_mask(jax.random.PRNGKey(10_000 + seed), variables["params"], cfg)

@@ -43,7 +43,13 @@ from signticket.checkpoint import run_dir
 from signticket.errors import UserError
 from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune, sparsity
 from signticket.optim import make_optimizer, masked
-from signticket.runs import DEFAULT_RUNS_ROOT, RunResult, initial_variables, train_run
+from signticket.runs import (
+    DEFAULT_RUNS_ROOT,
+    RunResult,
+    check_run_config,
+    initial_variables,
+    train_run,
+)
 from signticket.signs import TRANSFER_DEFAULT, sign_transfer
 from signticket.train import PreForward, TrainState
 from signticket.tree import (
@@ -413,6 +419,7 @@ def imp(
 
     warm_cfg = _stage_config(config, "imp", round=0, epochs=imp_cfg.warmup_epochs, **identity)
     warm_cfg.optimizer = policy.warmup_optimizer(config)
+    check_run_config(warm_cfg, runs_root)  # before any directory exists
     warm_dir = run_dir(runs_root, warm_cfg, f"{tag}-r00")
     rewind_hook = (
         _save_rewind(warm_dir, imp_cfg.rewind_epoch)

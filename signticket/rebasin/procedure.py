@@ -47,7 +47,13 @@ from signticket.rebasin.registry import spec_for
 from signticket.rebasin.resnet_specs import with_stream_sites
 from signticket.rebasin.spec import Perms, PermutationSpec
 from signticket.rebasin.weight_matching import weight_matching
-from signticket.runs import DEFAULT_RUNS_ROOT, build_model, initial_variables, train_run
+from signticket.runs import (
+    DEFAULT_RUNS_ROOT,
+    build_model,
+    check_run_config,
+    initial_variables,
+    train_run,
+)
 from signticket.train import TrainState
 from signticket.tree import LeafPredicate, PyTree, named_leaves
 
@@ -132,6 +138,7 @@ def dense_run(config: ConfigDict, dataset: data_lib.Dataset, *, seed: int, name:
     saved = sorted({e for k in rewinds if (e := rewind_epoch(config, k)) > 0})
     cfg = stage_config(config, "dense", seed=seed, optimizer=config.optimizer,
                        epochs=config.dense_epochs, data_seed=seed, save_epochs=saved)
+    check_run_config(cfg, runs_root)  # before any directory exists
     directory = run_dir(runs_root, cfg, name)
     res = train_run(cfg, dataset, name=name, runs_root=runs_root,
                     on_epoch_end=_save_rewind_points(directory, saved), progress=progress)
