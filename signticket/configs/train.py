@@ -25,4 +25,6 @@ def get_config() -> ConfigDict:
     c.batch_size = 128
     c.eval_every = 1
     c.checkpoint_every = 1
+    # Mixed precision: --config.model.compute_dtype=bfloat16 (every config accepts the key;
+    # float32, the default, is kept as its absence so existing run directories keep their hashes).
     return c
