@@ -155,7 +155,15 @@ def reproduce(name: str, scale: str, overrides: Sequence[str], *, results: Path 
     check_runs_root(runs_root)
     results = Path(results)
     out = results / table.experiment / (name if scale == "paper" else f"{name}-cpu")
-    return execute(table.module(), config, _args(runs_root, data_dir, progress), out, str(path))
+    args = _args(runs_root, data_dir, progress)
+    from signticket.checkpoint import is_primary
+
+    if not is_primary():
+        # Multi-host: every process trains (its part of each batch); process 0 alone writes
+        # the results, tables and figures.
+        table.module().run(config, args, out)
+        return "", []
+    return execute(table.module(), config, args, out, str(path))
 
 
 def regenerate_tables(results: Path) -> tuple[list[str], list[str]]:

@@ -19,6 +19,7 @@ from signticket.checkpoint import (
     Checkpointer,
     canonical_json,
     check_runs_root,
+    is_primary,
     lock_run_dir,
     run_dir,
 )
@@ -266,7 +267,8 @@ def train_run(
                 batch_size=config.batch_size,
                 data_seed=config.data_seed,
                 checkpointer=ckpt,
-                metrics=MetricsWriter(directory / "metrics.jsonl"),
+                # One history per run: process 0 writes it (all processes see the same numbers).
+                metrics=MetricsWriter(directory / "metrics.jsonl") if is_primary() else None,
                 eval_every=config.get("eval_every", 1),
                 checkpoint_every=config.get("checkpoint_every", 1),
                 on_epoch_end=on_epoch_end,
