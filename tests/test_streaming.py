@@ -117,3 +117,23 @@ def test_device_source_keeps_the_in_memory_order():
 def test_prefetch_to_device_keeps_order_and_length():
     assert list(data_lib.prefetch_to_device(iter(range(5)), size=2)) == [0, 1, 2, 3, 4]
     assert list(data_lib.prefetch_to_device(iter([]), size=2)) == []
+
+
+def test_train_sample_is_fixed_by_its_seed(imagenet):
+    a_x, a_y = imagenet.train_sample(6, seed=1)
+    b_x, b_y = imagenet.train_sample(6, seed=1)
+    c_x, _ = imagenet.train_sample(6, seed=2)
+    assert a_x.shape == (6, SIZE, SIZE, 3) and a_x.dtype == np.uint8
+    np.testing.assert_array_equal(a_x, b_x)
+    np.testing.assert_array_equal(a_y, b_y)
+    assert (a_x != c_x).any()
+
+
+def test_device_source_train_sample_is_lmc_s_subset():
+    from conftest import synthetic_dataset
+
+    ds = synthetic_dataset()
+    x, y = data_lib.as_source(ds).train_sample(10, seed=4)
+    idx = np.random.RandomState(4).permutation(ds.num_train)[:10]
+    np.testing.assert_array_equal(x, ds.train_images[idx])
+    np.testing.assert_array_equal(y, ds.train_labels[idx])

@@ -63,6 +63,15 @@ class Source(Protocol):
         """``n`` uint8 images of the model's input shape (to initialize a model)."""
         ...
 
+    def train_sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """A fixed random ``n``-subset of the training split, without augmentation, as host
+        arrays (BN re-estimation, matching, curvature: a few thousand examples)."""
+        ...
+
+    def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole test split as host arrays (eval transform), where it fits in memory."""
+        ...
+
 
 def epoch_key(data_seed: int, epoch: int) -> jax.Array:
     """The key of epoch ``epoch``'s order (the in-memory path's contract since the start)."""
@@ -119,6 +128,15 @@ class DeviceSource:
 
     def sample_images(self, n: int = 1) -> np.ndarray:
         return np.asarray(self.dataset.train_images[:n])
+
+    def train_sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        # lmc's choice since the start: the first n of a RandomState(seed) permutation.
+        d = self.dataset
+        idx = np.random.RandomState(seed).permutation(d.num_train)[:n]
+        return d.train_images[idx], d.train_labels[idx]
+
+    def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.dataset.test_images, self.dataset.test_labels
 
 
 def as_source(dataset) -> Source:

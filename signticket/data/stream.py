@@ -181,6 +181,29 @@ class StreamingDataset:
         # Only the shape matters (model init); no reason to read the data for it.
         return np.zeros((n, *self.image_shape), np.uint8)
 
+    def train_sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` training examples from a ``seed``-shuffled stream (file order and a buffer),
+        eval-transformed (resize + center crop: no augmentation); the same on every process."""
+        import tensorflow as tf
+
+        from signticket.data.imagenet import _eval_map
+
+        if not 0 < n <= min(self.num_train, MAX_IN_MEMORY):
+            raise ValueError(f"train_sample: n must lie in 1..{min(self.num_train, MAX_IN_MEMORY)}"
+                             f", got {n}")
+        tfds = tfds_source.import_tfds()
+        ds = self._read(self.train_split, train=True, seed=seed, process_count=1,
+                        process_index=0, drop_remainder=False)
+        ds = ds.take(self.num_train).shuffle(min(self.shuffle_buffer, self.num_train),
+                                             seed=seed, reshuffle_each_iteration=False)
+        ds = ds.take(n).map(_eval_map(self.image_size), num_parallel_calls=tf.data.AUTOTUNE)
+        parts = list(tfds.as_numpy(ds.batch(256)))
+        return (np.concatenate([p["image"] for p in parts]),
+                np.concatenate([p["label"] for p in parts]).astype(np.int32))
+
+    def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.host_arrays("test")
+
     # -- host arrays, for consumers that still take arrays (lmc's BN re-estimation) ------------
 
     def host_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
