@@ -67,3 +67,18 @@ def test_two_processes_match_one(tmp_path):
         records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
         assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_cli_coordinator_settings(monkeypatch):
+    from signticket import cli
+    from signticket.errors import UserError
+
+    args = cli.build_parser().parse_args(
+        ["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "1", "list"])
+    assert (args.coordinator, args.num_processes, args.process_id) == ("127.0.0.1:1234", 2, 1)
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert cli.init_distributed() is False  # no settings: a single process, nothing started
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
+    with pytest.raises(UserError, match="num-processes"):
+        cli.init_distributed()
