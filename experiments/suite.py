@@ -4,7 +4,8 @@
 A table is an experiment module (``experiments.aws``, ``.permuted_masks``, ``.sign_in``,
 ``.composed``) plus a config file; its ``--scale cpu`` variant is a config on offline
 Fashion-MNIST. Costs are estimates: training epochs counted from the config times a per-epoch
-time (GPU: rough single-H100 figures; CPU: measured on the 2-core development machine).
+time (GPU: engine throughput measured on an NVIDIA H200 where there is one, else a rough guess;
+CPU: measured on the 2-core development machine).
 """
 
 from __future__ import annotations
@@ -78,15 +79,26 @@ TABLES: dict[str, Table] = {t.name: t for t in (
 QUICKSTART = (("aws", "quickstart_aws"), ("permuted_masks", "quickstart_permuted"),
               ("sign_in", "quickstart_sign_in"))
 
-# Seconds per epoch of the full training split: rough single-H100 fp32 figures for paper
-# scale. CPU figures are end-to-end rates measured here (2 cores, YNNPACK fusion on): whole
+#: Measured engine throughput, images/s of the bare jitted train step (input pipeline,
+#: evaluation and compilation excluded) on one NVIDIA H200 with this engine
+#: (``bench/results/h200/*.json``): ResNet-50 224x224 batch 256, ResNet-20 32x32 batch 128.
+#: The paper-scale estimates use the config's ``model.compute_dtype`` (default float32).
+#: ``resnet20_rebasin`` (3x3 projection shortcuts, a few % more FLOPs) takes ResNet-20's rate.
+H200_IMAGES_PER_SECOND = {
+    ("resnet50", "imagenet2012"): {"bfloat16": 7126.0, "float32": 4101.0},
+    ("resnet20", "cifar10"): {"bfloat16": 68977.0, "float32": 53043.0},
+    ("resnet20", "cifar100"): {"bfloat16": 68977.0, "float32": 53043.0},
+    ("resnet20_rebasin", "cifar10"): {"bfloat16": 68977.0, "float32": 53043.0},
+    ("resnet20_rebasin", "cifar100"): {"bfloat16": 68977.0, "float32": 53043.0},
+}
+#: Not measured: rough single-GPU fp32 guesses, seconds per epoch (marked ``*`` by ``list``).
+GPU_SECONDS_PER_EPOCH_GUESS = {
+    ("resnet50", "cifar100"): 25.0, ("mobilenet_v2", "cifar100"): 15.0,
+    ("resnet18", "cifar100"): 12.0, ("vgg11_bn", "cifar10"): 4.0, ("vgg11_nofc", "cifar10"): 4.0,
+}
+# CPU figures are end-to-end rates measured here (2 cores, YNNPACK fusion on): whole
 # pipelines' training images divided by their wall time, so evaluation, compilation and
 # checkpoints are included (the bare train step is faster; see bench/).
-GPU_SECONDS_PER_EPOCH = {
-    ("resnet50", "cifar100"): 25.0, ("mobilenet_v2", "cifar100"): 15.0,
-    ("resnet50", "imagenet2012"): 480.0, ("resnet20", "cifar10"): 4.0,
-    ("resnet20", "cifar100"): 4.0, ("resnet18", "cifar100"): 12.0, ("vgg11_bn", "cifar10"): 4.0,
-}
 CPU_IMAGES_PER_SECOND = {"mlp": 20000.0, "convnet": 600.0, "resnet20": 140.0}
 TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
                "imagenet2012": 1_281_167}
@@ -117,8 +129,12 @@ def estimated_cost(table: Table, scale: str) -> str:
     model, data = config.model.name, config.data.name
     subset = config.data.get("train_subset", 0) or TRAIN_SIZES.get(data, 50_000)
     if scale == "paper":
-        per_epoch = GPU_SECONDS_PER_EPOCH.get((model, data))
-        return f"~{epochs * per_epoch / 3600:.0f} GPU-h" if per_epoch else "?"
+        dtype = config.model.get("compute_dtype") or config_lib.DEFAULT_COMPUTE_DTYPE
+        measured = H200_IMAGES_PER_SECOND.get((model, data), {}).get(dtype)
+        if measured:
+            return f"~{epochs * subset / measured / 3600:.0f} GPU-h"
+        per_epoch = GPU_SECONDS_PER_EPOCH_GUESS.get((model, data))
+        return f"~{epochs * per_epoch / 3600:.0f} GPU-h*" if per_epoch else "?"
     rate = CPU_IMAGES_PER_SECOND.get(model)
     return f"~{epochs * subset / rate / 60:.0f} min" if rate else "?"
 
@@ -131,8 +147,13 @@ def list_tables() -> str:
         except (config_lib.ConfigError, ImportError) as e:
             costs = f"{'unavailable':>23}  ({e})"
         lines.append(f"{t.name:<28} {costs}  {t.paper}")
-    lines.append("Costs: training epochs of the whole pipeline x an epoch time (GPU: single "
-                 "H100, rough; CPU: this 2-core machine).")
+    lines.append(
+        "Costs: training epochs of the whole pipeline x an epoch time. GPU: one NVIDIA H200, "
+        "engine throughput measured with this engine (bench/results/h200: ResNet-50 224px "
+        "b256 4101 img/s fp32 / 7126 bf16; ResNet-20 32px b128 53043 / 68977), in the config's "
+        "model.compute_dtype (default float32; --config.model.compute_dtype=bfloat16), input "
+        "pipeline, evaluation and compilation excluded, so a lower bound; * = not measured, a "
+        "rough single-GPU fp32 guess. CPU: end-to-end on this 2-core machine.")
     return "\n".join(lines)
 
 
@@ -155,7 +176,15 @@ def reproduce(name: str, scale: str, overrides: Sequence[str], *, results: Path 
     check_runs_root(runs_root)
     results = Path(results)
     out = results / table.experiment / (name if scale == "paper" else f"{name}-cpu")
-    return execute(table.module(), config, _args(runs_root, data_dir, progress), out, str(path))
+    args = _args(runs_root, data_dir, progress)
+    from signticket.checkpoint import is_primary
+
+    if not is_primary():
+        # Multi-host: every process trains (its part of each batch); process 0 alone writes
+        # the results, tables and figures.
+        table.module().run(config, args, out)
+        return "", []
+    return execute(table.module(), config, args, out, str(path))
 
 
 def regenerate_tables(results: Path) -> tuple[list[str], list[str]]:

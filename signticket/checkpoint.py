@@ -73,8 +73,19 @@ def config_hash(config: Any, length: int = 12) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:length]
 
 
+def is_primary() -> bool:
+    """Whether this process writes the files all processes of a multi-host run share (configs,
+    metrics, DONE markers, results): process 0. Every process computes the same values, so
+    the others would only race it for the same file. (Checkpoints are orbax's: every process
+    takes part in a save and orbax decides who writes what.)"""
+    return jax.process_index() == 0
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so a reader never sees a half-written file (temp file + rename)."""
+    """Write JSON so a reader never sees a half-written file (temp file + rename); only the
+    primary process writes (:func:`is_primary`)."""
+    if not is_primary():
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
@@ -170,7 +181,11 @@ def lock_run_dir(directory: str | os.PathLike) -> Iterator[Path]:
     A second process (or a second lock in this one) fails at once with :class:`RunLockedError`
     naming the directory and the holder, instead of interleaving checkpoints and metrics with
     the first. The kernel drops the lock when its holder exits, even on SIGKILL, so a killed
-    run never leaves a stale lock behind."""
+    run never leaves a stale lock behind. In a multi-host run only process 0 takes the lock
+    (the others are the same run)."""
+    if not is_primary():
+        yield Path(directory)
+        return
     path = Path(directory) / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -319,17 +334,18 @@ class Checkpointer:
         self.moved_aside: list[Path] = []
         self._save_failed = False
         steps = self.directory / CHECKPOINTS
+        self._primary = is_primary()
         # Before orbax looks: a numbered directory without the files every finished save
         # writes (a save killed or out of disk, a removed item) would make orbax misread the
         # layout of every step, or block saving that step again.
-        if steps.is_dir():
+        if steps.is_dir() and self._primary:
             for path in sorted(steps.iterdir()):
                 missing = [f for f in _STEP_FILES if not (path / f).exists()]
                 if _is_step_dir(path) and missing:
                     self._move_aside(int(path.name), f"incomplete (no {missing[0]})", reopen=False)
         self.manager = self._open()
         committed = set(self.manager.all_steps())
-        for path in sorted(steps.iterdir()):
+        for path in sorted(steps.iterdir()) if self._primary else ():
             if _is_step_dir(path) and int(path.name) not in committed:
                 self._move_aside(int(path.name), "incomplete (never committed)")
 

@@ -23,6 +23,35 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> bool:
+    """``jax.distributed.initialize`` when coordinator settings are given (arguments first,
+    else the standard ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``);
+    returns whether it did. Must run before anything starts JAX's backend.
+
+    Every process then runs the same command: each reads its own part of streamed data, all
+    take part in the (sharded) steps and in orbax's checkpoint saves, and only process 0
+    writes configs, metrics, DONE markers, tables and figures."""
+    import os
+
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not coordinator:
+        return False
+    env_n, env_id = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    num_processes = num_processes if num_processes is not None else env_n and int(env_n)
+    process_id = process_id if process_id is not None else env_id and int(env_id)
+    if num_processes is None or process_id is None:
+        from signticket.errors import UserError
+
+        raise UserError("a coordinator needs --num-processes and --process-id (or "
+                        "JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
+    import jax
+
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+    return True
+
+
 def _cmd_train(args, overrides) -> int:
     from signticket import config as config_lib
     from signticket.configs import train as train_config
@@ -35,6 +64,10 @@ def _cmd_train(args, overrides) -> int:
     result = train_run(
         cfg, dataset, name="train", runs_root=args.runs_root, progress=not args.no_progress
     )
+    from signticket.checkpoint import is_primary
+
+    if not is_primary():
+        return 0
     print(json.dumps({"run_dir": str(result.directory), **result.summary}, indent=2))
     return 0
 
@@ -105,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     from signticket import __version__
 
     parser.add_argument("--version", action="version", version=f"signticket {__version__}")
+    multi = parser.add_argument_group(
+        "multi-host", "run one process per host with the same command and these settings "
+        "(default: env JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+    multi.add_argument("--coordinator", default=None, help="host:port of process 0")
+    multi.add_argument("--num-processes", type=int, default=None)
+    multi.add_argument("--process-id", type=int, default=None)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
         "train",
@@ -158,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
     try:
+        init_distributed(args.coordinator, args.num_processes, args.process_id)
         return args.func(args, overrides)
     except OSError as e:
         # The machine, not our code: a full disk or a path the user cannot write.

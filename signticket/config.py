@@ -22,6 +22,30 @@ class ConfigError(UserError):
     """A config file or override is invalid."""
 
 
+#: ``config.model.compute_dtype``: the engine's mixed-precision policy, accepted by every config
+#: (run or experiment: ``--config.model.compute_dtype=bfloat16``). It lives under ``model``
+#: because every pipeline stage copies its parent's ``model`` into its run config, so it reaches
+#: every run and its hash. The default is stored as the key's *absence* (:func:`normalize`), so
+#: configs written before the key existed keep their hashes and run directories.
+DEFAULT_COMPUTE_DTYPE = "float32"
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+#: Keys every config accepts without declaring them (dotted path -> default).
+OPTIONAL_KEYS = {"model.compute_dtype": DEFAULT_COMPUTE_DTYPE}
+
+
+def normalize(config: ConfigDict) -> ConfigDict:
+    """``config`` with optional keys at their default removed (in place; returned): one config,
+    one hash, whether or not the default was spelled out."""
+    for path, default in OPTIONAL_KEYS.items():
+        *parents, leaf = path.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, ConfigDict) else None
+        if isinstance(node, ConfigDict) and leaf in node and node[leaf] == default:
+            del node[leaf]
+    return config
+
+
 def load_config_file(path: str | os.PathLike) -> ConfigDict:
     """``get_config()`` of the Python file at ``path``."""
     path = Path(path)
@@ -51,6 +75,8 @@ def check_keys(config: ConfigDict, reference: ConfigDict, prefix: str = "") -> N
     Keys under a ``kwargs`` entry are free (they are passed to a constructor that checks them)."""
     for key, value in config.items():
         name = f"{prefix}{key}"
+        if name in OPTIONAL_KEYS:
+            continue
         if key not in reference:
             valid = ", ".join(sorted(f"{prefix}{k}" for k in reference.keys()))
             raise ConfigError(f"unknown config key {name!r} (valid keys here: {valid})")
@@ -82,7 +108,8 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
                 raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}")
             node = node[part]
         leaf = parts[-1]
-        if leaf not in node and parts[-2:-1] != ["kwargs"]:
+        optional = key.strip() in OPTIONAL_KEYS
+        if leaf not in node and parts[-2:-1] != ["kwargs"] and not optional:
             valid = ", ".join(sorted(node.keys()))
             raise ConfigError(f"unknown config key {key!r} (valid keys here: {valid})")
         value = _parse_value(text)
@@ -92,7 +119,7 @@ def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
             node[leaf] = value
         except TypeError as e:
             raise ConfigError(f"bad value for {key!r}: {e}") from e
-    return config
+    return normalize(config)
 
 
 def load(
@@ -144,6 +171,8 @@ def _check_leaf(name: str, key: str, value) -> None:
                               f"got {value!r}")
     if key in ("fraction", "sparsity") and not (_is_number(value) and 0 <= value < 1):
         raise ConfigError(f"{name} must lie in [0, 1), got {value!r}")
+    if key == "compute_dtype" and value not in COMPUTE_DTYPES:
+        raise ConfigError(f"{name} must be one of {', '.join(COMPUTE_DTYPES)}, got {value!r}")
 
 
 def _check_model_kwargs(name: str, kwargs: ConfigDict) -> None:

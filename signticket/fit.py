@@ -27,22 +27,25 @@ EpochHook = Callable[[int, TrainState], TrainState]
 def evaluate(
     engine: Engine,
     state: TrainState,
-    dataset: data_lib.Dataset,
+    dataset: data_lib.Dataset | data_lib.Source,
     batch_size: int = 1000,
     device_data=None,
 ) -> dict[str, float]:
-    """Test loss and accuracy of ``state`` on the whole test split of ``dataset``."""
+    """Test loss and accuracy of ``state`` on the whole test split of ``dataset`` (an in-memory
+    :class:`~signticket.data.Dataset` or a :class:`~signticket.data.Source`, e.g. streamed)."""
     batch_size = max(engine.mesh.size, batch_size - batch_size % engine.mesh.size)
-    batches = data_lib.eval_batches(
-        dataset.test_images, dataset.test_labels, batch_size, engine.mesh, device_data=device_data
-    )
+    if device_data is not None:  # the caller's split already on device
+        batches = data_lib.eval_batches(dataset.test_images, dataset.test_labels, batch_size,
+                                        engine.mesh, device_data=device_data)
+    else:
+        batches = data_lib.as_source(dataset).eval_batches(batch_size, engine.mesh)
     return engine.evaluate(state, batches)
 
 
 def fit(
     engine: Engine,
     state: TrainState,
-    dataset: data_lib.Dataset,
+    dataset: data_lib.Dataset | data_lib.Source,
     *,
     epochs: int,
     batch_size: int,
@@ -63,6 +66,10 @@ def fit(
     killed and resumed run equals an uninterrupted one. A finished run (``DONE.json``) is not
     trained again: its final state is restored and returned. A NaN/inf loss stops the run with
     :class:`~signticket.train.NonFiniteLossError` before that state is saved.
+
+    ``dataset`` is an in-memory :class:`~signticket.data.Dataset` (put on the devices once) or
+    any :class:`~signticket.data.Source` (a streamed ImageNet): epoch ``e``'s batches are a pure
+    function of ``(data_seed, e)`` for both, which is what makes resuming exact.
 
     ``metrics`` is cut back to the epochs the restored checkpoint holds (to nothing when there
     is none), so epochs that are trained again are never recorded twice. Each epoch's record
@@ -93,10 +100,8 @@ def fit(
         # Records past the restored state (a kill between the metrics write and the checkpoint
         # commit, a removed or damaged checkpoint) describe epochs about to be redone.
         metrics.truncate_after(start)
-    train_dev = data_lib.to_device(dataset.train_images, dataset.train_labels, engine.mesh)
-    test_dev = data_lib.to_device(dataset.test_images, dataset.test_labels, engine.mesh)
-    n_steps = data_lib.steps_per_epoch(len(dataset.train_labels), batch_size)
-    data_key = jax.random.PRNGKey(data_seed)
+    source = data_lib.as_source(dataset)  # one device copy of an in-memory dataset
+    n_steps = data_lib.steps_per_epoch(source.num_train, batch_size)
     test: dict[str, float] = {}
     bar = tqdm(
         total=epochs * n_steps,
@@ -109,19 +114,15 @@ def fit(
     for epoch in range(start + 1, epochs + 1):
         started = time.perf_counter()
         sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
-        batches = data_lib.train_batches(
-            dataset.train_images,
-            dataset.train_labels,
-            jax.random.fold_in(data_key, epoch),
-            batch_size,
-            engine.mesh,
-            device_data=train_dev,
-        )
-        for batch in batches:
+        taken = 0
+        for batch in source.train_epoch(epoch, batch_size, data_seed, engine.mesh):
             state, m = engine.train_step(state, batch)
             sums = jax.tree.map(jnp.add, sums, m)
+            taken += 1
             bar.update()
-        train = {k: float(v) / n_steps for k, v in sums.items()}  # the epoch's one host sync
+        if taken == 0:
+            raise UserError(f"epoch {epoch}: the data source gave no batch of {batch_size}")
+        train = {k: float(v) / taken for k, v in sums.items()}  # the epoch's one host sync
         seconds = time.perf_counter() - started
         check_finite(train, f"epoch {epoch}")
         in_use = _schedule_and_mask(state, learning_rate)  # before a hook changes the mask
@@ -134,10 +135,10 @@ def fit(
             **in_use,
         }
         if epoch % eval_every == 0 or epoch == epochs:
-            test = evaluate(engine, state, dataset, device_data=test_dev)
+            test = evaluate(engine, state, source)
             record.update({f"test_{k}": v for k, v in test.items()})
         bar.set_postfix(loss=f"{train['loss']:.3f}", test_acc=f"{test.get('accuracy', 0):.3f}")
-        record.update(_timing(seconds, n_steps, batch_size))
+        record.update(_timing(seconds, taken, batch_size))
         if not progress:
             log.info(metrics_lib.format_epoch(desc, record, epochs))
         if metrics is not None:
@@ -146,7 +147,7 @@ def fit(
             checkpointer.save(epoch, state)
     bar.close()
     if not test:
-        test = evaluate(engine, state, dataset, device_data=test_dev)
+        test = evaluate(engine, state, source)
     summary = {f"test_{k}": v for k, v in test.items()}
     if checkpointer is not None:
         if checkpointer.latest_step() is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
@@ -18,6 +19,7 @@ from signticket.checkpoint import (
     Checkpointer,
     canonical_json,
     check_runs_root,
+    is_primary,
     lock_run_dir,
     run_dir,
     run_identity,
@@ -40,15 +42,25 @@ def check_names(config: ConfigDict) -> None:
         raise UserError(
             f"unknown model {config.model.name!r}; available: {', '.join(models.names())}"
         )
-    if config.data.name not in data_lib.names():
-        raise UserError(
-            f"unknown dataset {config.data.name!r}; available: {', '.join(data_lib.names())}"
-        )
+    known = data_lib.names() + data_lib.streaming_names()
+    if config.data.name not in known:
+        raise UserError(f"unknown dataset {config.data.name!r}; available: {', '.join(known)}")
 
 
-def load_dataset(cfg: ConfigDict, data_dir: str | None = None) -> data_lib.Dataset:
-    """The dataset named by ``cfg.name`` with its subsets (0 = the whole split)."""
+def load_dataset(cfg: ConfigDict,
+                 data_dir: str | None = None) -> data_lib.Dataset | data_lib.StreamingDataset:
+    """The dataset named by ``cfg.name`` with its subsets (0 = the whole split): in memory
+    when it fits, else streamed (ImageNet; ``cfg.image_size`` sets its side, default 224).
+    Either is what :func:`train_run` and :func:`signticket.fit.fit` take."""
     try:
+        if cfg.name in data_lib.streaming_names():
+            return data_lib.load_stream(
+                cfg.name,
+                data_dir=data_dir,
+                train_subset=cfg.get("train_subset") or None,
+                test_subset=cfg.get("test_subset") or None,
+                image_size=cfg.get("image_size") or None,
+            )
         return data_lib.load(
             cfg.name,
             data_dir=data_dir,
@@ -152,33 +164,42 @@ def build_optimizer(
     return masked(make_optimizer(cfg.name, sched, **kwargs))
 
 
-def initial_variables(config: ConfigDict, dataset: data_lib.Dataset) -> dict[str, PyTree]:
+def initial_variables(config: ConfigDict, dataset: data_lib.Dataset | data_lib.Source
+                      ) -> dict[str, PyTree]:
     """The ``{"params", "batch_stats"}`` a run with ``config.seed`` starts from (the same ones
     :func:`train_run` draws when given no ``init_params``)."""
     model = build_model(config.model, dataset.num_classes)
     engine = Engine(model, optax.identity(), dataset.preprocess)
     init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
-    return engine.init_variables(init_key, dataset.train_images[:1])
+    return engine.init_variables(init_key, data_lib.sample_images(dataset))
+
+
+def compute_dtype(config: ConfigDict):
+    """The engine's compute dtype from ``config.model.compute_dtype`` (absent or ``"float32"``:
+    full precision, ``None`` for the engine; ``"bfloat16"``: mixed precision)."""
+    name = config.model.get("compute_dtype") or config_lib.DEFAULT_COMPUTE_DTYPE
+    return None if name == config_lib.DEFAULT_COMPUTE_DTYPE else jnp.dtype(name)
 
 
 _ENGINES: dict = {}
 
 
-def _cached_engine(config: ConfigDict, dataset: data_lib.Dataset, steps: int,
+def _cached_engine(config: ConfigDict, dataset: data_lib.Dataset | data_lib.Source, steps: int,
                    pre_forward: PreForward | None, mesh) -> Engine:
     """One engine (so one compiled step) per distinct model/optimizer/schedule: the runs of a
     pipeline (IMP rounds, transfers, seeds) that share them do not recompile."""
     key = (
         canonical_json(config.model), dataset.num_classes, dataset.preprocess,
         canonical_json(config.optimizer), config.epochs, steps, pre_forward,
-        tuple(d.id for d in mesh.devices.flat),
+        tuple(d.id for d in mesh.devices.flat), compute_dtype(config),
     )
     if key not in _ENGINES:
         if len(_ENGINES) > 32:
             _ENGINES.clear()
         model = build_model(config.model, dataset.num_classes)
         tx = build_optimizer(config.optimizer, config.epochs, steps)
-        _ENGINES[key] = Engine(model, tx, dataset.preprocess, mesh, pre_forward)
+        _ENGINES[key] = Engine(model, tx, dataset.preprocess, mesh, pre_forward,
+                               compute_dtype=compute_dtype(config))
     return _ENGINES[key]
 
 
@@ -205,7 +226,7 @@ class RunResult:
 
 def train_run(
     config: ConfigDict,
-    dataset: data_lib.Dataset,
+    dataset: data_lib.Dataset | data_lib.Source,
     *,
     name: str = "train",
     runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
@@ -239,22 +260,24 @@ def train_run(
     # Every check that needs no data first: a bad value fails before any directory is made.
     check_run_config(config, runs_root)
     build_model(config.model, dataset.num_classes)  # unknown model keywords: before any dir
-    if config.batch_size > len(dataset.train_labels):
+    n_train = data_lib.num_train(dataset)
+    if config.batch_size > n_train:
         raise UserError(f"batch_size {config.batch_size} is larger than the "
-                        f"{len(dataset.train_labels)} training examples of {dataset.name}")
+                        f"{n_train} training examples of {dataset.name}")
     directory = run_dir(runs_root, config, name)
     # Locked before the engine is built: a second process on this run fails in a moment.
     with lock_run_dir(directory):
         mesh = mesh or make_mesh()
-        steps = data_lib.steps_per_epoch(len(dataset.train_labels), config.batch_size)
+        steps = data_lib.steps_per_epoch(n_train, config.batch_size)
         if tx is None:
             engine = _cached_engine(config, dataset, steps, pre_forward, mesh)
         else:
             model = build_model(config.model, dataset.num_classes)
-            engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward)
+            engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward,
+                            compute_dtype=compute_dtype(config))
         state = engine.init_state(
             jax.random.PRNGKey(config.seed),
-            dataset.train_images[:1],
+            data_lib.sample_images(dataset),
             params=init_params,
             batch_stats=init_batch_stats,
             hook_state=hook_state,
@@ -266,7 +289,9 @@ def train_run(
         # the one it names, or none rather than a wrong one.
         schedule = (build_schedule(config.optimizer, config.epochs, steps)
                     if tx is None else learning_rate)
-        writer = make_writer(directory, _logging_config(config), config=run_identity(config))
+        # One history per run: process 0 writes it (all processes see the same numbers).
+        writer = (make_writer(directory, _logging_config(config), config=run_identity(config))
+                  if is_primary() else None)
         try:
             state, summary = fit(
                 engine,
@@ -285,6 +310,7 @@ def train_run(
                 learning_rate=schedule,
             )
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
             ckpt.close()
     return RunResult(directory, state, summary)

@@ -28,4 +28,6 @@ def get_config() -> ConfigDict:
     # Where metrics go: any of "jsonl", "tensorboard", "wandb". Not part of the run's identity
     # (signticket.checkpoint.UNHASHED_KEYS): changing it reuses the same run directory.
     c.logging = ConfigDict({"writers": ("jsonl",), "wandb_project": ""})
+    # Mixed precision: --config.model.compute_dtype=bfloat16 (every config accepts the key;
+    # float32, the default, is kept as its absence so existing run directories keep their hashes).
     return c

@@ -65,14 +65,15 @@ def load(
 
     Raises:
       ValueError: unknown ``name`` (the message lists the valid ones), a subset larger than
-        its split, or a streamed dataset (ImageNet: use :func:`imagenet_stream`).
+        its split, or a streamed dataset (ImageNet: use :func:`load_stream`).
       DatasetUnavailableError: the data is not on this machine and cannot be fetched.
     """
     spec = registry.get(name)
     if spec.streaming:
         raise ValueError(
             f"{name!r} is too large to hold in memory: stream it with "
-            f"signticket.data.imagenet_stream (in-memory datasets: {names()})"
+            f"signticket.data.load_stream (one pass: imagenet_stream; in-memory datasets: "
+            f"{names()})"
         )
     for label, size in (("train_subset", train_subset), ("test_subset", test_subset)):
         if size is not None and size <= 0:

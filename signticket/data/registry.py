@@ -29,8 +29,11 @@ class DatasetSpec:
     augment_default: bool = False
     train_split: str = "train"
     test_split: str = "test"
-    #: Too large for memory: read with :func:`signticket.data.imagenet_stream`, not ``load``.
+    #: Too large for memory: streamed (:func:`signticket.data.load_stream`), not ``load``-ed.
     streaming: bool = False
+    #: Split sizes when known without reading TFDS's metadata (0: ask the builder).
+    num_train: int = 0
+    num_test: int = 0
 
     def preprocess(self, augment: bool | None = None) -> Preprocess:
         """The on-device input transform, with augmentation on/off (``None``: the default)."""
@@ -82,6 +85,8 @@ _SPECS: dict[str, DatasetSpec] = {
             (0.229, 0.224, 0.225),
             test_split="validation",
             streaming=True,
+            num_train=1_281_167,
+            num_test=50_000,
         ),
     )
 }
@@ -93,7 +98,7 @@ def names() -> list[str]:
 
 
 def streaming_names() -> list[str]:
-    """Names of the datasets that are streamed (:func:`signticket.data.imagenet_stream`)."""
+    """Names of the datasets that are streamed (:func:`signticket.data.load_stream`)."""
     return [n for n, s in _SPECS.items() if s.streaming]
 
 

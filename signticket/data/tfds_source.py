@@ -361,9 +361,13 @@ def load_arrays(spec: DatasetSpec, data_dir: Path) -> dict[str, tuple[np.ndarray
         tfds = import_tfds()
         splits = {}
         for split in (spec.train_split, spec.test_split):
-            data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-            images = np.ascontiguousarray(data["image"], dtype=np.uint8)
-            labels = np.asarray(data["label"]).astype(np.int32)
+            # Batches, not batch_size=-1 (one batch of the split's recorded size): that size
+            # comes from the builder's metadata, which a reader without it (TFDS's mock
+            # builder) does not have.
+            parts = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=4096)))
+            images = np.ascontiguousarray(np.concatenate([p["image"] for p in parts]),
+                                          dtype=np.uint8)
+            labels = np.concatenate([p["label"] for p in parts]).astype(np.int32)
             if images.shape[1:] != spec.image_shape:
                 raise ValueError(
                     f"{spec.name} {split}: TFDS gave images of shape "

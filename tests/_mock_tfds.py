@@ -1,0 +1,51 @@
+"""TFDS's mock data behind signticket's streaming path (tests only).
+
+``tfds.testing.mock_data`` makes the real TFDS builder generate random examples (JPEG-encoded
+images for ImageNet) instead of reading prepared files, so the whole input pipeline — TFDS
+reader, our decode / crop / flip maps, batching, sharding — runs without ImageNet; in-memory
+datasets (CIFAR) go through the real TFDS read and signticket's npz cache. The seams replaced
+are the two "is it prepared here?" gates, :func:`signticket.data.stream.open_builder` and
+:func:`signticket.data.tfds_source.ensure_prepared` (which would otherwise refuse an unprepared
+data dir). Use a temporary data dir: the npz cache of mock data is written into it.
+
+As a script, ``python tests/_mock_tfds.py N -- <signticket CLI args>`` runs the CLI under the
+mock with ``N`` examples per split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def mock_streaming(num_examples: int) -> Iterator[None]:
+    from signticket.data import stream, tfds_source
+
+    tfds = tfds_source.import_tfds()
+    originals = stream.open_builder, tfds_source.ensure_prepared
+
+    def builder(spec, data_dir, **_):
+        return tfds.builder(spec.tfds_name, data_dir=str(data_dir))
+
+    with tfds.testing.mock_data(num_examples=num_examples,
+                                policy=tfds.testing.MockPolicy.USE_CODE):
+        stream.open_builder = tfds_source.ensure_prepared = builder
+        try:
+            yield
+        finally:
+            stream.open_builder, tfds_source.ensure_prepared = originals
+
+
+def main(argv: list[str]) -> int:
+    n, sep, *rest = argv
+    assert sep == "--", argv
+    from signticket import cli
+
+    with mock_streaming(int(n)):
+        return cli.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
