@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,6 +110,8 @@ def experiment_main(module: ModuleType, argv: Sequence[str] | None = None,
     if add_arguments is not None:
         add_arguments(parser)
     args, config = parse(parser, argv)
+    if args.no_progress:  # one log line per epoch instead of the bars
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out or Path("results") / module.NAME / Path(args.config).stem)
     from signticket.data import DatasetUnavailableError
     from signticket.errors import UserError

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from signticket.checkpoint import config_hash, write_json_atomic
+from signticket.errors import require
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,7 @@ def cached_barrier(prefix: str, model, dataset, a, b, experiment: Mapping[str, A
 
 def pyplot():
     """``matplotlib.pyplot`` on the file-only Agg backend (no display needed)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plots", "figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

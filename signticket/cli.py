@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -196,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = _split_overrides(argv)
     args = build_parser().parse_args(rest)
+    if getattr(args, "no_progress", False):  # one log line per epoch instead of the bars
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         init_distributed(args.coordinator, args.num_processes, args.process_id)
         return args.func(args, overrides)

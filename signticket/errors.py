@@ -8,6 +8,9 @@ bug and keeps its traceback, so catching ``ValueError`` or ``TypeError`` broadly
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class UserError(ValueError):
     """A mistake in the input (config, arguments, files on disk) that the user can fix.
@@ -15,3 +18,17 @@ class UserError(ValueError):
     A ``ValueError`` so that library callers that already catch ``ValueError`` keep working.
     The message names the problem and, where there is one, the fix.
     """
+
+
+class MissingExtraError(UserError):
+    """An optional package is not installed; the message names the extra that brings it."""
+
+
+def require(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import ``module``, or raise :class:`MissingExtraError`: ``purpose`` needs the ``extra``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtraError(
+            f"{purpose} needs the package {module!r}, which is not installed: "
+            f"pip install 'signticket[{extra}]'") from e

@@ -206,19 +206,39 @@ def _prepare(a, b, dataset, *, bn_batches, batch_size, seed, reestimate_bn, mask
     _check_masks(mask_a, mask_b)
     mesh = mesh or make_mesh()
     batch_size = max(mesh.size, batch_size - batch_size % mesh.size)
-    test = _stack_batches(dataset.test_images, dataset.test_labels, batch_size, mesh)
-    n_train = len(dataset.train_labels)
+    test = _stack_batches(*_test_arrays(dataset), batch_size, mesh)
+    n_train = _num_train(dataset)
     bn_bs = batch_size if bn_batch_size is None else max(
         mesh.size, bn_batch_size - bn_batch_size % mesh.size)
     # bn_batches=0: one pass over the whole training set (full batches), as the AWS code does
     n_bn = (n_train if bn_batches <= 0 else min(bn_batches * bn_bs, n_train)) // bn_bs
     if reestimate_bn and a.get("batch_stats") and n_bn < 1:
         raise UserError(f"need at least one training batch of {bn_bs} to re-estimate BN")
-    idx = np.random.RandomState(seed).permutation(n_train)[: max(n_bn, 1) * bn_bs]
-    bn_x, _, _ = _stack_batches(
-        dataset.train_images[idx], dataset.train_labels[idx], bn_bs, mesh
-    )
+    bn_x, _, _ = _stack_batches(*_train_sample(dataset, max(n_bn, 1) * bn_bs, seed), bn_bs, mesh)
     return (bn_x, *test)
+
+
+# A dataset is either in memory (arrays) or a data source (signticket.data.Source: a streamed
+# split such as ImageNet serves a seeded sample and its test split without materialising the
+# training set). Duck-typed, so the core never imports the data layer.
+
+def _num_train(dataset) -> int:
+    n = getattr(dataset, "num_train", None)
+    return int(n) if n is not None else len(dataset.train_labels)
+
+
+def _test_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(dataset, "test_arrays"):
+        return dataset.test_arrays()
+    return dataset.test_images, dataset.test_labels
+
+
+def _train_sample(dataset, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(dataset, "train_sample"):
+        return dataset.train_sample(n, seed)
+    # The first n of a RandomState(seed) permutation (Source.train_sample keeps this contract).
+    idx = np.random.RandomState(seed).permutation(len(dataset.train_labels))[:n]
+    return dataset.train_images[idx], dataset.train_labels[idx]
 
 
 def barrier_curve(

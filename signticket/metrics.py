@@ -28,7 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from signticket.errors import UserError
+from signticket import errors
+from signticket.errors import MissingExtraError, UserError  # noqa: F401  (re-exported)
 
 #: Keys of a record that are wall-clock measurements rather than results of the run.
 TIMING_KEYS = ("epoch_time_s", "step_time_ms", "images_per_s")
@@ -45,10 +46,6 @@ class MetricWriter(Protocol):
     def truncate_after(self, epoch: int) -> None: ...
 
     def close(self) -> None: ...
-
-
-class MissingExtraError(UserError):
-    """A writer's optional package is not installed."""
 
 
 # --- JSON lines ---------------------------------------------------------------------------------
@@ -308,15 +305,8 @@ class WandbWriter:
 
 def require(module: str, extra: str):
     """Import ``module``, or raise :class:`MissingExtraError` naming the extra that brings it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingExtraError(
-            f"the {extra} metric writer needs the package {module!r}, which is not installed; "
-            f"pip install 'signticket[{extra}]' (or drop {extra!r} from config.logging.writers)"
-        ) from e
+    return errors.require(module, extra, f"the {extra} metric writer (or drop {extra!r} from "
+                                         "config.logging.writers)")
 
 
 # --- Composition and choice by config -----------------------------------------------------------

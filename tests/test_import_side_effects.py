@@ -81,3 +81,21 @@ print(json.dumps(sorted(m for m in {LAB_ONLY!r} if m in sys.modules)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_missing_extras_name_the_extra(monkeypatch):
+    """Without the `data` / `plots` extras, data and figures fail with one line naming the
+    extra to install (a UserError the CLI prints), not an ImportError traceback."""
+    import pytest
+
+    from signticket.data import tfds_source
+    from signticket.errors import MissingExtraError, UserError
+
+    for module in ("tensorflow_datasets", "matplotlib"):
+        monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'signticket\[data\]'"):
+        tfds_source.import_tfds()
+    from experiments import common
+
+    with pytest.raises(UserError, match=r"pip install 'signticket\[plots\]'"):
+        common.pyplot()

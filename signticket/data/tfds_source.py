@@ -36,6 +36,7 @@ import numpy as np
 
 from signticket.data.errors import DatasetUnavailableError
 from signticket.data.registry import DatasetSpec
+from signticket.errors import require
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,9 @@ def import_tfds() -> Any:
         "importlib_resources"
     ):
         sys.modules["importlib_resources"] = importlib.resources
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+    purpose = "datasets (TFDS, prepared with TensorFlow)"
+    tf = require("tensorflow", "data", purpose)
+    tfds = require("tensorflow_datasets", "data", purpose)
 
     # JAX owns the accelerators: keep TensorFlow (only used for reading data) off them so it
     # does not reserve GPU memory. Fails harmlessly if TF already initialized its devices.
