@@ -63,8 +63,9 @@ from signticket.tree import PyTree, is_kernel
 NAME = "composed"
 TITLE = "Composed methods"
 
-#: Top-level keys shared by the AWS pipeline, the permuted-mask pipeline and every arm.
-SHARED_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every")
+#: Top-level keys shared by the AWS pipeline, the permuted-mask pipeline and every arm
+#: (``logging``, where present, chooses metric writers and names no run).
+SHARED_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every", "logging")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +108,7 @@ def _check_arms(arms: Sequence[str]) -> None:
 
 def _shared(config: ConfigDict) -> ConfigDict:
     return ConfigDict({k: ConfigDict(config[k].to_dict()) if isinstance(config[k], ConfigDict)
-                       else config[k] for k in SHARED_KEYS})
+                       else config[k] for k in SHARED_KEYS if k in config})
 
 
 # -- configs of the upstream pipelines and of the arms -------------------------------------------

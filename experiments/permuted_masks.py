@@ -32,7 +32,7 @@ from experiments.tables import (
     paper_gap,
     write_table,
 )
-from signticket.checkpoint import config_hash
+from signticket.checkpoint import config_hash, run_identity
 from signticket.rebasin import procedure
 from signticket.runs import build_model, load_dataset
 
@@ -183,7 +183,7 @@ def run(config: ConfigDict, args, out: Path) -> list[dict]:
     dataset = load_dataset(config.data, args.data_dir)
     barrier_fn = make_barrier_fn(config, dataset, args.runs_root)
     seeds = list(config.experiment.seeds if args.seeds is None else args.seeds)
-    tag = config_hash(config)
+    tag = config_hash(run_identity(config))  # the config that shapes the results
     run_seeds(seeds, lambda seed: procedure.run_seed(
         config, dataset, seed, runs_root=args.runs_root, progress=not args.no_progress,
         barrier_fn=barrier_fn), cache_dir=out, tag=tag)
