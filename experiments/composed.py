@@ -359,6 +359,12 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
                      wins(deltas.values()),
                      mean_std([r["signs_changed"] for r in rs], 100, 1) if transfer else "—",
                      mean_std([r["flips_in_training"] for r in rs], 100, 1)])
+    return write_table(out / "table", header, rows, title=title,
+                       notes=table_notes(config, results))
+
+
+def table_notes(config: ConfigDict, results: list[dict]) -> str:
+    """What the numbers are and the recipe of each pipeline that ran for every seed."""
     notes = [f"Test accuracy (%), mean ± std over seeds {[r['seed'] for r in results]}; Δ: "
              f"paired per seed (same init magnitudes, mask and data order), in points. "
              f"{config.model.name} {dict(config.model.kwargs)} on {config.data.name} (train "
@@ -392,7 +398,7 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
                  "changed vs the init it keeps the magnitudes of (fresh init / B_k); 'flipped "
                  "in training': unmasked kernel entries whose sign differs between the start "
                  "and the end of training.")
-    return write_table(out / "table", header, rows, title=title, notes="\n\n".join(notes))
+    return "\n\n".join(notes)
 
 
 def plot_arms(config: ConfigDict, results: list[dict], out: Path) -> Path:
