@@ -18,7 +18,7 @@ See ``docs/protocols/aws.md``.
 
 from __future__ import annotations
 
-import json
+import functools
 import sys
 from pathlib import Path
 
@@ -27,9 +27,9 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from experiments.cli_common import experiment_main
-from experiments.tables import mean_std, write_table
+from experiments.common import cached_barrier, curve_record, pyplot, run_seeds, save_figure
+from experiments.tables import mean_std, per_seed_mean, pooled, write_table
 from signticket import lmc, lottery
-from signticket.checkpoint import config_hash, write_json_atomic
 from signticket.runs import (
     build_model,
     initial_variables,
@@ -53,37 +53,38 @@ def _variables(run) -> dict:
     return {"params": run.state.params, "batch_stats": run.state.batch_stats}
 
 
-def _barrier(name, model, dataset, a, b, config, runs_root, ids, mask=None):
-    """Cached barrier curve between variables ``a`` and ``b`` (ids name them for the cache)."""
+def barrier_record(curve, definition: str) -> dict:
+    """:func:`~experiments.common.curve_record` with the error and loss barriers of
+    ``definition`` (``lmc.BARRIERS``; the official one is ``midpoint_mean``) and both
+    definitions' error barriers beside them, so either can be reported from the cache."""
+    error_fn, loss_fn = lmc.BARRIERS[definition]
+    return {**curve_record(curve), "definition": definition,
+            "error_barrier": float(error_fn(curve)), "loss_barrier": float(loss_fn(curve)),
+            "error_barrier_over_chord": float(lmc.error_barrier_over_chord(curve)),
+            "error_barrier_midpoint_mean": float(lmc.error_barrier_midpoint_mean(curve))}
+
+
+def make_barrier_fn(config: ConfigDict, model, dataset, runs_root):
+    """``(prefix, a, b, ids, mask=None) -> barrier dict``: cached barrier curves between
+    variables ``a`` and ``b`` (``ids`` name them for the cache) with the experiment's BN
+    re-estimation (``bn_mode``, ``bn_batch_size``) and barrier definition."""
     exp = config.experiment
-    bn_mode = exp.get("bn_mode", "average")
-    bn_bs = exp.get("bn_batch_size", 0) or None
-    definition = exp.get("barrier_definition", "midpoint_mean")
-    settings = {"ids": ids, "points": exp.barrier_points, "bn": exp.bn_batches,
-                "bs": exp.barrier_batch_size, "bn_mode": bn_mode, "bn_bs": bn_bs}
-    path = Path(runs_root) / "barriers" / f"{name}-{config_hash(settings)}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    curve = lmc.barrier_curve(
-        model, dataset.preprocess, a, b, dataset,
-        alphas=np.linspace(0, 1, exp.barrier_points), bn_batches=exp.bn_batches,
-        batch_size=exp.barrier_batch_size, mask_a=mask, mask_b=mask, bn_mode=bn_mode,
-        bn_batch_size=bn_bs,
-    )
-    err_fn, loss_fn = lmc.BARRIERS[definition]
-    out = {"alphas": np.asarray(curve.alphas).tolist(), "error": np.asarray(curve.error).tolist(),
-           "loss": np.asarray(curve.loss).tolist(), "definition": definition,
-           "error_barrier": float(err_fn(curve)), "loss_barrier": float(loss_fn(curve)),
-           "error_barrier_over_chord": float(lmc.error_barrier_over_chord(curve)),
-           "error_barrier_midpoint_mean": float(lmc.error_barrier_midpoint_mean(curve))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, out)
-    return out
+    options = {"bn_mode": exp.get("bn_mode", "average"),
+               "bn_batch_size": exp.get("bn_batch_size", 0) or None}
+    record = functools.partial(
+        barrier_record, definition=exp.get("barrier_definition", "midpoint_mean"))
+
+    def barrier(prefix, a, b, ids, mask=None):
+        return cached_barrier(prefix, model, dataset, a, b, exp, runs_root, ids, mask=mask,
+                              options=options, record=record)
+
+    return barrier
 
 
 def run_seed(config: ConfigDict, seed: int, dataset, runs_root, progress: bool) -> dict:
     exp = config.experiment
-    model = build_model(config.model, dataset.num_classes)
+    barrier = make_barrier_fn(config, build_model(config.model, dataset.num_classes), dataset,
+                              runs_root)
     base = _seeded(config, seed, "lrr")
     dense = lottery.final_run("dense", None, base, dataset, init_seed=seed + exp.dense_seed,
                               runs_root=runs_root, progress=progress)
@@ -97,40 +98,47 @@ def run_seed(config: ConfigDict, seed: int, dataset, runs_root, progress: bool) 
             {"round": r.index, "remaining": r.remaining, "accuracy": r.summary["test_accuracy"]}
             for r in rounds]
         for k in exp.final_rounds:
-            src = rounds[k]
-            kw = dict(runs_root=runs_root, progress=progress)
-            # Official script: `--seed ft_seed` for retrain, sign and mask transfer alike (data
-            # order); the inits are drawn unseeded. Here transfer seed s = seed + offset seeds
-            # both the fresh init and the data order.
-            first = seed + exp.transfer_seeds[0]
-            retrain = lottery.final_run("retrain", src, cfg, dataset, init_seed=first,
-                                        data_seed=first, **kw)
-            signs = [lottery.final_run("sign_transfer", src, cfg, dataset, init_seed=seed + off,
-                                       data_seed=seed + off, **kw) for off in exp.transfer_seeds]
-            masked = lottery.final_run("mask_transfer", src, cfg, dataset, init_seed=first,
-                                       data_seed=first, **kw)
-            pruned = {"params": src.pruned_params, "batch_stats": src.batch_stats}
-            chosen = select(src.params, is_norm)
-            at_init = {"params": jax.tree.map(lambda c, p, p0: p0 if c else p, chosen,
-                                              src.pruned_params, psi_init),
-                       "batch_stats": src.batch_stats}
-            b_norm = _barrier("norm", model, dataset, pruned, at_init, config, runs_root,
-                              [str(src.directory), "psi_init"])
-            b_st_rt = _barrier("st-rt", model, dataset, _variables(signs[0]), _variables(retrain),
-                               config, runs_root, [str(signs[0].directory),
-                                                   str(retrain.directory)], mask=src.mask)
-            b_st_st = _barrier("st-st", model, dataset, _variables(signs[0]), _variables(signs[1]),
-                               config, runs_root, [str(signs[0].directory),
-                                                   str(signs[1].directory)], mask=src.mask)
-            result["rounds"].setdefault(str(k), {})[method] = {
-                "remaining": src.remaining,
-                "pruned": src.summary["test_accuracy"],
-                "retrain": retrain.summary["test_accuracy"],
-                "sign_transfer": [s.summary["test_accuracy"] for s in signs],
-                "mask_transfer": masked.summary["test_accuracy"],
-                "barrier_norm": b_norm, "barrier_st_retrain": b_st_rt, "barrier_st_st": b_st_st,
-            }
+            result["rounds"].setdefault(str(k), {})[method] = final_round(
+                config, cfg, rounds[k], psi_init, seed, dataset, barrier, runs_root, progress)
     return result
+
+
+def final_round(config: ConfigDict, cfg: ConfigDict, src, psi_init, seed: int, dataset,
+                barrier, runs_root, progress: bool) -> dict:
+    """The final runs from pruned round ``src`` of the pruning run ``cfg`` (retrain, sign
+    transfer to every transfer seed, mask transfer) and the three barriers (``barrier``: see
+    :func:`make_barrier_fn`)."""
+    exp = config.experiment
+    kw = dict(runs_root=runs_root, progress=progress)
+    # Official script: `--seed ft_seed` for retrain, sign and mask transfer alike (data
+    # order); the inits are drawn unseeded. Here transfer seed s = seed + offset seeds
+    # both the fresh init and the data order.
+    first = seed + exp.transfer_seeds[0]
+    retrain = lottery.final_run("retrain", src, cfg, dataset, init_seed=first, data_seed=first,
+                                **kw)
+    signs = [lottery.final_run("sign_transfer", src, cfg, dataset, init_seed=seed + off,
+                               data_seed=seed + off, **kw) for off in exp.transfer_seeds]
+    masked = lottery.final_run("mask_transfer", src, cfg, dataset, init_seed=first,
+                               data_seed=first, **kw)
+    pruned = {"params": src.pruned_params, "batch_stats": src.batch_stats}
+    chosen = select(src.params, is_norm)
+    at_init = {"params": jax.tree.map(lambda c, p, p0: p0 if c else p, chosen,
+                                      src.pruned_params, psi_init),
+               "batch_stats": src.batch_stats}
+    return {
+        "remaining": src.remaining,
+        "pruned": src.summary["test_accuracy"],
+        "retrain": retrain.summary["test_accuracy"],
+        "sign_transfer": [s.summary["test_accuracy"] for s in signs],
+        "mask_transfer": masked.summary["test_accuracy"],
+        "barrier_norm": barrier("norm", pruned, at_init, [str(src.directory), "psi_init"]),
+        "barrier_st_retrain": barrier("st-rt", _variables(signs[0]), _variables(retrain),
+                                      [str(signs[0].directory), str(retrain.directory)],
+                                      mask=src.mask),
+        "barrier_st_st": barrier("st-st", _variables(signs[0]), _variables(signs[1]),
+                                 [str(signs[0].directory), str(signs[1].directory)],
+                                 mask=src.mask),
+    }
 
 
 COLUMNS = [
@@ -142,6 +150,16 @@ BARRIERS = [("(i) norm path", "barrier_norm"), ("(ii) ST vs retrain", "barrier_s
             ("(iii) ST vs ST", "barrier_st_st")]
 
 
+def column_samples(results: list[dict], per: list[dict], method: str | None, key: str
+                   ) -> list[float]:
+    """The samples of one accuracy column at one round (``per``: that round of every seed):
+    every fresh init of every seed for the sign transfer, one number per seed otherwise."""
+    if method is None:
+        return [r["dense"] for r in results]
+    values = [p[method][key] for p in per]
+    return pooled(values) if key == "sign_transfer" else per_seed_mean(values)
+
+
 def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -> str:
     header = ["remaining"] + [c[0] for c in COLUMNS] + [
         f"{m.upper()} barrier {b}" for b, _ in BARRIERS for m in METHODS] + [
@@ -150,15 +168,8 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
     for k in config.experiment.final_rounds:
         per = [r["rounds"][str(k)] for r in results]
         row = [f"{per[0]['aws']['remaining']:.1%} (k={k})"]
-        for _, method, key in COLUMNS:
-            if method is None:
-                vals = [r["dense"] for r in results]
-            else:
-                vals = [np.mean(p[method][key]) if isinstance(p[method][key], list)
-                        else p[method][key] for p in per]
-                if key == "sign_transfer":  # every fresh init of every seed is a sample
-                    vals = [v for p in per for v in p[method][key]]
-            row.append(mean_std(vals, 100))
+        row += [mean_std(column_samples(results, per, method, key), 100)
+                for _, method, key in COLUMNS]
         for _, key in BARRIERS:
             for m in METHODS:
                 row.append(mean_std([p[m][key]["error_barrier"] for p in per], 100))
@@ -180,11 +191,7 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
 
 
 def plot_curves(results: list[dict], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     paths = []
     for k in results[0]["rounds"]:
         fig, axes = plt.subplots(1, len(BARRIERS), figsize=(4 * len(BARRIERS), 3.2))
@@ -200,11 +207,7 @@ def plot_curves(results: list[dict], out: Path) -> list[Path]:
             ax.legend()
         remaining = results[0]["rounds"][k]["aws"]["remaining"]
         fig.suptitle(f"Barrier curves at round {k} ({remaining:.1%} remaining)")
-        fig.tight_layout()
-        path = out / f"barriers_round{k}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out / f"barriers_round{k}.png"))
     return paths
 
 
@@ -218,8 +221,8 @@ def training_epochs(config: ConfigDict) -> float:
 
 def run(config: ConfigDict, args, out: Path) -> list[dict]:
     dataset = load_dataset(config.data, args.data_dir)
-    return [run_seed(config, seed, dataset, args.runs_root, not args.no_progress)
-            for seed in config.experiment.seeds]
+    return run_seeds(config.experiment.seeds, lambda seed: run_seed(
+        config, seed, dataset, args.runs_root, not args.no_progress))
 
 
 def report(config: ConfigDict, results: list[dict], out: Path, title: str
@@ -232,11 +235,8 @@ def report(config: ConfigDict, results: list[dict], out: Path, title: str
 
 def plot_imp_curve(results: list[dict], out: Path) -> Path:
     """Test accuracy of the pruned-stage network after every IMP round vs remaining weights."""
-    import matplotlib
+    plt = pyplot()
     import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for m, color in zip(METHODS, ("tab:blue", "tab:red"), strict=True):
@@ -254,11 +254,7 @@ def plot_imp_curve(results: list[dict], out: Path) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("IMP: accuracy at the end of each round")
     ax.legend()
-    fig.tight_layout()
-    path = out / "imp_rounds.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "imp_rounds.png")
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,7 @@ from types import ModuleType
 from ml_collections import ConfigDict
 
 from signticket import config as config_lib
+from signticket import provenance
 from signticket.checkpoint import write_json_atomic
 from signticket.runs import DEFAULT_RUNS_ROOT, enable_compilation_cache
 
@@ -66,11 +67,14 @@ def parse(parser: argparse.ArgumentParser,
 
 def save_results(out: Path, name: str, config_file: str, config: ConfigDict,
                  results: list) -> None:
-    """Write ``results.json`` then ``experiment.json`` (atomically; the latter marks it done)."""
+    """Write ``results.json`` then ``experiment.json`` (atomically; the latter marks it done),
+    with the provenance of the code that made the results
+    (:func:`signticket.provenance.collect`)."""
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / RESULTS_FILE, results)
     write_json_atomic(out / EXPERIMENT_FILE, {"experiment": name, "config_file": str(config_file),
-                                              "config": config.to_dict()})
+                                              "config": config.to_dict(),
+                                              "provenance": provenance.collect()})
 
 
 def load_results(out: Path) -> tuple[dict, list]:

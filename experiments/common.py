@@ -8,8 +8,10 @@ saved with :func:`save_figure`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,15 +33,16 @@ def seed_result_path(directory: Path, seed: int, tag: str) -> Path:
 
 def run_seeds(seeds: Iterable[int], run_one: Callable[[int], T], *,
               cache_dir: Path | None = None, tag: str = "",
-              describe: Callable[[int, T], str] | None = None) -> list[T]:
+              describe: Callable[[int, T], str] | None = None,
+              announce: Callable[[str], None] = log.info) -> list[T]:
     """``[run_one(seed) for seed in seeds]``, in order.
 
     With ``cache_dir``, each seed's (JSON-able) result is written to
     :func:`seed_result_path` as soon as it is done and read back instead of re-running it, so a
     killed experiment loses at most the seed in progress (its runs resume anyway) and a second
     experiment process over other seeds can share ``cache_dir``. ``tag`` (e.g. the config's
-    hash) keeps results of different configs apart. ``describe(seed, result)`` is logged at
-    INFO after each seed (the one line per seed experiments print without progress bars)."""
+    hash) keeps results of different configs apart. ``describe(seed, result)`` goes to
+    ``announce`` (default: the log at INFO) after each seed; see :func:`progress_lines`."""
     results = []
     for seed in seeds:
         path = None if cache_dir is None else seed_result_path(cache_dir, seed, tag)
@@ -51,9 +54,25 @@ def run_seeds(seeds: Iterable[int], run_one: Callable[[int], T], *,
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(path, result)
         if describe is not None:
-            log.info(describe(seed, result))
+            announce(describe(seed, result))
         results.append(result)
     return results
+
+
+def seed_results(directory: Path, tag: str) -> list[Any]:
+    """Every seed's result kept in ``directory`` under ``tag`` (:func:`seed_result_path`), in
+    numeric seed order (seed 2 before seed 10): what every process that shared ``directory``
+    as :func:`run_seeds`' ``cache_dir`` has finished."""
+    pattern = re.compile(rf"seed(\d+)-{re.escape(tag)}\.json")
+    found = {int(m.group(1)): path for path in Path(directory).glob(f"seed*-{tag}.json")
+             if (m := pattern.fullmatch(path.name))}
+    return [json.loads(found[seed].read_text()) for seed in sorted(found)]
+
+
+def progress_lines(no_progress: bool) -> Callable[[str], None]:
+    """Where an experiment's one line per finished run goes: stdout (flushed) when progress
+    bars are off, the log at INFO otherwise (the bars own the terminal then)."""
+    return functools.partial(print, flush=True) if no_progress else log.info
 
 
 def curve_record(curve: Any) -> dict[str, Any]:
@@ -67,26 +86,39 @@ def curve_record(curve: Any) -> dict[str, Any]:
             "loss_barrier": float(lmc.loss_barrier(curve))}
 
 
+#: The names the barrier caches have always given :func:`signticket.lmc.barrier_curve`'s
+#: options in their key (the AWS experiment's); any other option keeps its own name.
+_OPTION_CACHE_NAMES = {"bn_mode": "bn_mode", "bn_batch_size": "bn_bs"}
+
+
 def barrier_cache_path(runs_root: str | Path, prefix: str, ids: Sequence[str],
-                       experiment: Mapping[str, Any]) -> Path:
+                       experiment: Mapping[str, Any],
+                       options: Mapping[str, Any] | None = None) -> Path:
     """The cache file of a barrier between the runs named by ``ids``, for the barrier settings
-    of ``experiment`` (``barrier_points``, ``bn_batches``, ``barrier_batch_size``). The same
-    name the experiments have always used, so existing caches stay valid."""
+    of ``experiment`` (``barrier_points``, ``bn_batches``, ``barrier_batch_size``) and the
+    curve's ``options``. The same name the experiments have always used, so existing caches
+    stay valid."""
     settings = {"ids": list(ids), "points": experiment["barrier_points"],
                 "bn": experiment["bn_batches"], "bs": experiment["barrier_batch_size"]}
+    settings.update({_OPTION_CACHE_NAMES.get(k, k): v for k, v in (options or {}).items()})
     return Path(runs_root) / "barriers" / f"{prefix}-{config_hash(settings)}.json"
 
 
 def cached_barrier(prefix: str, model, dataset, a, b, experiment: Mapping[str, Any],
-                   runs_root: str | Path, ids: Sequence[str], mask=None,
+                   runs_root: str | Path, ids: Sequence[str], mask=None, *,
+                   options: Mapping[str, Any] | None = None,
+                   record: Callable[[Any], dict[str, Any]] = curve_record,
                    curve_fn: Callable[..., Any] | None = None) -> dict[str, Any]:
-    """The barrier curve between variables ``a`` and ``b`` (:func:`curve_record`), computed
-    once per (``ids``, settings) and read back from ``<runs_root>/barriers`` afterwards.
+    """The barrier curve between variables ``a`` and ``b`` as ``record(curve)`` (default
+    :func:`curve_record`), computed once per (``ids``, settings, ``options``) and read back
+    from ``<runs_root>/barriers`` afterwards.
 
     ``ids`` must name ``a`` and ``b`` uniquely (their run directories): the cache key holds
-    nothing else about them. ``mask`` applies to both ends. ``curve_fn`` replaces
-    :func:`signticket.lmc.barrier_curve` (tests)."""
-    path = barrier_cache_path(runs_root, prefix, ids, experiment)
+    nothing else about them. ``mask`` applies to both ends. ``options`` are further keyword
+    arguments of :func:`signticket.lmc.barrier_curve` (e.g. ``bn_mode``), all part of the
+    cache key. ``record`` must give the same fields for the same prefix, as the cache keeps
+    whichever came first. ``curve_fn`` replaces :func:`signticket.lmc.barrier_curve` (tests)."""
+    path = barrier_cache_path(runs_root, prefix, ids, experiment, options)
     if path.exists():
         return json.loads(path.read_text())
     if curve_fn is None:
@@ -94,8 +126,9 @@ def cached_barrier(prefix: str, model, dataset, a, b, experiment: Mapping[str, A
     curve = curve_fn(model, dataset.preprocess, a, b, dataset,
                      alphas=np.linspace(0, 1, experiment["barrier_points"]),
                      bn_batches=experiment["bn_batches"],
-                     batch_size=experiment["barrier_batch_size"], mask_a=mask, mask_b=mask)
-    out = curve_record(curve)
+                     batch_size=experiment["barrier_batch_size"], mask_a=mask, mask_b=mask,
+                     **(options or {}))
+    out = record(curve)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, out)
     return out

@@ -43,8 +43,9 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from experiments.cli_common import experiment_main
+from experiments.common import progress_lines, pyplot, run_seeds, save_figure
 from experiments.sign_in import make_tx
-from experiments.tables import mean_std, write_table
+from experiments.tables import mean_std, paired_differences, wins, write_table
 from signticket import data as data_lib
 from signticket import lottery
 from signticket.errors import UserError
@@ -63,8 +64,9 @@ from signticket.tree import PyTree, is_kernel
 NAME = "composed"
 TITLE = "Composed methods"
 
-#: Top-level keys shared by the AWS pipeline, the permuted-mask pipeline and every arm.
-SHARED_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every")
+#: Top-level keys shared by the AWS pipeline, the permuted-mask pipeline and every arm
+#: (``logging``, where present, chooses metric writers and names no run).
+SHARED_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every", "logging")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +109,7 @@ def _check_arms(arms: Sequence[str]) -> None:
 
 def _shared(config: ConfigDict) -> ConfigDict:
     return ConfigDict({k: ConfigDict(config[k].to_dict()) if isinstance(config[k], ConfigDict)
-                       else config[k] for k in SHARED_KEYS})
+                       else config[k] for k in SHARED_KEYS if k in config})
 
 
 # -- configs of the upstream pipelines and of the arms -------------------------------------------
@@ -313,28 +315,35 @@ def run_seed(config: ConfigDict, dataset: data_lib.Dataset, seed: int, *,
             info, res = fn(config, dataset, seed, chosen, runs_root=runs_root, progress=progress)
             result[group] = info
             result["arms"].update(res)
-            if not progress:
-                for arm in chosen:
-                    print(f"seed {seed} {arm}: acc {res[arm]['test_accuracy']:.4f}", flush=True)
     return result
+
+
+def describe_seed(seed: int, result: dict) -> str:
+    """One line per arm of a finished seed."""
+    return "\n".join(f"seed {seed} {arm}: acc {r['test_accuracy']:.4f}"
+                     for arm, r in result["arms"].items())
 
 
 def run(config: ConfigDict, args, out: Path) -> list[dict]:
     _check_arms(list(config.experiment.arms))  # fail before loading data
     dataset = load_dataset(config.data, args.data_dir)
-    return [run_seed(config, dataset, seed, runs_root=args.runs_root,
-                     progress=not args.no_progress) for seed in config.experiment.seeds]
+    return run_seeds(config.experiment.seeds, lambda seed: run_seed(
+        config, dataset, seed, runs_root=args.runs_root, progress=not args.no_progress),
+        describe=describe_seed, announce=progress_lines(args.no_progress))
+
+
+def accuracies(results: list[dict], arm: str) -> dict[int, float]:
+    """``{seed: test accuracy}`` of one arm over the seeds that ran it."""
+    return {r["seed"]: r["arms"][arm]["test_accuracy"] for r in results if arm in r["arms"]}
 
 
 def _arm_rows(config: ConfigDict, results: list[dict]) -> list[tuple[str, list, dict]]:
     """(arm, accuracies, {seed: paired difference to its baseline}) in table order."""
     rows = []
     for arm in (a for a in ARMS if a in list(config.experiment.arms)):
-        rs = [r for r in results if arm in r["arms"]]
-        base = ARMS[arm].baseline
-        deltas = {r["seed"]: r["arms"][arm]["test_accuracy"] - r["arms"][base]["test_accuracy"]
-                  for r in rs if base is not None and base in r["arms"]}
-        rows.append((arm, [r["arms"][arm]["test_accuracy"] for r in rs], deltas))
+        accs, base = accuracies(results, arm), ARMS[arm].baseline
+        deltas = {} if base is None else paired_differences(accs, accuracies(results, base))
+        rows.append((arm, list(accs.values()), deltas))
     return rows
 
 
@@ -348,9 +357,15 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
         rows.append([ARMS[arm].label, mean_std(accs, 100),
                      ARMS[arm].baseline or "—",
                      mean_std(list(deltas.values()), 100) if deltas else "—",
-                     f"{sum(d > 0 for d in deltas.values())}/{len(deltas)}" if deltas else "—",
+                     wins(deltas.values()),
                      mean_std([r["signs_changed"] for r in rs], 100, 1) if transfer else "—",
                      mean_std([r["flips_in_training"] for r in rs], 100, 1)])
+    return write_table(out / "table", header, rows, title=title,
+                       notes=table_notes(config, results))
+
+
+def table_notes(config: ConfigDict, results: list[dict]) -> str:
+    """What the numbers are and the recipe of each pipeline that ran for every seed."""
     notes = [f"Test accuracy (%), mean ± std over seeds {[r['seed'] for r in results]}; Δ: "
              f"paired per seed (same init magnitudes, mask and data order), in points. "
              f"{config.model.name} {dict(config.model.kwargs)} on {config.data.name} (train "
@@ -384,18 +399,13 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
                  "changed vs the init it keeps the magnitudes of (fresh init / B_k); 'flipped "
                  "in training': unmasked kernel entries whose sign differs between the start "
                  "and the end of training.")
-    return write_table(out / "table", header, rows, title=title, notes="\n\n".join(notes))
+    return "\n\n".join(notes)
 
 
 def plot_arms(config: ConfigDict, results: list[dict], out: Path) -> Path:
     """Accuracy per arm (bar: mean, dots: seeds) and the paired difference to its baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = _arm_rows(config, results)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 4.2))
     x = np.arange(len(rows))
     colors = ["tab:red" if ARMS[a].group == "aws" else "tab:blue" for a, _, _ in rows]
     rng = np.random.RandomState(0)  # jitter so equal dots stay visible
@@ -416,11 +426,7 @@ def plot_arms(config: ConfigDict, results: list[dict], out: Path) -> Path:
         ax.set_xticks(x)
         ax.set_xticklabels([a for a, _, _ in rows], rotation=35, ha="right", fontsize=8)
     fig.suptitle("Composed methods (red: AWS ticket, blue: permuted-mask group)")
-    fig.tight_layout()
-    path = out / "accuracy.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "accuracy.png")
 
 
 def report(config: ConfigDict, results: list[dict], out: Path, title: str

@@ -24,9 +24,15 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from experiments.cli_common import experiment_main
-from experiments.tables import mean_std, write_table
-from signticket import lmc
-from signticket.checkpoint import config_hash, write_json_atomic
+from experiments.common import cached_barrier, pyplot, run_seeds, save_figure, seed_results
+from experiments.tables import (
+    mean_std,
+    paired_differences,
+    paper_cell,
+    paper_gap,
+    write_table,
+)
+from signticket.checkpoint import config_hash, run_identity
 from signticket.rebasin import procedure
 from signticket.runs import build_model, load_dataset
 
@@ -49,23 +55,7 @@ def make_barrier_fn(config: ConfigDict, dataset, runs_root):
     model = build_model(config.model, dataset.num_classes)
 
     def barrier(a, b, ids):
-        settings = {"ids": ids, "points": exp.barrier_points, "bn": exp.bn_batches,
-                    "bs": exp.barrier_batch_size}
-        path = Path(runs_root) / "barriers" / f"pm-{config_hash(settings)}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        curve = lmc.barrier_curve(
-            model, dataset.preprocess, a, b, dataset,
-            alphas=np.linspace(0, 1, exp.barrier_points), bn_batches=exp.bn_batches,
-            batch_size=exp.barrier_batch_size,
-        )
-        out = {"alphas": np.asarray(curve.alphas).tolist(),
-               "error": np.asarray(curve.error).tolist(), "loss": np.asarray(curve.loss).tolist(),
-               "error_barrier": float(lmc.error_barrier(curve)),
-               "loss_barrier": float(lmc.loss_barrier(curve))}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, out)
-        return out
+        return cached_barrier("pm", model, dataset, a, b, exp, runs_root, ids)
 
     return barrier
 
@@ -84,30 +74,56 @@ def paper_rows(config: ConfigDict) -> dict:
 
 def make_tables(config: ConfigDict, results: list[dict], out: Path, title: str) -> str:
     """Sparse table (rows sparsity x k; mean ± std over seeds; paper beside) and dense table."""
+    return (make_sparse_table(config, results, out, title) + "\n"
+            + make_dense_table(config, results, out, f"{title} — dense models"))
+
+
+#: The methods the paper reports (its columns beside ours).
+PAPER_METHODS = ("lth", "naive", "permuted")
+
+
+def sparse_accuracies(results: list[dict], methods: list[str], sparsity: float, k: int
+                      ) -> dict[str, dict[int, float]]:
+    """``{method: {seed: test accuracy}}`` of the sparse runs at one (sparsity, k)."""
+    cells = {r["seed"]: r["sparse"][f"{float(sparsity)}"][f"{int(k)}"] for r in results}
+    return {m: {seed: cell[m] for seed, cell in cells.items()} for m in methods}
+
+
+def paper_cells(ref: dict[str, float], accuracies: dict[str, dict[int, float]]) -> list[str]:
+    """The paper's LTH / naive / permuted numbers (shown whether or not we ran the method) and
+    one cell of our gaps to them."""
+    gaps = [paper_gap(list(accuracies.get(m, {}).values()), ref.get(m)) for m in PAPER_METHODS]
+    return [paper_cell(ref.get(m)) for m in PAPER_METHODS] + [" / ".join(gaps)]
+
+
+def make_sparse_table(config: ConfigDict, results: list[dict], out: Path, title: str) -> str:
     exp = config.experiment
     paper = paper_rows(config)
     methods = list(exp.methods)
+    paired = "permuted" in methods and "naive" in methods
     header = ["sparsity", "k"] + [LABELS[m] for m in methods]
     if paper:
-        header += [f"paper {LABELS[m]}" for m in ("lth", "naive", "permuted")]
+        header += [f"paper {LABELS[m]}" for m in PAPER_METHODS]
         header += ["ours − paper (LTH / naive / permuted)"]
-    header += ["permuted − naive"]
+    if paired:
+        header += ["permuted − naive"]
     rows = []
     for s in exp.sparsities:
         for k in config.rewind_epochs:
-            per = [r["sparse"][f"{float(s)}"][f"{int(k)}"] for r in results]
+            accuracies = sparse_accuracies(results, methods, s, k)
             row = [f"{float(s):.0%}", str(k)]
-            row += [mean_std([p[m] for p in per], 100) for m in methods]
+            row += [mean_std(list(accuracies[m].values()), 100) for m in methods]
             if paper:
-                ref = paper.get(f"{float(s)}/{int(k)}", {})
-                row += [f"{ref[m]:.2f}" if m in ref else "—" for m in ("lth", "naive", "permuted")]
-                row.append(" / ".join(
-                    f"{100 * np.mean([p[m] for p in per]) - ref[m]:+.2f}"
-                    if m in ref and m in methods else "—" for m in ("lth", "naive", "permuted")))
-            if "permuted" in methods and "naive" in methods:
-                row.append(mean_std([p["permuted"] - p["naive"] for p in per], 100))
+                row += paper_cells(paper.get(f"{float(s)}/{int(k)}", {}), accuracies)
+            if paired:
+                delta = paired_differences(accuracies["permuted"], accuracies["naive"])
+                row.append(mean_std(list(delta.values()), 100))
             rows.append(row)
-    seeds = [r["seed"] for r in results]
+    notes = sparse_notes(config, [r["seed"] for r in results], bool(paper), paired)
+    return write_table(out / "table", header, rows, title=title, notes=notes)
+
+
+def sparse_notes(config: ConfigDict, seeds: list[int], with_paper: bool, paired: bool) -> str:
     notes = (
         f"Test accuracy (%), mean ± std over seeds {seeds} ({len(seeds)} run(s) per cell). "
         f"Model {config.model.name} {dict(config.model.kwargs)} on {config.data.name}; dense "
@@ -118,34 +134,32 @@ def make_tables(config: ConfigDict, results: list[dict], out: Path, title: str) 
         f"{config.imp.ft_optimizer.momentum}, wd {config.imp.ft_optimizer.weight_decay}); "
         f"sparse runs {config.dense_epochs} − k epochs "
         f"at lr {config.sparse.optimizer.learning_rate} from {rewind_note(config)}; pruned set "
-        f"{config.imp.get('prune_scope', 'no_head')}; {config.matching.method} matching. "
-        "'permuted − naive' is paired per seed."
+        f"{config.imp.get('prune_scope', 'no_head')}; {config.matching.method} matching."
+        + (" 'permuted − naive' is paired per seed." if paired else "")
     )
-    if paper:
+    if with_paper:
         notes += (" Paper rows use the official rewind point k (the weights after k + 1 epochs)"
                   + ("." if config.get("rewind_convention", "exact") == "official" else
                      "; THIS RUN USES THE EXACT CONVENTION, so its k is one epoch earlier."))
-    md = write_table(out / "table", header, rows, title=title, notes=notes)
+    return notes
 
-    dense_header = ["dense A", "dense B", "midpoint error A–B", "midpoint error A–π(B)",
-                    "error barrier A–B", "error barrier A–π(B)",
-                    "loss barrier A–B", "loss barrier A–π(B)"]
-    dense_row = [mean_std([r["dense_a"] for r in results], 100),
-                 mean_std([r["dense_b"] for r in results], 100)]
+
+def make_dense_table(config: ConfigDict, results: list[dict], out: Path, title: str) -> str:
+    header = ["dense A", "dense B", "midpoint error A–B", "midpoint error A–π(B)",
+              "error barrier A–B", "error barrier A–π(B)",
+              "loss barrier A–B", "loss barrier A–π(B)"]
+    row = [mean_std([r["dense_a"] for r in results], 100),
+           mean_std([r["dense_b"] for r in results], 100)]
     for which in ("barrier_ab", "barrier_a_pib"):
-        dense_row.append(mean_std([midpoint(r[which]) for r in results], 100))
-    for key in ("error_barrier", "loss_barrier"):
+        row.append(mean_std([midpoint(r[which]) for r in results], 100))
+    for key, scale, digits in (("error_barrier", 100, 2), ("loss_barrier", 1, 3)):
         for which in ("barrier_ab", "barrier_a_pib"):
-            scale = 100 if key == "error_barrier" else 1
-            dense_row.append(mean_std([r[which][key] for r in results], scale,
-                                      2 if key == "error_barrier" else 3))
-    dense_notes = ("Dense test accuracy (%); midpoint error = test error (%) at alpha = 0.5 "
-                   "(the official code's only interpolation metric); barriers = max excess "
-                   "over the chord between the endpoints, error in points, loss in nats; "
-                   f"BN statistics re-estimated at each of {exp.barrier_points} alphas.")
-    md += "\n" + write_table(out / "dense", dense_header, [dense_row],
-                             title=f"{title} — dense models", notes=dense_notes)
-    return md
+            row.append(mean_std([r[which][key] for r in results], scale, digits))
+    notes = ("Dense test accuracy (%); midpoint error = test error (%) at alpha = 0.5 "
+             "(the official code's only interpolation metric); barriers = max excess "
+             "over the chord between the endpoints, error in points, loss in nats; "
+             f"BN statistics re-estimated at each of {config.experiment.barrier_points} alphas.")
+    return write_table(out / "dense", header, [row], title=title, notes=notes)
 
 
 def rewind_note(config: ConfigDict) -> str:
@@ -169,12 +183,12 @@ def run(config: ConfigDict, args, out: Path) -> list[dict]:
     dataset = load_dataset(config.data, args.data_dir)
     barrier_fn = make_barrier_fn(config, dataset, args.runs_root)
     seeds = list(config.experiment.seeds if args.seeds is None else args.seeds)
-    tag = config_hash(config)
-    for seed in seeds:
-        result = procedure.run_seed(config, dataset, seed, runs_root=args.runs_root,
-                                    progress=not args.no_progress, barrier_fn=barrier_fn)
-        procedure.save_result(out / f"seed{seed}-{tag}.json", result)
-    return [json.loads(p.read_text()) for p in sorted(out.glob(f"seed*-{tag}.json"))]
+    tag = config_hash(run_identity(config))  # the config that shapes the results
+    run_seeds(seeds, lambda seed: procedure.run_seed(
+        config, dataset, seed, runs_root=args.runs_root, progress=not args.no_progress,
+        barrier_fn=barrier_fn), cache_dir=out, tag=tag)
+    # Every seed finished in --out, also by other processes (``--seeds`` splits the seeds).
+    return seed_results(out, tag)
 
 
 def report(config: ConfigDict, results: list[dict], out: Path, title: str
@@ -184,12 +198,7 @@ def report(config: ConfigDict, results: list[dict], out: Path, title: str
 
 def plot_barriers(results: list[dict], out: Path) -> Path:
     """Test error along the dense paths A–B and A–π(B) (one line per seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = pyplot().subplots(figsize=(5, 3.4))
     for key, label, color in (("barrier_ab", "A–B (naive)", "tab:gray"),
                               ("barrier_a_pib", "A–π(B) (permuted)", "tab:green")):
         for i, r in enumerate(results):
@@ -200,11 +209,7 @@ def plot_barriers(results: list[dict], out: Path) -> Path:
     ax.set_ylabel("test error (%)")
     ax.set_title("Dense interpolation, BN re-estimated")
     ax.legend()
-    fig.tight_layout()
-    path = out / "barriers_dense.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "barriers_dense.png")
 
 
 def _add_arguments(parser) -> None:

@@ -31,7 +31,8 @@ from ml_collections import ConfigDict
 
 from experiments import sign_in as si
 from experiments.cli_common import experiment_main
-from experiments.tables import mean_std, write_table
+from experiments.common import progress_lines, run_seeds
+from experiments.tables import mean_std, paired_differences, write_table
 from signticket.checkpoint import run_dir
 from signticket.runs import initial_variables, load_dataset, train_run
 from signticket.tree import PyTree, is_kernel
@@ -76,38 +77,53 @@ def run(config: ConfigDict, args, out: Path) -> list[dict]:
     if not epochs or max(epochs) != config.epochs:
         raise SystemExit("experiment.snapshot_epochs must include the final epoch")
     dataset = load_dataset(config.data, args.data_dir)
-    results = []
-    for seed in exp.seeds:
-        for s in exp.sparsities:
-            for src_arm in exp.get("alignment_sources", ("rigl", "acdc")):
-                src = si.run_arm(config, src_arm, seed, s, dataset, args.runs_root,
-                                 not args.no_progress)
-                src_cfg = si.arm_config(config, src_arm, seed, s)
-                src_dir = Path(src["dir"])
-                like = initial_variables(src_cfg, dataset)["params"]
-                snaps, final_mask = {}, None
-                for e in epochs:
-                    snaps[e], m = si.load_snapshot(si.snapshot_path(src_dir, e), like)
-                    if e == config.epochs:
-                        final_mask = m
-                results.append({"source": src_arm, "variant": "source", "seed": seed,
-                                "sparsity": s, "test_accuracy": src["test_accuracy"]})
-                for kind in variants(config):
-                    cfg = si.arm_config(config, "random", seed, s)
-                    cfg.seed = seed + FRESH_OFFSET
-                    cfg.transfer = ConfigDict({"source": src_dir.name, "kind": kind})
-                    fresh = initial_variables(cfg, dataset)
-                    init = transfer(kind, fresh["params"], snaps, config.epochs, final_mask)
-                    name = f"sign_alignment-{src_arm}-{kind}"
-                    res = train_run(cfg, dataset, name=name, runs_root=args.runs_root,
-                                    init_params=init, init_batch_stats=fresh["batch_stats"],
-                                    mask=final_mask, progress=not args.no_progress)
-                    acc = float(res.summary["test_accuracy"])
-                    results.append({"source": src_arm, "variant": kind, "seed": seed,
-                                    "sparsity": s, "test_accuracy": acc,
-                                    "dir": str(run_dir(args.runs_root, cfg, name))})
-                    if args.no_progress:
-                        print(f"seed {seed} {src_arm} {kind}: acc {acc:.4f}", flush=True)
+    announce = progress_lines(args.no_progress)
+
+    def seed_runs(seed: int) -> list[dict]:
+        return [r for s in exp.sparsities
+                for src_arm in exp.get("alignment_sources", ("rigl", "acdc"))
+                for r in align_source(config, src_arm, seed, s, dataset, args.runs_root,
+                                      not args.no_progress, announce)]
+
+    return [r for runs in run_seeds(exp.seeds, seed_runs) for r in runs]
+
+
+def source_snapshots(config: ConfigDict, src_arm: str, seed: int, sparsity: float, dataset,
+                     src_dir: Path) -> tuple[dict[int, PyTree], PyTree]:
+    """The source run's params after every snapshot epoch, and its final mask."""
+    like = initial_variables(si.arm_config(config, src_arm, seed, sparsity), dataset)["params"]
+    snaps, final_mask = {}, None
+    for e in config.experiment.snapshot_epochs:
+        snaps[e], m = si.load_snapshot(si.snapshot_path(src_dir, e), like)
+        if e == config.epochs:
+            final_mask = m
+    return snaps, final_mask
+
+
+def align_source(config: ConfigDict, src_arm: str, seed: int, sparsity: float, dataset,
+                 runs_root, progress: bool, announce) -> list[dict]:
+    """The source run (``experiments.sign_in``'s arm ``src_arm``) and every variant trained
+    from a fresh init with its signs, magnitudes or neither (:func:`variants`)."""
+    src = si.run_arm(config, src_arm, seed, sparsity, dataset, runs_root, progress)
+    src_dir = Path(src["dir"])
+    snaps, final_mask = source_snapshots(config, src_arm, seed, sparsity, dataset, src_dir)
+    results = [{"source": src_arm, "variant": "source", "seed": seed, "sparsity": sparsity,
+                "test_accuracy": src["test_accuracy"]}]
+    for kind in variants(config):
+        cfg = si.arm_config(config, "random", seed, sparsity)
+        cfg.seed = seed + FRESH_OFFSET
+        cfg.transfer = ConfigDict({"source": src_dir.name, "kind": kind})
+        fresh = initial_variables(cfg, dataset)
+        init = transfer(kind, fresh["params"], snaps, config.epochs, final_mask)
+        name = f"sign_alignment-{src_arm}-{kind}"
+        res = train_run(cfg, dataset, name=name, runs_root=runs_root, init_params=init,
+                        init_batch_stats=fresh["batch_stats"], mask=final_mask,
+                        progress=progress)
+        acc = float(res.summary["test_accuracy"])
+        results.append({"source": src_arm, "variant": kind, "seed": seed,
+                        "sparsity": sparsity, "test_accuracy": acc,
+                        "dir": str(run_dir(runs_root, cfg, name))})
+        announce(f"seed {seed} {src_arm} {kind}: acc {acc:.4f}")
     return results
 
 
@@ -121,6 +137,13 @@ def _label(v: str) -> str:
     return LABELS[v]
 
 
+def accuracies(results: list[dict], sparsity: float, source: str, variant: str
+               ) -> dict[int, float]:
+    """``{seed: test accuracy}`` of one variant of one source at one sparsity."""
+    return {r["seed"]: r["test_accuracy"] for r in results
+            if r["sparsity"] == sparsity and r["source"] == source and r["variant"] == variant}
+
+
 def report(config: ConfigDict, results: list[dict], out: Path, title: str):
     exp = config.experiment
     sources = list(dict.fromkeys(r["source"] for r in results))
@@ -131,13 +154,10 @@ def report(config: ConfigDict, results: list[dict], out: Path, title: str):
         for v in ["source", *variants(config)]:
             accs, deltas = [], []
             for src in sources:
-                rs = {r["seed"]: r["test_accuracy"] for r in results
-                      if r["sparsity"] == s and r["source"] == src and r["variant"] == v}
-                rnd = {r["seed"]: r["test_accuracy"] for r in results
-                       if r["sparsity"] == s and r["source"] == src and r["variant"] == "random"}
+                rs = accuracies(results, s, src, v)
                 accs.append(mean_std(list(rs.values()), 100))
-                deltas.append("—" if v == "random" else
-                              mean_std([rs[k] - rnd[k] for k in rs if k in rnd], 100))
+                deltas.append("—" if v == "random" else mean_std(list(paired_differences(
+                    rs, accuracies(results, s, src, "random")).values()), 100))
             rows.append([f"{round(100 * s)} %", _label(v), *accs, *deltas])
     notes = (f"{config.model.name} on {config.data.name} (train subset "
              f"{config.data.train_subset}), {config.epochs} epochs for the source and for every "

@@ -30,7 +30,8 @@ import optax
 from ml_collections import ConfigDict
 
 from experiments.cli_common import experiment_main
-from experiments.tables import mean_std, write_table
+from experiments.common import progress_lines, pyplot, run_seeds, save_figure
+from experiments.tables import mean_std, paired_differences, paper_columns, write_table
 from signticket import data as data_lib
 from signticket.acdc import acdc, acdc_phases
 from signticket.checkpoint import run_dir, write_json_atomic
@@ -342,6 +343,38 @@ def _pct(s: float) -> str:
     return f"{round(100 * s)}"
 
 
+def accuracies(results: list[dict], sparsity: float, arm: str) -> dict[int, float]:
+    """``{seed: test accuracy}`` of one arm at one sparsity."""
+    return {r["seed"]: r["test_accuracy"] for r in results
+            if r["sparsity"] == sparsity and r["arm"] == arm}
+
+
+def delta_cell(results: list[dict], sparsity: float, arm: str) -> str:
+    """The arm's paired difference to the arm it is compared with (:data:`PAIRED_WITH`,
+    random otherwise); ``"—"`` for the arms the others are compared with."""
+    if arm in ("random", "rigl", "acdc"):
+        return "—"
+    ref = PAIRED_WITH.get(arm, "random")
+    delta = paired_differences(accuracies(results, sparsity, arm),
+                               accuracies(results, sparsity, ref))
+    return mean_std(list(delta.values()), 100) + (f" (vs {LABELS[ref]})" if ref != "random"
+                                                 else "")
+
+
+def arm_row(results: list[dict], sparsity: float, arm: str) -> list[str]:
+    """Accuracy, Δ, sign flips, mean ``m^2 - w^2`` and ``λ_max`` of one arm at one sparsity."""
+    rs = [r for r in results if r["sparsity"] == sparsity and r["arm"] == arm]
+    last = [r["last"] for r in rs if r["last"]]
+    return [f"{_pct(sparsity)} %", LABELS[arm],
+            mean_std([r["test_accuracy"] for r in rs], 100),
+            delta_cell(results, sparsity, arm),
+            mean_std([x["flips_vs_init"]["overall"] for x in last], 100),
+            mean_std([x["cumulative_flips"]["overall"] for x in last], 1, 3),
+            mean_std([np.mean([x["balance"]["overall"] for x in r["records"]])
+                      for r in rs if r["records"] and "balance" in r["records"][0]], 1, 3),
+            mean_std([r["hessian_top"] for r in rs], 1, 1)]
+
+
 def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -> str:
     exp = config.experiment
     paper = exp.paper.to_dict()
@@ -352,91 +385,73 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
     rows = []
     for s in exp.sparsities:
         for arm in exp.arms:
-            ref = PAIRED_WITH.get(arm, "random")
-            base = {r["seed"]: r["test_accuracy"] for r in results
-                    if r["sparsity"] == s and r["arm"] == ref}
-            rs = [r for r in results if r["sparsity"] == s and r["arm"] == arm]
-            acc = [r["test_accuracy"] for r in rs]
-            delta = [r["test_accuracy"] - base[r["seed"]] for r in rs if r["seed"] in base]
-            last = [r["last"] for r in rs if r["last"]]
-            row = [f"{_pct(s)} %", LABELS[arm], mean_std(acc, 100),
-                   (mean_std(delta, 100) + (f" (vs {LABELS[ref]})" if ref != "random" else ""))
-                   if arm not in ("random", "rigl", "acdc") else "—",
-                   mean_std([x["flips_vs_init"]["overall"] for x in last], 100),
-                   mean_std([x["cumulative_flips"]["overall"] for x in last], 1, 3),
-                   mean_std([np.mean([x["balance"]["overall"] for x in r["records"]])
-                             for r in rs if r["records"] and "balance" in r["records"][0]], 1, 3),
-                   mean_std([r["hessian_top"] for r in rs], 1, 1)]
+            row = arm_row(results, s, arm)
             if paper:
-                ref = paper.get(arm, {}).get(_pct(s))
-                row += ["—", "—"] if ref is None or not acc else [
-                    f"{ref:.2f}", f"{100 * np.mean(acc) - ref:+.2f}"]
+                row += paper_columns(list(accuracies(results, s, arm).values()),
+                                     paper.get(arm, {}).get(_pct(s)))
             rows.append(row)
-    m = config.method
-    notes = (f"{exp.note + '. ' if exp.note else ''}{config.model.name} on {config.data.name} "
-             f"(train subset {config.data.train_subset or 'all'}, test subset "
-             f"{config.data.test_subset or 'all'}), {config.epochs} epochs, SGD "
-             f"lr {config.optimizer.learning_rate} momentum {config.optimizer.momentum} "
-             f"{config.optimizer.schedule}, wd {config.optimizer.weight_decay}, batch "
-             f"{config.batch_size}; {config.mask.distribution} random masks. Sign-In: c = {m.c}, "
-             f"scaling reset every {m.reset_epochs} epochs (p = 5 arm: 5), momentum reset "
-             f"{m.reset_momentum}; decay λ on m and on w (\"decay / 2\": λ/2). Mean ± std over "
-             f"seeds {list(exp.seeds)}; Δ: paired per seed (same init, mask, data order). "
-             f"Flips: fraction of unmasked kernel weights (head included) whose sign differs "
-             f"from init at the "
-             f"end; cumulative: epoch-to-epoch zero crossings per weight. m²-w²: mean over "
-             f"unmasked weights at the end of each epoch, averaged over epochs (it is c right "
-             f"after a reset). λ_max: top Hessian "
-             f"eigenvalue of the final loss on {exp.hessian_batch} training examples "
-             f"({exp.hessian_iters} power iterations, unmasked weights).")
-    return write_table(out / "table", header, rows, title=title, notes=notes)
+    return write_table(out / "table", header, rows, title=title, notes=table_notes(config))
+
+
+def table_notes(config: ConfigDict) -> str:
+    exp, m = config.experiment, config.method
+    return (f"{exp.note + '. ' if exp.note else ''}{config.model.name} on {config.data.name} "
+            f"(train subset {config.data.train_subset or 'all'}, test subset "
+            f"{config.data.test_subset or 'all'}), {config.epochs} epochs, SGD "
+            f"lr {config.optimizer.learning_rate} momentum {config.optimizer.momentum} "
+            f"{config.optimizer.schedule}, wd {config.optimizer.weight_decay}, batch "
+            f"{config.batch_size}; {config.mask.distribution} random masks. Sign-In: c = {m.c}, "
+            f"scaling reset every {m.reset_epochs} epochs (p = 5 arm: 5), momentum reset "
+            f"{m.reset_momentum}; decay λ on m and on w (\"decay / 2\": λ/2). Mean ± std over "
+            f"seeds {list(exp.seeds)}; Δ: paired per seed (same init, mask, data order). "
+            f"Flips: fraction of unmasked kernel weights (head included) whose sign differs "
+            f"from init at the "
+            f"end; cumulative: epoch-to-epoch zero crossings per weight. m²-w²: mean over "
+            f"unmasked weights at the end of each epoch, averaged over epochs (it is c right "
+            f"after a reset). λ_max: top Hessian "
+            f"eigenvalue of the final loss on {exp.hessian_batch} training examples "
+            f"({exp.hessian_iters} power iterations, unmasked weights).")
 
 
 def plot_flips(config: ConfigDict, results: list[dict], out: Path) -> list[Path]:
     """Per-layer sign flips vs init (final epoch), layers from input to output, one panel per
     sparsity, one line per arm (mean over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     paths = []
     for key, label in (("flips_vs_init", "flipped vs init (%)"),
                        ("cumulative_flips", "cum. sign changes / weight")):
         sp = config.experiment.sparsities
         fig, axes = plt.subplots(1, len(sp), figsize=(5 * len(sp), 3.6), squeeze=False)
         for ax, s in zip(axes[0], sp, strict=True):
-            for arm in config.experiment.arms:
-                rs = [r for r in results if r["sparsity"] == s and r["arm"] == arm and r["last"]]
-                if not rs:
-                    continue
-                layers = _layer_order(rs[0]["last"][key]["per_layer"])
-                vals = np.mean([[r["last"][key]["per_layer"][n] for n in layers] for r in rs], 0)
-                scale = 100 if key == "flips_vs_init" else 1
-                ax.plot(range(len(layers)), scale * vals, marker="o", label=LABELS[arm])
-            ax.set_xticks(range(len(layers)))
-            ax.set_xticklabels([n.removesuffix("/kernel") for n in layers], rotation=60,
-                               fontsize=7, ha="right")
+            _flips_panel(ax, [r for r in results if r["sparsity"] == s and r["last"]],
+                         config.experiment.arms, key)
             ax.set_title(f"{_pct(s)} % sparse")
             ax.set_ylabel(label)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"{key}_per_layer.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, out / f"{key}_per_layer.png"))
     return paths
+
+
+def _flips_panel(ax, results: list[dict], arms, key: str) -> None:
+    """One line per arm: its mean over seeds of the final per-layer ``key``, layers on x."""
+    layers: list[str] = []
+    for arm in arms:
+        rs = [r for r in results if r["arm"] == arm]
+        if not rs:
+            continue
+        layers = _layer_order(rs[0]["last"][key]["per_layer"])
+        vals = np.mean([[r["last"][key]["per_layer"][n] for n in layers] for r in rs], 0)
+        scale = 100 if key == "flips_vs_init" else 1
+        ax.plot(range(len(layers)), scale * vals, marker="o", label=LABELS[arm])
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels([n.removesuffix("/kernel") for n in layers], rotation=60, fontsize=7,
+                       ha="right")
 
 
 def plot_balance(config: ConfigDict, results: list[dict], out: Path) -> Path | None:
     """Mean ``m^2 - w^2`` at the end of every epoch (first seed), per Sign-In arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sp = config.experiment.sparsities
-    fig, axes = plt.subplots(1, len(sp), figsize=(5 * len(sp), 3.2), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(sp), figsize=(5 * len(sp), 3.2), squeeze=False)
     drawn = False
     for ax, s in zip(axes[0], sp, strict=True):
         for arm in config.experiment.arms:
@@ -451,10 +466,7 @@ def plot_balance(config: ConfigDict, results: list[dict], out: Path) -> Path | N
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean m²-w²")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "balance_over_epochs.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, out / "balance_over_epochs.png")
     return path if drawn else None
 
 
@@ -483,16 +495,20 @@ def run(config: ConfigDict, args, out: Path) -> list[dict]:
                           str(Path(args.runs_root).absolute() / ".jax_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     dataset = load_dataset(config.data, args.data_dir)
-    results = []
-    for seed in config.experiment.seeds:
+    announce = progress_lines(args.no_progress)
+
+    def seed_arms(seed: int) -> list[dict]:
+        arms = []
         for s in config.experiment.sparsities:
             for arm in config.experiment.arms:
                 r = run_arm(config, arm, seed, s, dataset, args.runs_root, not args.no_progress)
-                results.append(r)
-                if args.no_progress:
-                    print(f"seed {seed} sparsity {s} {arm}: acc {r['test_accuracy']:.4f} "
-                          f"lambda_max {r['hessian_top']:.2f}", flush=True)
-    return results
+                # one line per arm as it finishes: an arm takes minutes, a seed all of them
+                announce(f"seed {seed} sparsity {s} {arm}: acc {r['test_accuracy']:.4f} "
+                         f"lambda_max {r['hessian_top']:.2f}")
+                arms.append(r)
+        return arms
+
+    return [r for arms in run_seeds(config.experiment.seeds, seed_arms) for r in arms]
 
 
 def mechanism(out: Path, n: int = 100, steps: int = 2000) -> tuple[str, Path]:

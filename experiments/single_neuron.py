@@ -207,11 +207,11 @@ def table(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> Path:
-    import matplotlib
+    """Which inits recover (green) and which fail (red), per family and method."""
+    # here, not at the top: experiments.common brings orbax (checkpoints) this module never needs
+    from experiments.common import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fams = list(res["ok"])
     methods = list(res["ok"][fams[0]])
     fig, axes = plt.subplots(len(fams), len(methods), figsize=(3.1 * len(methods),
@@ -233,10 +233,7 @@ def plot(res: dict, path: Path) -> Path:
             if j == 0:
                 ax.set_ylabel("w0 (hidden)")
     axes[0, 0].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:

@@ -50,14 +50,28 @@ def per_seed_mean(per_seed: Iterable[float | Sequence[float]]) -> list[float]:
     return [float(np.mean(e)) if isinstance(e, list | tuple) else float(e) for e in per_seed]
 
 
-def paper_columns(values: Sequence[float], paper: float | None, scale: float = 100.0,
-                  digits: int = 2) -> list[str]:
-    """``[paper, ours − paper]`` cells: the paper's number (already in table units) and the
-    signed gap of our mean (``values * scale``) to it; ``"—"`` where either is missing."""
+def paper_cell(paper: float | None, digits: int = 2) -> str:
+    """The paper's number (already in table units), ``"—"`` where the paper has none."""
+    return "—" if paper is None else f"{paper:.{digits}f}"
+
+
+def paper_gap(values: Sequence[float], paper: float | None, scale: float = 100.0,
+              digits: int = 2) -> str:
+    """``ours − paper``: the signed gap of our mean (``values * scale``) to the paper's number;
+    ``"—"`` where either is missing."""
     vals = [x for x in values if x is not None]
     if paper is None or not vals:
+        return "—"
+    return f"{scale * float(np.mean(vals)) - paper:+.{digits}f}"
+
+
+def paper_columns(values: Sequence[float], paper: float | None, scale: float = 100.0,
+                  digits: int = 2) -> list[str]:
+    """``[paper, ours − paper]`` cells (:func:`paper_cell`, :func:`paper_gap`) of a row we
+    have runs for; ``["—", "—"]`` where either side is missing."""
+    if paper is None or not [x for x in values if x is not None]:
         return ["—", "—"]
-    return [f"{paper:.{digits}f}", f"{scale * float(np.mean(vals)) - paper:+.{digits}f}"]
+    return [paper_cell(paper, digits), paper_gap(values, paper, scale, digits)]
 
 
 def wins(differences: Iterable[float]) -> str:

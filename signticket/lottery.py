@@ -267,6 +267,7 @@ def _stage_config(config: ConfigDict, stage: str, **extra) -> ConfigDict:
         "batch_size",
         "eval_every",
         "checkpoint_every",
+        "logging",  # metric writers: outside the run's identity (checkpoint.UNHASHED_KEYS)
     )
     c = ConfigDict({k: config[k] for k in keys if k in config})
     c.stage = stage

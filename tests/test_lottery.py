@@ -211,6 +211,28 @@ def test_ticket_start_registry():
     assert "retrain" in lottery.NO_FRESH_INIT and "sign_transfer" not in lottery.NO_FRESH_INIT
 
 
+def test_stage_configs_carry_logging_outside_the_run_identity(tmp_path):
+    from experiments import composed
+    from experiments.configs import composed_cpu
+    from signticket.checkpoint import run_dir
+    from signticket.rebasin import procedure
+
+    base = ConfigDict({"seed": 0, "model": {"name": "mlp"}, "batch_size": 8})
+    logged = ConfigDict({**base.to_dict(), "logging": {"writers": ("jsonl", "csv")}})
+    stage = lottery._stage_config(logged, "imp", round=0)
+    assert tuple(stage.logging.writers) == ("jsonl", "csv")  # every stage run writes them
+    assert "logging" not in lottery._stage_config(base, "imp", round=0)
+    # ... and the run directory is the same with or without them
+    assert run_dir(tmp_path, stage) == run_dir(tmp_path, lottery._stage_config(base, "imp",
+                                                                                round=0))
+    sparse = procedure.stage_config(logged, "sparse", seed=0, optimizer=ConfigDict(),
+                                    epochs=1, data_seed=0)
+    assert tuple(sparse.logging.writers) == ("jsonl", "csv")
+    c = composed_cpu.get_config()
+    c.logging = ConfigDict({"writers": ("jsonl",)})
+    assert "logging" in composed.aws_config(c, 0) and "logging" in composed.permuted_config(c)
+
+
 def test_killed_pipeline_resumes_at_its_round(tmp_path, monkeypatch):
     ds = _dataset()
     reference = lottery.imp(_config(rounds=3), ds, runs_root=tmp_path / "ref", progress=False)

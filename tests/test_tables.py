@@ -1,6 +1,7 @@
 """Table logic on synthetic per-seed results: mean ± std, paired differences, pooling, the
 paper's columns, markdown/CSV output; and the shared experiment helpers (seed loop with per-seed
-files, cached barriers, figures)."""
+files, cached barriers, figures, experiment.json). Each experiment's own tables:
+``tests/test_experiment_tables.py``."""
 
 import csv
 import json
@@ -13,7 +14,9 @@ from experiments import common
 from experiments.tables import (
     mean_std,
     paired_differences,
+    paper_cell,
     paper_columns,
+    paper_gap,
     per_seed_mean,
     pooled,
     wins,
@@ -59,6 +62,9 @@ def test_paper_columns_show_the_signed_gap_of_our_mean():
     assert paper_columns([0.88], None) == ["—", "—"]  # the paper has no such cell
     assert paper_columns([], 90.0) == ["—", "—"]  # we have no run
     assert paper_columns([0.5, None], 40.0, digits=1) == ["40.0", "+10.0"]
+    # The two cells alone, for a table that shows the paper's number whether or not we ran it.
+    assert paper_cell(90.0) == "90.00" and paper_cell(None) == "—"
+    assert paper_gap([], 90.0) == "—" and paper_gap([0.91, 0.93], 90.5) == "+1.50"
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -102,6 +108,24 @@ def test_run_seeds_keeps_each_seed_and_reuses_it(tmp_path, caplog):
     assert calls == [2, 0, 1, 0]
     # No cache: plain loop.
     assert common.run_seeds([5], one) == [{"seed": 5, "acc": 0.5}]
+
+
+def test_seed_results_are_every_finished_seed_in_numeric_order(tmp_path):
+    for seed in (10, 2, 1):
+        common.run_seeds([seed], lambda s: {"seed": s}, cache_dir=tmp_path, tag="abc")
+    common.run_seeds([3], lambda s: {"seed": s}, cache_dir=tmp_path, tag="other")
+    (tmp_path / "seedx-abc.json").write_text("{}")  # not a seed's file
+    assert [r["seed"] for r in common.seed_results(tmp_path, "abc")] == [1, 2, 10]
+    assert common.seed_results(tmp_path, "none") == []
+
+
+def test_progress_lines_print_without_progress_bars_and_log_with_them(capsys, caplog):
+    caplog.set_level(logging.INFO, logger="experiments.common")
+    common.run_seeds([0], lambda s: s, describe=lambda s, r: f"seed {s} done",
+                     announce=common.progress_lines(no_progress=True))
+    assert capsys.readouterr().out == "seed 0 done\n" and not caplog.records
+    common.progress_lines(no_progress=False)("arm done")
+    assert capsys.readouterr().out == "" and caplog.records[-1].getMessage() == "arm done"
 
 
 def test_a_seed_that_fails_leaves_no_result_file(tmp_path):
@@ -152,6 +176,29 @@ def test_cached_barrier_computes_once_and_keeps_the_old_cache_names(tmp_path):
     assert len(calls) == 2  # other settings: another curve
 
 
+def test_cached_barrier_options_are_curve_arguments_and_part_of_the_key(tmp_path):
+    calls = []
+
+    def curve_fn(model, preprocess, a, b, dataset, **kwargs):
+        calls.append(kwargs)
+        return _Curve([0.1, 0.5, 0.2])
+
+    dataset = type("D", (), {"preprocess": None})()
+    options = {"bn_mode": "ema", "bn_batch_size": 128}
+    out = common.cached_barrier("norm", None, dataset, "A", "B", EXP, tmp_path, ["x", "y"],
+                                options=options, curve_fn=curve_fn,
+                                record=lambda c: {"peak": float(np.max(c.error))})
+    assert out == {"peak": 0.5}  # the record is what is stored
+    assert calls[0]["bn_mode"] == "ema" and calls[0]["bn_batch_size"] == 128
+    # The AWS experiment's cache names from before the helper: bn_mode / bn_bs in the key.
+    settings = {"ids": ["x", "y"], "points": 3, "bn": 2, "bs": 50, "bn_mode": "ema",
+                "bn_bs": 128}
+    assert (tmp_path / "barriers" / f"norm-{config_hash(settings)}.json").exists()
+    common.cached_barrier("norm", None, dataset, "A", "B", EXP, tmp_path, ["x", "y"],
+                          options={**options, "bn_mode": "average"}, curve_fn=curve_fn)
+    assert len(calls) == 2  # another option: another curve
+
+
 def test_save_figure_writes_and_closes(tmp_path):
     plt = common.pyplot()
     fig, ax = plt.subplots()
@@ -174,6 +221,7 @@ def test_results_round_trip_and_unfinished_results_are_named(tmp_path):
                  ConfigDict({"seed": 0}), results)
     meta, back = load_results(tmp_path / "out")
     assert back == results and meta["experiment"] == "aws" and meta["config"] == {"seed": 0}
+    assert meta["provenance"]["code"] and meta["provenance"]["packages"]["jax"]
     (tmp_path / "out" / "experiment.json").unlink()  # killed before it was marked done
     with pytest.raises(IncompleteResultsError, match="no finished results"):
         load_results(tmp_path / "out")

@@ -61,7 +61,8 @@ METHODS = ("lth", "naive", "permuted", "random")
 IMP_MODES = ("ft", "rewind")
 MATCHINGS = ("weight", "activation")
 REWIND_CONVENTIONS = ("exact", "official")
-_TRAIN_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every")
+# "logging" (the metric writers) is copied but names no run: see checkpoint.UNHASHED_KEYS.
+_TRAIN_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every", "logging")
 
 
 def stage_config(config: ConfigDict, stage: str, *, seed: int, optimizer: ConfigDict,
