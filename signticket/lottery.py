@@ -17,11 +17,15 @@ Every stage is one :func:`~signticket.runs.train_run` in a config-hashed directo
 names its parent run, so finished rounds are reused and a killed pipeline resumes at the round
 (and epoch) it stopped.
 
-Reuse by other IMP variants (e.g. ``rebasin.procedure.imp_masks``, which starts from a trained
-dense run and fine-tunes or rewinds): pass that run as ``round0`` to :func:`imp_rounds` with the
-``ft`` policy (``imp.ft_optimizer``, ``epochs=ft_epochs``) or the ``weight`` policy
-(``rewind=`` the dense run's epoch-k point, ``epochs=T - k``), and ``kept=`` a function that
-cuts the last round exactly at the target; the loop, resumption and masking are shared.
+IMP variants reuse the driver rather than loop themselves. :func:`imp_rounds` takes any trained
+network as ``round0``, runs unbounded when ``imp.rounds`` is absent (rounds train lazily, one per
+``next``), and lets a caller override the epochs, the count (``kept``) and the run-config layout
+(``run_config``, a function of the :class:`RoundRun` the driver decided). :func:`imp_targets`
+runs one chain until every target sparsity is reached and cuts each target exactly
+(:data:`CUT_RULES`, :func:`cut_at`) from the round that would pass it. The permuted-mask
+pipeline's IMP (``rebasin.procedure.imp_masks``: IMP-FT or IMP-rewind after dense training, the
+``sparse_rebasin`` or ``no_head`` scope) is exactly that, with its own run-config layout so its
+run directories kept their names; ``tests/test_imp_unified.py`` pins it against its former loop.
 """
 
 from __future__ import annotations

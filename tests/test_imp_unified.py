@@ -136,3 +136,25 @@ def test_exact_cut_is_a_registered_count_rule_and_scopes_are_lottery_scopes():
     assert lottery.kept_at_sparsity(7, 0.5) == 7 - round(3.5)
     assert lottery.CUT_RULES["exact"] is lottery.kept_at_sparsity
     assert isinstance(_config().imp, ConfigDict)
+
+
+def test_a_scope_with_the_head_prunes_it_and_removes_exactly_the_counted_weights():
+    """The scope's predicate alone decides (``keep_dense=()``): ``kernels`` and ``sparse_rebasin``
+    prune the head and remove exactly what the count rule says over the scope they count."""
+    import jax
+
+    from signticket import models
+
+    model = models.get("mlp", 10, widths=(8, 8))
+    params = model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1)))["params"]
+    full = full_mask(params)
+    for name in ("kernels", "sparse_rebasin", "kernels_except_head", "no_head"):
+        pred = lottery.PRUNING_SCOPES[name]
+        n = sum(int(np.size(m)) for p, m in named_leaves(full) if pred(p))
+        mask = lottery.prune_round(params, full, 0.3, prunable=name)
+        kept = sum(int(np.sum(m)) for p, m in named_leaves(mask) if pred(p))
+        assert kept == n - round(0.3 * n)
+        head_pruned = not bool(np.all(mask["head"]["kernel"]))
+        assert head_pruned == (name in ("kernels", "sparse_rebasin"))
+    with pytest.raises(ValueError, match="unknown pruning scope 'everything'"):
+        lottery.pruning_scope("everything")

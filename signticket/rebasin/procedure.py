@@ -5,9 +5,10 @@ are kept (``config.rewind_convention``: ``"exact"``, after exactly ``k`` epochs;
 sparse-rebasin's ``--rewind k``, the checkpoint saved after 0-based epoch ``k``, i.e. after
 ``k + 1`` epochs). IMP on A gives the mask ``M_A`` (``ft``: prune 20 % of the survivors of the
 ``config.imp.prune_scope`` layers, fine-tune, repeat; ``rewind``: LTH-style, rewind the
-survivors each round). The matching ``pi`` with ``pi(A_T) ≈ B_T`` carries A's mask into B's
-basin, and four sparse runs train for ``T - k`` epochs (under both conventions, as the official
-code):
+survivors each round) -- the one IMP driver, :func:`signticket.lottery.imp_targets`, with
+dense A as round 0 (:func:`imp_masks` only maps the config onto it). The matching ``pi`` with
+``pi(A_T) ≈ B_T`` carries A's mask into B's basin, and four sparse runs train for ``T - k``
+epochs (under both conventions, as the official code):
 
 * ``lth``:      ``A_k * M_A``           (the lottery ticket itself),
 * ``naive``:    ``B_k * M_A``           (the mask on a foreign init),
