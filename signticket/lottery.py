@@ -511,7 +511,10 @@ def imp_targets(
                 pending.remove(t)
         if not pending:
             return out
-        parent = next(chain)
+        parent = next(chain, None)
+        if parent is None:
+            raise UserError(f"imp.rounds={imp_cfg.rounds} ran out before target sparsities "
+                            f"{pending}; leave imp.rounds unset to prune until they are reached")
         out.chain.append(parent)
 
 

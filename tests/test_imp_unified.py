@@ -158,3 +158,15 @@ def test_a_scope_with_the_head_prunes_it_and_removes_exactly_the_counted_weights
         assert head_pruned == (name in ("kernels", "sparse_rebasin"))
     with pytest.raises(ValueError, match="unknown pruning scope 'everything'"):
         lottery.pruning_scope("everything")
+
+
+def test_imp_targets_with_too_few_rounds_names_the_problem(dense, tmp_path):
+    ds, run = dense
+    config = proc._driver_config(_config(), seed=3)
+    config.imp.rounds = 1
+    params = run.final["params"]
+    round0 = lottery.Round(0, run.directory, params, run.final["batch_stats"],
+                           full_mask(params), run.summary)
+    with pytest.raises(ValueError, match=r"imp.rounds=1 ran out before target sparsities \[0.9\]"):
+        lottery.imp_targets(config, ds, round0, (0.5, 0.9), epochs=1, runs_root=tmp_path,
+                            progress=False)

@@ -40,7 +40,7 @@ from signticket import data as data_lib
 from signticket import lottery
 from signticket.checkpoint import config_hash, run_dir, write_json_atomic
 from signticket.errors import UserError
-from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune
+from signticket.masks import apply_mask, check_unit_interval, full_mask
 from signticket.rebasin.activation_matching import activation_matching
 from signticket.rebasin.apply import apply_permutation
 from signticket.rebasin.perms import check_perms, invert, random_perms
@@ -171,15 +171,6 @@ def _prunable_counts(mask: PyTree, prunable: LeafPredicate) -> tuple[int, int]:
     return total - int(sum(m.sum() for m in leaves)), total
 
 
-def _prune_count(params: PyTree, mask: PyTree, n: int, prunable: LeafPredicate) -> PyTree:
-    """Remove exactly ``n`` more of the smallest surviving prunable weights (global). The
-    scope's predicate says everything, the head included (sparse-rebasin prunes it): this is
-    :func:`signticket.lottery.prune_round`'s ``keep_dense=()`` convention."""
-    pruned, total = _prunable_counts(mask, prunable)
-    return magnitude_prune(params, mask, n / (total - pruned), "global", prunable=prunable,
-                           keep_dense=())
-
-
 @dataclasses.dataclass
 class ImpResult:
     """Masks at each target sparsity, the run directory of the round each was cut from, the
@@ -203,8 +194,9 @@ def _driver_config(config: ConfigDict, seed: int) -> ConfigDict:
          "cut_rule": "exact"}
     if "ft_optimizer" in imp:
         d["ft_optimizer"] = imp.ft_optimizer.to_dict()
-    return ConfigDict({"seed": seed, "data_seed": seed, "optimizer": config.optimizer.to_dict(),
-                       "imp": d})
+    c = {k: config[k] for k in _TRAIN_KEYS if k in config}  # a complete lottery config
+    c.update(seed=seed, data_seed=seed, optimizer=config.optimizer, imp=d)
+    return ConfigDict(ConfigDict(c).to_dict())
 
 
 def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
