@@ -17,19 +17,24 @@ Every stage is one :func:`~signticket.runs.train_run` in a config-hashed directo
 names its parent run, so finished rounds are reused and a killed pipeline resumes at the round
 (and epoch) it stopped.
 
-Reuse by other IMP variants (e.g. ``rebasin.procedure.imp_masks``, which starts from a trained
-dense run and fine-tunes or rewinds): pass that run as ``round0`` to :func:`imp_rounds` with the
-``ft`` policy (``imp.ft_optimizer``, ``epochs=ft_epochs``) or the ``weight`` policy
-(``rewind=`` the dense run's epoch-k point, ``epochs=T - k``), and ``kept=`` a function that
-cuts the last round exactly at the target; the loop, resumption and masking are shared.
+IMP variants reuse the driver rather than loop themselves. :func:`imp_rounds` takes any trained
+network as ``round0``, runs unbounded when ``imp.rounds`` is absent (rounds train lazily, one per
+``next``), and lets a caller override the epochs, the count (``kept``) and the run-config layout
+(``run_config``, a function of the :class:`RoundRun` the driver decided). :func:`imp_targets`
+runs one chain until every target sparsity is reached and cuts each target exactly
+(:data:`CUT_RULES`, :func:`cut_at`) from the round that would pass it. The permuted-mask
+pipeline's IMP (``rebasin.procedure.imp_masks``: IMP-FT or IMP-rewind after dense training, the
+``sparse_rebasin`` or ``no_head`` scope) is exactly that, with its own run-config layout so its
+run directories kept their names; ``tests/test_imp_unified.py`` pins it against its former loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import flax.serialization
@@ -43,6 +48,7 @@ from signticket.checkpoint import run_dir
 from signticket.errors import UserError
 from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune, sparsity
 from signticket.optim import make_optimizer, masked
+from signticket.rebasin.prune_scope import sparse_rebasin_prunable
 from signticket.runs import (
     DEFAULT_RUNS_ROOT,
     RunResult,
@@ -192,13 +198,26 @@ register_policy(RoundPolicy("ft", _keep, _ft_optimizer, _own_optimizer))
 #: Backward-compatible name for the registered policies.
 PRUNING_MODES = tuple(ROUND_POLICIES)
 
-#: Which leaves a round scores and prunes.
+#: Which leaves a round scores and prunes (the predicate says everything: ``magnitude_prune``
+#: runs with ``keep_dense=()``, so a scope that selects the head prunes it).
 PRUNING_SCOPES: dict[str, LeafPredicate] = {
     # Official AWS models/utils.py: every nn.Conv2d and every nn.Linear except the classifier
     # (`m.weight.shape[0] != num_classes`) gets a mask; biases and norm params never do.
     "kernels_except_head": is_prunable,
     "kernels": is_kernel,
+    # The permuted-mask pipeline's ``imp.prune_scope`` names (rebasin/prune_scope.py):
+    # sparse-rebasin's pruning.py 27-36, every Conv2d / Linear, head included, shortcuts dense;
+    # and the library default, every kernel but the classifier (= kernels_except_head).
+    "sparse_rebasin": sparse_rebasin_prunable,
+    "no_head": is_prunable,
 }
+
+
+def pruning_scope(name: str) -> LeafPredicate:
+    """The predicate registered as ``name`` in :data:`PRUNING_SCOPES` (``UserError`` if none)."""
+    if name not in PRUNING_SCOPES:
+        raise UserError(f"unknown pruning scope {name!r}; available: {', '.join(PRUNING_SCOPES)}")
+    return PRUNING_SCOPES[name]
 
 
 def _kept_round(n: int, fraction: float) -> int:
@@ -218,8 +237,24 @@ COUNT_RULES: dict[str, Callable[[int, float], int]] = {
 }
 
 
+def kept_at_sparsity(total: int, sparsity: float) -> int:
+    """How many of ``total`` scope weights a mask cut exactly at ``sparsity`` keeps:
+    ``round(sparsity * total)`` pruned (sparse-rebasin counts sparsity over the masked layers,
+    ``utils.calculate_overall_sparsity_from_pth``)."""
+    return total - round(sparsity * total)
+
+
+#: ``kept(total, target)``: how many scope weights a cut at a target sparsity keeps
+#: (:func:`imp_targets`; ``imp.cut_rule``, default ``"exact"``).
+CUT_RULES: dict[str, Callable[[int, float], int]] = {"exact": kept_at_sparsity}
+
+
 def _count(mask: PyTree, prunable: LeafPredicate) -> int:
     return sum(int(jnp.sum(m)) for p, m in named_leaves(mask) if prunable(p))
+
+
+def _size(mask: PyTree, prunable: LeafPredicate) -> int:
+    return sum(int(jnp.size(m)) for p, m in named_leaves(mask) if prunable(p))
 
 
 def prune_round(
@@ -236,8 +271,9 @@ def prune_round(
     """The next round's mask: drop the smallest-|theta| surviving weights of the ``prunable``
     leaves, keeping ``COUNT_RULES[count_rule](surviving, fraction)`` of them, or exactly ``kept``
     when given (global scope; the layerwise scope applies ``fraction`` per leaf). Pruned weights
-    never come back."""
-    predicate = PRUNING_SCOPES[prunable]
+    never come back. The scope's predicate alone decides the pruned leaves (``keep_dense=()``):
+    ``sparse_rebasin`` and ``kernels`` prune the head, ``kernels_except_head`` does not."""
+    predicate = pruning_scope(prunable)
     surviving = _count(mask, predicate)
     if kept is None:
         kept = COUNT_RULES[count_rule](surviving, fraction)
@@ -247,9 +283,10 @@ def prune_round(
             f"{fraction:.0%} of them rounds to 0); use fewer rounds"
         )
     if scope == "layerwise":
-        return magnitude_prune(params, mask, fraction, scope, predicate)
+        return magnitude_prune(params, mask, fraction, scope, predicate, keep_dense=())
     # magnitude_prune removes round(f * surviving): f = removed / surviving gives the exact count.
-    return magnitude_prune(params, mask, (surviving - kept) / surviving, scope, predicate)
+    return magnitude_prune(params, mask, (surviving - kept) / surviving, scope, predicate,
+                           keep_dense=())
 
 
 # -- the IMP driver -------------------------------------------------------------------------------
@@ -334,6 +371,20 @@ def _rewind_point(imp_cfg: ConfigDict, init: Variables, warm: RunResult) -> Vari
     return flax.serialization.from_bytes(template, path.read_bytes())
 
 
+@dataclasses.dataclass(frozen=True)
+class RoundRun:
+    """What the driver decided for round ``index``'s train run, for a caller that lays out the
+    run's config (and so its identity) itself (:func:`imp_rounds`'s ``run_config``)."""
+
+    index: int
+    parent: str  # the parent run's directory name ("none" for a hand-built round 0)
+    optimizer: ConfigDict  # the policy's optimizer for the round
+    epochs: int
+    data_seed: int  # config.data_seed + index: a new data order every round
+    kept: int  # surviving weights of the scope after pruning
+    pruned: int  # pruned weights of the scope after pruning (scope size - kept)
+
+
 def imp_rounds(
     config: ConfigDict,
     dataset: data_lib.Dataset,
@@ -347,35 +398,47 @@ def imp_rounds(
     progress: bool = True,
     epochs: int | None = None,
     kept: Callable[[int, int], int] | None = None,
+    run_config: Callable[[RoundRun], ConfigDict] | None = None,
 ) -> Iterator[Round]:
-    """Rounds ``1..config.imp.rounds`` after ``round0``: prune the parent, start as the policy
-    says, train under the new mask. Each round's run config names its parent run and how many
-    weights it keeps, so no stale run is reused when anything upstream changes.
+    """Rounds ``1..config.imp.rounds`` after ``round0`` (without ``imp.rounds``: unbounded, the
+    caller stops iterating): prune the parent, start as the policy says, train under the new
+    mask. Rounds are trained lazily, one per ``next``. Each round's run config names its parent
+    run and how many weights it keeps, so no stale run is reused when anything upstream changes.
 
     ``round0`` may be any trained network (a dense run for IMP-after-training). ``epochs``
     overrides ``imp.epochs_per_round`` (e.g. weight rewinding to epoch k of a T-epoch run trains
-    T - k); ``kept(r, surviving)`` overrides the count rule (e.g. cut a round exactly at a target
-    sparsity, as ``rebasin.procedure.imp_masks`` does)."""
+    T - k); ``kept(r, surviving)`` overrides the count rule; ``run_config(RoundRun)`` lays out
+    the round's run config (default: this module's, with the IMP settings as identity) -- the
+    driver still decides the mask, start, optimizer, epochs and data order."""
     imp_cfg = config.imp
     policy = ROUND_POLICIES[imp_cfg.mode]
     predicate_name = imp_cfg.get("prunable", "kernels_except_head")
-    identity = _imp_identity(config)
+    predicate = pruning_scope(predicate_name)
+    total = _size(round0.mask, predicate)
+    limit = imp_cfg.get("rounds")
     parent = round0
-    for r in range(1, imp_cfg.rounds + 1):
-        surviving = _count(parent.mask, PRUNING_SCOPES[predicate_name])
+    for r in itertools.count(1) if limit is None else range(1, limit + 1):
+        surviving = _count(parent.mask, predicate)
         mask = prune_round(
             parent.params, parent.mask, imp_cfg.fraction, scope=imp_cfg.scope,
             prunable=predicate_name, count_rule=imp_cfg.get("count_rule", "round"), index=r,
             kept=None if kept is None else kept(r, surviving),
         )
         params, stats = policy.start(parent, rewind)
-        cfg = _stage_config(
-            config, "imp", round=r, epochs=imp_cfg.epochs_per_round if epochs is None else epochs,
-            parent=parent.directory.name if parent.directory else "none",
-            kept=_count(mask, PRUNING_SCOPES[predicate_name]), **identity,
+        n_kept = _count(mask, predicate)
+        run = RoundRun(
+            index=r, parent=parent.directory.name if parent.directory else "none",
+            optimizer=policy.optimizer(config),
+            epochs=imp_cfg.epochs_per_round if epochs is None else epochs,
+            data_seed=config.data_seed + r, kept=n_kept, pruned=total - n_kept,
         )
-        cfg.optimizer = policy.optimizer(config)
-        cfg.data_seed = config.data_seed + r  # a new data order every round
+        if run_config is None:
+            cfg = _stage_config(config, "imp", round=r, epochs=run.epochs, parent=run.parent,
+                                kept=n_kept, **_imp_identity(config))
+            cfg.optimizer = run.optimizer
+            cfg.data_seed = run.data_seed
+        else:
+            cfg = run_config(run)
         res = train_run(
             cfg,
             dataset,
@@ -391,6 +454,69 @@ def imp_rounds(
         parent = Round(r, res.directory, res.state.params, res.state.batch_stats, mask,
                        res.summary)
         yield parent
+
+
+@dataclasses.dataclass
+class TargetCuts:
+    """Masks cut exactly at target sparsities off one IMP chain (:func:`imp_targets`)."""
+
+    masks: dict[float, PyTree]  # target -> mask
+    sources: dict[float, Round]  # target -> the trained round its mask was cut from
+    chain: list[Round]  # the rounds trained (round0 excluded)
+
+
+def cut_at(parent: Round, sparsity: float, prunable: str, rule: str = "exact") -> PyTree:
+    """``parent``'s mask pruned further, by magnitude of its trained weights, to exactly
+    ``sparsity`` of the ``prunable`` scope (``CUT_RULES[rule]``); no training. A target below
+    the parent's sparsity is not reached: the parent's mask is returned."""
+    predicate = pruning_scope(prunable)
+    keep = CUT_RULES[rule](_size(parent.mask, predicate), sparsity)
+    if _count(parent.mask, predicate) - keep <= 0:
+        return parent.mask
+    return prune_round(parent.params, parent.mask, 0.0, prunable=prunable, index=parent.index,
+                       kept=keep)
+
+
+def imp_targets(
+    config: ConfigDict,
+    dataset: data_lib.Dataset,
+    round0: Round,
+    targets: Sequence[float],
+    **kwargs,
+) -> TargetCuts:
+    """IMP until every target sparsity: one chain of :func:`imp_rounds` (``config.imp``
+    without ``rounds``) serves all targets; before each round, every target that round's count
+    rule would reach or pass is cut exactly from the current round (:func:`cut_at`), so the
+    rounds before a target are shared (and reused from their run directories). ``kwargs`` go
+    to :func:`imp_rounds`. (sparse-rebasin also fine-tunes after its final cut; that training
+    does not change the mask.)"""
+    imp_cfg = config.imp
+    prunable = imp_cfg.get("prunable", "kernels_except_head")
+    predicate = pruning_scope(prunable)
+    for t in targets:
+        check_unit_interval("target sparsity", t)
+    rule = COUNT_RULES[imp_cfg.get("count_rule", "round")]
+    cut_rule = imp_cfg.get("cut_rule", "exact")
+    total = _size(round0.mask, predicate)
+    pending = sorted({float(t) for t in targets})
+    out = TargetCuts({}, {}, [])
+    chain = imp_rounds(config, dataset, round0, **kwargs)
+    parent = round0
+    while True:
+        surviving = _count(parent.mask, predicate)
+        step = surviving - rule(surviving, imp_cfg.fraction)  # what the next round prunes
+        for t in list(pending):
+            if total - CUT_RULES[cut_rule](total, t) - (total - surviving) <= step:
+                out.masks[t] = cut_at(parent, t, prunable, cut_rule)
+                out.sources[t] = parent
+                pending.remove(t)
+        if not pending:
+            return out
+        parent = next(chain, None)
+        if parent is None:
+            raise UserError(f"imp.rounds={imp_cfg.rounds} ran out before target sparsities "
+                            f"{pending}; leave imp.rounds unset to prune until they are reached")
+        out.chain.append(parent)
 
 
 def imp(

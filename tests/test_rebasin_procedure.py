@@ -19,7 +19,7 @@ from experiments.configs import (
     permuted_fmnist_mlp,
 )
 from experiments.configs.permuted_common import base, imp_ft_sgd, sgd
-from signticket import masks, models
+from signticket import lottery, masks, models
 from signticket.checkpoint import Checkpointer
 from signticket.rebasin import apply_permutation, random_perms, spec_for
 from signticket.rebasin import procedure as proc
@@ -139,8 +139,11 @@ def test_imp_prunes_the_official_set_head_in_and_shortcuts_out(tmp_path):
     """pruning.py lines 32-36: every Conv2d / Linear except ``shortcut`` modules."""
     model = models.get("resnet20_rebasin", 10)
     v = random_variables(model, (1, 32, 32, 3))
-    mask = proc._prune_count(v["params"], masks.full_mask(v["params"]), 20_000,
-                             sparse_rebasin_prunable)
+    full = masks.full_mask(v["params"])
+    _, total = proc._prunable_counts(full, sparse_rebasin_prunable)
+    # The one IMP driver's pruning step under imp.prune_scope="sparse_rebasin" (keep_dense=()).
+    mask = lottery.prune_round(v["params"], full, 0.0, prunable="sparse_rebasin",
+                               kept=total - 20_000)
     pruned = {p.rsplit("/", 1)[0]: int((~np.asarray(m)).sum())
               for p, m in named_leaves(mask) if not np.all(m)}
     assert sum(pruned.values()) == 20_000

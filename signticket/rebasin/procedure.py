@@ -5,9 +5,10 @@ are kept (``config.rewind_convention``: ``"exact"``, after exactly ``k`` epochs;
 sparse-rebasin's ``--rewind k``, the checkpoint saved after 0-based epoch ``k``, i.e. after
 ``k + 1`` epochs). IMP on A gives the mask ``M_A`` (``ft``: prune 20 % of the survivors of the
 ``config.imp.prune_scope`` layers, fine-tune, repeat; ``rewind``: LTH-style, rewind the
-survivors each round). The matching ``pi`` with ``pi(A_T) ≈ B_T`` carries A's mask into B's
-basin, and four sparse runs train for ``T - k`` epochs (under both conventions, as the official
-code):
+survivors each round) -- the one IMP driver, :func:`signticket.lottery.imp_targets`, with
+dense A as round 0 (:func:`imp_masks` only maps the config onto it). The matching ``pi`` with
+``pi(A_T) ≈ B_T`` carries A's mask into B's basin, and four sparse runs train for ``T - k``
+epochs (under both conventions, as the official code):
 
 * ``lth``:      ``A_k * M_A``           (the lottery ticket itself),
 * ``naive``:    ``B_k * M_A``           (the mask on a foreign init),
@@ -36,13 +37,13 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from signticket import data as data_lib
+from signticket import lottery
 from signticket.checkpoint import config_hash, run_dir, write_json_atomic
 from signticket.errors import UserError
-from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune
+from signticket.masks import apply_mask, check_unit_interval, full_mask
 from signticket.rebasin.activation_matching import activation_matching
 from signticket.rebasin.apply import apply_permutation
 from signticket.rebasin.perms import check_perms, invert, random_perms
-from signticket.rebasin.prune_scope import prune_scope
 from signticket.rebasin.registry import spec_for
 from signticket.rebasin.resnet_specs import with_stream_sites
 from signticket.rebasin.spec import Perms, PermutationSpec
@@ -58,7 +59,6 @@ from signticket.train import TrainState
 from signticket.tree import LeafPredicate, PyTree, named_leaves
 
 METHODS = ("lth", "naive", "permuted", "random")
-IMP_MODES = ("ft", "rewind")
 MATCHINGS = ("weight", "activation")
 REWIND_CONVENTIONS = ("exact", "official")
 # "logging" (the metric writers) is copied but names no run: see checkpoint.UNHASHED_KEYS.
@@ -159,6 +159,10 @@ def dense_run(config: ConfigDict, dataset: data_lib.Dataset, *, seed: int, name:
 
 # -- iterative magnitude pruning to exact target sparsities -------------------------------------
 
+#: ``imp.mode`` -> the :data:`signticket.lottery.ROUND_POLICIES` policy that runs it.
+IMP_POLICIES = {"ft": "ft", "rewind": "weight"}
+IMP_MODES = tuple(IMP_POLICIES)
+
 
 def _prunable_counts(mask: PyTree, prunable: LeafPredicate) -> tuple[int, int]:
     """(pruned, total) entries over the prunable leaves (the official sparsity counts exactly
@@ -168,38 +172,53 @@ def _prunable_counts(mask: PyTree, prunable: LeafPredicate) -> tuple[int, int]:
     return total - int(sum(m.sum() for m in leaves)), total
 
 
-def _prune_count(params: PyTree, mask: PyTree, n: int, prunable: LeafPredicate) -> PyTree:
-    """Remove exactly ``n`` more of the smallest surviving prunable weights (global)."""
-    pruned, total = _prunable_counts(mask, prunable)
-    # The scope's predicate says everything, the head included (sparse-rebasin prunes it).
-    return magnitude_prune(params, mask, n / (total - pruned), "global", prunable=prunable,
-                           keep_dense=())
-
-
 @dataclasses.dataclass
 class ImpResult:
-    """Masks at each target sparsity, and the run directory of the round each was cut from."""
+    """Masks at each target sparsity, the run directory of the round each was cut from, the
+    number of rounds trained and (``chain``) those rounds (:class:`signticket.lottery.Round`:
+    the mask each trained under and the weights trained under it)."""
 
     masks: dict[float, PyTree]
     sources: dict[float, str]
     rounds: int
+    chain: list = dataclasses.field(default_factory=list)
+
+
+def _driver_config(config: ConfigDict, seed: int) -> ConfigDict:
+    """The :func:`signticket.lottery.imp_rounds` config of this pipeline's IMP: the policy
+    (``ft`` / ``weight``), ``fraction`` of the survivors per round (count rule ``round``), the
+    ``imp.prune_scope`` as the driver's ``prunable`` scope, targets cut exactly; data order of
+    round ``r`` is ``seed + r``."""
+    imp = config.imp
+    d = {"mode": IMP_POLICIES[imp.mode], "fraction": imp.fraction, "scope": "global",
+         "prunable": imp.get("prune_scope", "no_head"), "count_rule": "round",
+         "cut_rule": "exact"}
+    if "ft_optimizer" in imp:
+        d["ft_optimizer"] = imp.ft_optimizer.to_dict()
+    c = {k: config[k] for k in _TRAIN_KEYS if k in config}  # a complete lottery config
+    c.update(seed=seed, data_seed=seed, optimizer=config.optimizer, imp=d)
+    return ConfigDict(ConfigDict(c).to_dict())
 
 
 def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
               targets: Sequence[float], *, seed: int,
               runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, progress: bool = True) -> ImpResult:
-    """Global magnitude IMP on the trained ``dense`` network until every target sparsity.
+    """Global magnitude IMP on the trained ``dense`` network until every target sparsity, by the
+    one IMP driver (:func:`signticket.lottery.imp_targets` over
+    :func:`~signticket.lottery.imp_rounds`, with ``dense`` as round 0).
 
     Each round prunes ``config.imp.fraction`` of the surviving weights of the
-    ``imp.prune_scope`` leaves (:mod:`signticket.rebasin.prune_scope`; ``"sparse_rebasin"``:
-    every conv / dense kernel, head included, but projection shortcuts) and then trains: ``ft``
-    fine-tunes the pruned weights for ``imp.ft_epochs`` with ``imp.ft_optimizer`` (fresh
-    optimizer and schedule each round, as ``pruning.py``); ``rewind`` resets the survivors to
-    the dense run's rewind point ``imp.rewind_epoch`` and trains ``T - k`` epochs with the dense
-    optimizer. A target is cut exactly (``round(target * prunable)`` pruned) from the round that
-    would pass it, and one chain serves all targets, so the rounds before a target are shared
-    and reused. (The official loop also fine-tunes after the final cut; that training does not
-    change the mask, which is all the sparse runs take from IMP.)
+    ``imp.prune_scope`` leaves (a :data:`signticket.lottery.PRUNING_SCOPES` name;
+    ``"sparse_rebasin"``: every conv / dense kernel, head included, but projection shortcuts)
+    and then trains: ``ft`` (policy ``ft``) fine-tunes the pruned weights for ``imp.ft_epochs``
+    with ``imp.ft_optimizer`` (fresh optimizer and schedule each round, as ``pruning.py``);
+    ``rewind`` (policy ``weight``) resets the survivors to the dense run's rewind point
+    ``imp.rewind_epoch`` and trains ``T - k`` epochs with the dense optimizer. A target is cut
+    exactly (``round(target * prunable)`` pruned, cut rule ``exact``) from the round that would
+    pass it, and one chain serves all targets, so the rounds before a target are shared and
+    reused. Round ``r`` trains on data order ``seed + r``; its run config (and directory) is laid
+    out as before the driver was shared. (The official loop also fine-tunes after the final cut;
+    that training does not change the mask, which is all the sparse runs take from IMP.)
     """
     imp = config.imp
     if imp.mode not in IMP_MODES:
@@ -212,44 +231,26 @@ def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
             f"imp.rewind_epoch={imp.rewind_epoch} must be one of rewind_epochs "
             f"{sorted(dense.rewind)}"
         )
-    prunable = prune_scope(imp.get("prune_scope", "no_head"))
-    params, stats = dense.final["params"], dense.final["batch_stats"]
-    mask = full_mask(params)
-    parent = dense.directory.name
-    pending = sorted(set(float(t) for t in targets))
-    out = ImpResult({}, {}, 0)
-    r = 0
-    while pending:
-        pruned, total = _prunable_counts(mask, prunable)
-        step = round(imp.fraction * (total - pruned))
-        for t in list(pending):
-            need = round(t * total) - pruned
-            if need <= step:
-                out.masks[t] = _prune_count(params, mask, need, prunable) if need > 0 else mask
-                out.sources[t] = parent
-                pending.remove(t)
-        if not pending:
-            break
-        if step < 1:
-            raise UserError(f"IMP round {r + 1}: nothing left to prune at {pruned}/{total}")
-        r += 1
-        mask = _prune_count(params, mask, step, prunable)
-        if imp.mode == "ft":
-            start, start_stats = apply_mask(params, mask), stats
-            optimizer, epochs = imp.ft_optimizer, imp.ft_epochs
-        else:
-            rewind = dense.rewind[imp.rewind_epoch]
-            start, start_stats = apply_mask(rewind["params"], mask), rewind["batch_stats"]
-            optimizer, epochs = config.optimizer, config.dense_epochs - imp.rewind_epoch
-        cfg = stage_config(config, f"imp_{imp.mode}", seed=seed, optimizer=optimizer,
-                           epochs=epochs, data_seed=seed + r, parent=parent, round=r,
-                           pruned=pruned + step, **_scope_key(imp))
-        name = f"pm-imp-{imp.mode}-r{r:02d}"
-        res = train_run(cfg, dataset, name=name, runs_root=runs_root, init_params=start,
-                        init_batch_stats=start_stats, mask=mask, progress=progress)
-        params, stats, parent = res.state.params, res.state.batch_stats, res.directory.name
-    out.rounds = r
-    return out
+    lottery.pruning_scope(imp.get("prune_scope", "no_head"))  # an unknown scope fails here
+
+    def run_config(run: lottery.RoundRun) -> ConfigDict:
+        return stage_config(config, f"imp_{imp.mode}", seed=seed, optimizer=run.optimizer,
+                            epochs=run.epochs, data_seed=run.data_seed, parent=run.parent,
+                            round=run.index, pruned=run.pruned, **_scope_key(imp))
+
+    params = dense.final["params"]
+    round0 = lottery.Round(0, dense.directory, params, dense.final["batch_stats"],
+                           full_mask(params), dense.summary)
+    ft = imp.mode == "ft"
+    cuts = lottery.imp_targets(
+        _driver_config(config, seed), dataset, round0, targets,
+        rewind=None if ft else dense.rewind[imp.rewind_epoch],
+        epochs=imp.ft_epochs if ft else config.dense_epochs - imp.rewind_epoch,
+        name=f"pm-imp-{imp.mode}", run_config=run_config, runs_root=runs_root,
+        progress=progress,
+    )
+    return ImpResult(cuts.masks, {t: r.directory.name for t, r in cuts.sources.items()},
+                     len(cuts.chain), cuts.chain)
 
 
 def _scope_key(imp: ConfigDict) -> dict:
