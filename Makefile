@@ -11,7 +11,7 @@ quickstart: setup
 	$(PYTHON) -m signticket.cli quickstart
 
 test: setup
-	$(PYTHON) -m ruff check signticket tests bench experiments
+	$(PYTHON) -m ruff check signticket tests bench
 	$(PYTHON) -m pytest -q -n 2 --durations=15
 
 # One table + bench/results/suite.json; PyTorch baselines need the extra: pip install -e ".[bench]"

@@ -1,11 +1,11 @@
 """One IMP round end to end on real Fashion-MNIST, its wall time split into its pieces.
 
-What is measured: the AWS CPU config (``experiments/configs/aws_cpu.py``: convnet (16, 32, 64),
-batch 128, SGD 0.05 constant, momentum 0.9, weight decay 5e-4, AWS norm interpolation on,
-global magnitude pruning of 20%) but on a 5,000-example stratified train subset (tiny: 512) of
-the real offline Fashion-MNIST (``signticket.runs.load_dataset``), full 10k test split (tiny:
-1,000), 1 epoch per round, 2 rounds. Each round does what ``lottery.imp`` / ``train_run`` /
-``fit`` do, each piece timed on its own (blocked until done):
+What is measured: the AWS CPU config (``signticket/experiments/configs/aws_cpu.py``: convnet (16,
+32, 64), batch 128, SGD 0.05 constant, momentum 0.9, weight decay 5e-4, AWS norm interpolation on,
+global magnitude pruning of 20%) but on a 5,000-example stratified train subset (tiny: 512) of the
+real offline Fashion-MNIST (``signticket.runs.load_dataset``), full 10k test split (tiny: 1,000), 1
+epoch per round, 2 rounds. Each round does what ``lottery.imp`` / ``train_run`` / ``fit`` do, each
+piece timed on its own (blocked until done):
 
 * training: one epoch of ``engine.train_step`` over on-device batches (``train_batches`` with
   ``to_device`` data), metric sums read back as ``fit`` does;
@@ -42,7 +42,7 @@ PHASES = ("training", "evaluation", "checkpointing", "pruning")
 
 def config(tiny: bool):
     """The AWS CPU config with the subset and round counts of this benchmark."""
-    from experiments.configs import aws_cpu
+    from signticket.experiments.configs import aws_cpu
 
     c = aws_cpu.get_config()
     c.data.train_subset = 512 if tiny else 5000
@@ -117,7 +117,7 @@ def run(tiny: bool = False) -> dict[str, Any]:
                 "remaining": round(1 - float(masks.sparsity(mask).overall), 4),
             })
     return {
-        "config": "experiments/configs/aws_cpu.py (AWS on), 1 epoch/round, 2 rounds",
+        "config": "signticket/experiments/configs/aws_cpu.py (AWS on), 1 epoch/round, 2 rounds",
         "train_examples": dataset.num_train,
         "test_examples": dataset.num_test,
         "batch_size": cfg.batch_size,

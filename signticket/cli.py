@@ -74,8 +74,8 @@ def _cmd_train(args, overrides) -> int:
 
 
 def _suite():
-    # experiments/ holds the configs and table writers; it ships beside the package.
-    from experiments import suite
+    # The experiments (configs and table writers) import the whole lab: loaded on demand.
+    from signticket.experiments import suite
 
     return suite
 
@@ -186,9 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user mistake prints one line ``signticket <command>: error: ...`` and
     returns 2. Only :class:`~signticket.errors.UserError` and the few input/environment errors
     named here are caught: any other exception is a bug and keeps its traceback."""
-    from experiments.cli_common import IncompleteResultsError
     from signticket.data import DatasetUnavailableError
     from signticket.errors import UserError
+    from signticket.experiments.cli_common import IncompleteResultsError
     from signticket.runs import enable_compilation_cache
     from signticket.train import NonFiniteLossError
 

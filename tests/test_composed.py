@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from conftest import synthetic_dataset
 
-from experiments import composed
-from experiments.configs.composed_cpu import base
-from experiments.configs.composed_cpu import get_config as cpu_config
 from signticket import lottery
 from signticket.checkpoint import DONE_FILE, config_hash
+from signticket.experiments import composed
+from signticket.experiments.configs.composed_cpu import base
+from signticket.experiments.configs.composed_cpu import get_config as cpu_config
 from signticket.rebasin import apply_permutation
 from signticket.tree import is_kernel, is_norm, named_leaves
 

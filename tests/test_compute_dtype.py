@@ -6,11 +6,11 @@ import pytest
 from conftest import synthetic_dataset
 from ml_collections import ConfigDict
 
-from experiments import suite
 from signticket import config as config_lib
 from signticket import runs
 from signticket.checkpoint import config_hash
 from signticket.configs import train as train_config
+from signticket.experiments import suite
 
 
 @pytest.mark.parametrize("table", sorted(suite.TABLES))

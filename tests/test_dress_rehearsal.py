@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import suite
+from signticket.experiments import suite
 
 ROOT = Path(__file__).resolve().parent.parent
 MOCK_EXAMPLES = 48  # per split; subsets below take part of them

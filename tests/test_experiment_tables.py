@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from experiments import aws, composed, permuted_masks, sign_alignment, sign_in
-from experiments.configs import (
+from signticket.experiments import aws, composed, permuted_masks, sign_alignment, sign_in
+from signticket.experiments.configs import (
     aws_cpu,
     composed_cpu,
     permuted_fmnist_mlp,
     sign_in_cpu,
     sign_in_cpu_dst,
 )
-from experiments.tables import mean_std
+from signticket.experiments.tables import mean_std
 
 
 def _csv(path):

@@ -15,8 +15,8 @@ import pytest
 from conftest import synthetic_dataset
 from ml_collections import ConfigDict
 
-from experiments.configs.permuted_common import base, imp_ft_sgd, sgd
 from signticket import lottery
+from signticket.experiments.configs.permuted_common import base, imp_ft_sgd, sgd
 from signticket.masks import apply_mask, full_mask, magnitude_prune
 from signticket.rebasin import procedure as proc
 from signticket.rebasin.prune_scope import sparse_rebasin_prunable

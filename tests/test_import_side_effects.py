@@ -95,7 +95,7 @@ def test_missing_extras_name_the_extra(monkeypatch):
         monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
     with pytest.raises(MissingExtraError, match=r"pip install 'signticket\[data\]'"):
         tfds_source.import_tfds()
-    from experiments import common
+    from signticket.experiments import common
 
     with pytest.raises(UserError, match=r"pip install 'signticket\[plots\]'"):
         common.pyplot()

@@ -212,9 +212,9 @@ def test_ticket_start_registry():
 
 
 def test_stage_configs_carry_logging_outside_the_run_identity(tmp_path):
-    from experiments import composed
-    from experiments.configs import composed_cpu
     from signticket.checkpoint import run_dir
+    from signticket.experiments import composed
+    from signticket.experiments.configs import composed_cpu
     from signticket.rebasin import procedure
 
     base = ConfigDict({"seed": 0, "model": {"name": "mlp"}, "batch_size": 8})
@@ -341,7 +341,7 @@ def test_torch_cosine_matches_the_official_imagenet_schedule():
 def test_aws_config_step_schedule_is_the_official_multistep(epochs):
     """MultiStepLR(milestones=[epochs // 2, epochs // 4 * 3], gamma=0.1): for 10 epochs the
     second drop is at epoch 6, not 7.5."""
-    from experiments.configs.aws_common import official_milestones
+    from signticket.experiments.configs.aws_common import official_milestones
     from signticket.schedules import make_schedule
 
     fx = _schedule_fixture()[f"multistep_{epochs}"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments import suite
 from signticket import cli
 from signticket.checkpoint import LOCK_FILE, Checkpointer, RunLockedError, lock_run_dir
+from signticket.experiments import suite
 
 ROOT = Path(__file__).resolve().parents[1]
 # A run of seconds: 512 Fashion-MNIST images, a 2-stage convnet of width 4 and 8.

@@ -12,15 +12,15 @@ import pytest
 from conftest import synthetic_dataset
 from test_rebasin import random_variables
 
-from experiments.configs import (
+from signticket import lottery, masks, models
+from signticket.checkpoint import Checkpointer
+from signticket.experiments.configs import (
     permuted_cifar10_resnet20,
     permuted_cifar10_vgg11,
     permuted_cifar100_resnet20,
     permuted_fmnist_mlp,
 )
-from experiments.configs.permuted_common import base, imp_ft_sgd, sgd
-from signticket import lottery, masks, models
-from signticket.checkpoint import Checkpointer
+from signticket.experiments.configs.permuted_common import base, imp_ft_sgd, sgd
 from signticket.rebasin import apply_permutation, random_perms, spec_for
 from signticket.rebasin import procedure as proc
 from signticket.rebasin.prune_scope import sparse_rebasin_prunable

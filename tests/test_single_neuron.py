@@ -2,7 +2,7 @@
 
 import pytest
 
-from experiments import single_neuron as sn
+from signticket.experiments import single_neuron as sn
 
 
 @pytest.fixture(scope="module")

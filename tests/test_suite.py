@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import cli_common, suite
 from signticket import cli
+from signticket.experiments import cli_common, suite
 
 # Shrinks each quickstart stage to seconds: a few hundred examples, 1-2 epochs, 3 alphas.
 TINY = {
@@ -109,7 +109,7 @@ def test_tables_with_nothing_finished_fails_clearly(tmp_path, capsys):
 
 
 def test_table_only_without_results_names_the_problem(tmp_path, capsys):
-    from experiments import sign_in
+    from signticket.experiments import sign_in
 
     with pytest.raises(SystemExit) as e:
         sign_in.main(["--config", str(suite.CONFIG_DIR / "quickstart_sign_in.py"),

@@ -10,8 +10,9 @@ import logging
 import numpy as np
 import pytest
 
-from experiments import common
-from experiments.tables import (
+from signticket.checkpoint import config_hash
+from signticket.experiments import common
+from signticket.experiments.tables import (
     mean_std,
     paired_differences,
     paper_cell,
@@ -22,7 +23,6 @@ from experiments.tables import (
     wins,
     write_table,
 )
-from signticket.checkpoint import config_hash
 
 # --- numbers -----------------------------------------------------------------------------------
 
@@ -94,7 +94,7 @@ def test_run_seeds_keeps_each_seed_and_reuses_it(tmp_path, caplog):
         calls.append(seed)
         return {"seed": seed, "acc": seed / 10}
 
-    caplog.set_level(logging.INFO, logger="experiments.common")
+    caplog.set_level(logging.INFO, logger="signticket.experiments.common")
     got = common.run_seeds([2, 0], one, cache_dir=tmp_path, tag="abc",
                            describe=lambda s, r: f"seed {s}: acc {r['acc']}")
     assert got == [{"seed": 2, "acc": 0.2}, {"seed": 0, "acc": 0.0}] and calls == [2, 0]
@@ -120,7 +120,7 @@ def test_seed_results_are_every_finished_seed_in_numeric_order(tmp_path):
 
 
 def test_progress_lines_print_without_progress_bars_and_log_with_them(capsys, caplog):
-    caplog.set_level(logging.INFO, logger="experiments.common")
+    caplog.set_level(logging.INFO, logger="signticket.experiments.common")
     common.run_seeds([0], lambda s: s, describe=lambda s, r: f"seed {s} done",
                      announce=common.progress_lines(no_progress=True))
     assert capsys.readouterr().out == "seed 0 done\n" and not caplog.records
@@ -214,10 +214,10 @@ def test_save_figure_writes_and_closes(tmp_path):
 def test_results_round_trip_and_unfinished_results_are_named(tmp_path):
     from ml_collections import ConfigDict
 
-    from experiments.cli_common import IncompleteResultsError, load_results, save_results
+    from signticket.experiments.cli_common import IncompleteResultsError, load_results, save_results
 
     results = [{"seed": 0, "acc": 0.5}, {"seed": 1, "acc": 0.75}]
-    save_results(tmp_path / "out", "aws", "experiments/configs/aws_cpu.py",
+    save_results(tmp_path / "out", "aws", "signticket/experiments/configs/aws_cpu.py",
                  ConfigDict({"seed": 0}), results)
     meta, back = load_results(tmp_path / "out")
     assert back == results and meta["experiment"] == "aws" and meta["config"] == {"seed": 0}

@@ -1,1 +1,0 @@
-"""Experiment scripts: each reproduces a paper table from configs in ``experiments/configs``."""

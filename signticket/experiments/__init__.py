@@ -1,0 +1,1 @@
+"""Experiment scripts: each reproduces a paper table from the configs in ``configs/``."""
