@@ -56,6 +56,7 @@ from signticket.runs import (
     initial_variables,
     train_run,
 )
+from signticket.schedules import torch_cosine
 from signticket.signs import TRANSFER_DEFAULT, sign_transfer
 from signticket.train import PreForward, TrainState
 from signticket.tree import (
@@ -664,21 +665,6 @@ def transfer_init(
 
 #: Schedules built here rather than by ``runs.build_optimizer``.
 EPOCHWISE_SCHEDULES = ("torch_cosine",)
-
-
-def torch_cosine(base_lr: float, epochs: int, steps_per_epoch: int,
-                 eta_min_ratio: float = 0.0) -> optax.Schedule:
-    """``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=epochs, eta_min=ratio * lr)`` stepped
-    once per epoch, as the official ImageNet runs use it (``optim/utils.py``:
-    ``eta_min=args.lr * 0.001``): epoch ``e`` trains at
-    ``eta_min + (lr - eta_min) (1 + cos(pi e / epochs)) / 2``."""
-    eta_min = base_lr * eta_min_ratio
-
-    def schedule(step):
-        e = jnp.minimum(step // steps_per_epoch, epochs)
-        return eta_min + (base_lr - eta_min) * (1 + jnp.cos(jnp.pi * e / epochs)) / 2
-
-    return schedule
 
 
 def stage_tx(optimizer: ConfigDict, epochs: int, steps_per_epoch: int

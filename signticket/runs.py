@@ -144,6 +144,8 @@ def build_schedule(
         milestones=tuple(cfg.get("milestones", (0.5, 0.75))),
         gamma=cfg.get("gamma", 0.1),
         warmup_steps=min(total - 1, cfg.get("warmup_epochs", 0) * steps_per_epoch),
+        steps_per_epoch=steps_per_epoch,
+        eta_min_ratio=cfg.get("eta_min_ratio", 0.0),
     )
 
 

@@ -25,7 +25,8 @@ MOCK_EXAMPLES = 48  # per split; subsets below take part of them
 _AWS = ["data.train_subset=32", "data.test_subset=16", "batch_size=8",
         "imp.warmup_epochs=1", "imp.rounds=1", "imp.epochs_per_round=1", "final.epochs=1",
         "experiment.final_rounds=(1,)", "experiment.seeds=(0,)", "experiment.barrier_points=2",
-        "experiment.bn_batches=1", "experiment.barrier_batch_size=8"]
+        "experiment.bn_batches=1", "experiment.bn_batch_size=8",
+        "experiment.barrier_batch_size=8"]
 _PERMUTED = ["data.train_subset=32", "data.test_subset=16", "batch_size=8", "dense_epochs=2",
              "rewind_epochs=(1,)", "imp.ft_epochs=1", "imp.fraction=0.5",
              "experiment.sparsities=(0.5,)", "experiment.seeds=(0,)",
@@ -33,8 +34,7 @@ _PERMUTED = ["data.train_subset=32", "data.test_subset=16", "batch_size=8", "den
              "experiment.barrier_batch_size=8", "matching.batches=1", "matching.batch_size=8"]
 _SIGN_IN = ["data.train_subset=32", "data.test_subset=16", "batch_size=8", "epochs=1",
             "method.reset_epochs=1", "experiment.seeds=(0,)", "experiment.sparsities=(0.9,)",
-            "experiment.hessian_batch=8", "experiment.hessian_iters=2",
-            "experiment.rigl_batch=8"]
+            "experiment.hessian_batch=8", "experiment.hessian_iters=2"]
 _COMPOSED = ["data.train_subset=32", "data.test_subset=16", "batch_size=8",
              "aws.imp.warmup_epochs=1", "aws.imp.rounds=2", "aws.final.epochs=1",
              "permuted.dense_epochs=2", "permuted.rewind_epoch=1", "permuted.imp.rewind_epoch=1",
