@@ -48,7 +48,7 @@ class Table:
         return CONFIG_DIR / f"{self.config if scale == 'paper' else self.cpu_config}.py"
 
     def module(self) -> ModuleType:
-        return importlib.import_module(f"experiments.{self.experiment}")
+        return importlib.import_module(f"signticket.experiments.{self.experiment}")
 
 
 TABLES: dict[str, Table] = {t.name: t for t in (
@@ -198,7 +198,7 @@ def regenerate_tables(results: Path) -> tuple[list[str], list[str]]:
     for out in dirs:
         try:
             meta, res = load_results(out)
-            module = importlib.import_module(f"experiments.{meta['experiment']}")
+            module = importlib.import_module(f"signticket.experiments.{meta['experiment']}")
         except (IncompleteResultsError, ModuleNotFoundError, KeyError) as e:
             problems.append(str(e))
             continue
@@ -231,7 +231,7 @@ def quickstart(*, results: Path, runs_root: str, data_dir: str | None, progress:
     results = Path(results)
     done = []
     for i, (experiment, config_name) in enumerate(QUICKSTART, 1):
-        module = importlib.import_module(f"experiments.{experiment}")
+        module = importlib.import_module(f"signticket.experiments.{experiment}")
         path = CONFIG_DIR / f"{config_name}.py"
         print(f"\n=== quickstart {i}/{len(QUICKSTART)}: {module.TITLE} ({path.name}) ===",
               flush=True)
