@@ -60,3 +60,15 @@ def pytest_configure(config):
     from signticket.runs import enable_compilation_cache
 
     enable_compilation_cache()
+
+
+# A two-layer tanh MLP's loss on fixed inputs, with a sin term on every leaf so that no gradient
+# vanishes: the dense-to-sparse transforms' tests (RiGL, AC/DC, STR) share it.
+TOY_X = jnp.linspace(-1.0, 1.0, 32).reshape(4, 8)
+
+
+def toy_mlp_loss(params, x):
+    h = x @ params["fc0"]["kernel"] + params["fc0"]["bias"]
+    out = jnp.tanh(h) @ params["head"]["kernel"] + params["head"]["bias"]
+    conv = sum(jnp.sum(jnp.sin(p)) for p in jax.tree.leaves(params))
+    return jnp.sum(out**2) / 100.0 + conv

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from conftest import make_params
+from conftest import TOY_X, make_params, toy_mlp_loss
 
 from signticket import masks, optim
 from signticket.acdc import acdc, acdc_phases, magnitude_mask
@@ -14,14 +14,8 @@ from signticket.dst import find
 from signticket.rigl import drop_fraction, rigl, rigl_masks
 from signticket.sign_in import reparameterized, sign_in
 
-X = jnp.linspace(-1.0, 1.0, 32).reshape(4, 8)
-
-
-def _loss(params, x):
-    h = x @ params["fc0"]["kernel"] + params["fc0"]["bias"]
-    out = jnp.tanh(h) @ params["head"]["kernel"] + params["head"]["bias"]
-    conv = sum(jnp.sum(jnp.sin(p)) for p in jax.tree.leaves(params))
-    return jnp.sum(out**2) / 100.0 + conv
+X = TOY_X
+_loss = toy_mlp_loss
 
 
 def _inner(kind, mask):

@@ -5,20 +5,14 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from conftest import make_params
+from conftest import TOY_X, make_params, toy_mlp_loss
 
 from signticket import optim
 from signticket.sign_in import sign_in
 from signticket.str_sparsity import initial_params, soft_threshold, str_sparsity
 
-X = jnp.linspace(-1.0, 1.0, 32).reshape(4, 8)
-
-
-def _loss(params, x):
-    h = x @ params["fc0"]["kernel"] + params["fc0"]["bias"]
-    out = jnp.tanh(h) @ params["head"]["kernel"] + params["head"]["bias"]
-    conv = sum(jnp.sum(jnp.sin(p)) for p in jax.tree.leaves(params))
-    return jnp.sum(out**2) / 100.0 + conv
+X = TOY_X
+_loss = toy_mlp_loss
 
 
 def test_one_step_is_sgd_on_latent_and_threshold_through_the_soft_threshold():
