@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from signticket.errors import UserError
+from signticket.losses import cross_entropy
 from signticket.sharding import DATA_AXIS, make_mesh
 from signticket.tree import PyTree, check_same_structure
 
@@ -34,11 +34,6 @@ class BarrierCurve(NamedTuple):
     error: jax.Array
     loss: jax.Array
 
-
-
-def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    # The engine's loss (signticket.train.cross_entropy), without importing the engine.
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 def interpolate(a: PyTree, b: PyTree, alpha: float | jax.Array) -> PyTree:
     """``(1 - alpha) a + alpha b`` leafwise (``alpha=0`` gives ``a``, ``alpha=1`` gives ``b``)."""
@@ -332,7 +327,7 @@ def _curve_fn(model, preprocess, reestimate_bn: bool, alpha_chunk: int, bn_mode:
             x, y, w = batch
             logits = model.apply(variables, preprocess(x, None, False), train=False)
             wrong = jnp.sum((jnp.argmax(logits, -1) != y) * w)
-            return (acc[0] + wrong, acc[1] + jnp.sum(_cross_entropy(logits, y) * w)), None
+            return (acc[0] + wrong, acc[1] + jnp.sum(cross_entropy(logits, y) * w)), None
 
         (wrong, loss), _ = jax.lax.scan(
             body, (jnp.zeros(()), jnp.zeros(())), (test_x, test_y, test_w)

@@ -40,14 +40,12 @@ from pathlib import Path
 import flax.serialization
 import jax
 import jax.numpy as jnp
-import optax
 from ml_collections import ConfigDict
 
 from signticket import data as data_lib
 from signticket.checkpoint import run_dir
 from signticket.errors import UserError
 from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune, sparsity
-from signticket.optim import make_optimizer, masked
 from signticket.rebasin.prune_scope import sparse_rebasin_prunable
 from signticket.runs import (
     DEFAULT_RUNS_ROOT,
@@ -56,7 +54,6 @@ from signticket.runs import (
     initial_variables,
     train_run,
 )
-from signticket.schedules import torch_cosine
 from signticket.signs import TRANSFER_DEFAULT, sign_transfer
 from signticket.train import PreForward, TrainState
 from signticket.tree import (
@@ -663,24 +660,6 @@ def transfer_init(
     return TICKET_STARTS[kind](source, fresh)
 
 
-#: Schedules built here rather than by ``runs.build_optimizer``.
-EPOCHWISE_SCHEDULES = ("torch_cosine",)
-
-
-def stage_tx(optimizer: ConfigDict, epochs: int, steps_per_epoch: int
-             ) -> optax.GradientTransformation | None:
-    """The masked optimizer of a stage whose schedule is one of :data:`EPOCHWISE_SCHEDULES`
-    (``None``: ``train_run`` builds the others)."""
-    if optimizer.schedule not in EPOCHWISE_SCHEDULES:
-        return None
-    sched = torch_cosine(optimizer.learning_rate, epochs, steps_per_epoch,
-                         optimizer.get("eta_min_ratio", 0.0))
-    kwargs = {"weight_decay": optimizer.get("weight_decay", 0.0)}
-    if optimizer.name == "sgd":
-        kwargs["momentum"] = optimizer.get("momentum", 0.9)
-    return masked(make_optimizer(optimizer.name, sched, **kwargs))
-
-
 def final_run(
     kind: str,
     source: Round | None,
@@ -714,7 +693,6 @@ def final_run(
     # e.g. "final-sign_transfer-imp-constant-aws-r10": the kind and the round it came from
     name = f"final-{kind}" + (
         f"-{source.directory.name.rsplit('-', 1)[0]}" if source and source.directory else "")
-    steps = data_lib.steps_per_epoch(len(dataset.train_labels), cfg.batch_size)
     return train_run(
         cfg,
         dataset,
@@ -723,6 +701,5 @@ def final_run(
         init_params=params,
         init_batch_stats=stats,
         mask=mask,
-        tx=stage_tx(cfg.optimizer, cfg.epochs, steps),
         progress=progress,
     )

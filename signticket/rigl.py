@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from signticket.dst import mask_updater
+from signticket.losses import cross_entropy
 from signticket.sign_in import get_mask, set_mask
 from signticket.tree import LeafPredicate, PyTree, check_same_structure, named_leaves
 from signticket.tree import is_prunable as _is_prunable
@@ -149,8 +150,6 @@ def dense_grad_fn(
     """``state -> dL/dtheta`` on a fixed batch (no augmentation; BatchNorm in training mode,
     its statistics update discarded), jit-compiled once. A fixed batch keeps RiGL
     deterministic, so a resumed run regrows the same weights."""
-    from signticket.train import cross_entropy  # the lab's loss; keeps the core import light
-
     images = jnp.asarray(images)
     labels = jnp.asarray(labels)
 

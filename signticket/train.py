@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from signticket.losses import cross_entropy
 from signticket.sharding import batch_sharded, make_mesh, replicated
 from signticket.tree import PyTree
 
@@ -46,11 +47,6 @@ class TrainState:
 
 def _identity_preprocess(images, rng, train):
     return jnp.asarray(images, jnp.float32)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example softmax cross-entropy with integer labels."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
 def _variables(params, batch_stats):

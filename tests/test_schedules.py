@@ -27,12 +27,11 @@ def test_bad_schedule():
 def test_torch_cosine_is_a_schedule_every_run_config_may_name():
     """AWS's ImageNet final runs use it: the config check must accept it (it once rejected the
     paper config before any training) and make_schedule must build the official curve."""
-    from signticket import lottery
-    from signticket.schedules import SCHEDULES, make_schedule
+    from signticket.schedules import SCHEDULES, make_schedule, torch_cosine
 
     assert "torch_cosine" in SCHEDULES
     built = make_schedule("torch_cosine", 0.1, 10 * 7, steps_per_epoch=7, eta_min_ratio=1e-3)
-    direct = lottery.torch_cosine(0.1, 10, 7, 1e-3)
+    direct = torch_cosine(0.1, 10, 7, 1e-3)
     for step in (0, 6, 7, 34, 69, 70):
         assert abs(float(built(step)) - float(direct(step))) < 1e-9
     assert float(built(69)) > 0.1 * 1e-3 and abs(float(built(0)) - 0.1) < 1e-6
