@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 DONE_FILE = "DONE.json"
+#: Sketches of the arrays a run started from (``signticket.run_desc.check_inputs``).
+INPUTS_FILE = "inputs.json"
 LOCK_FILE = "LOCK"
 CHECKPOINTS = "checkpoints"
 #: Prefix of checkpoint steps moved aside as corrupt (orbax ignores non-numeric names).

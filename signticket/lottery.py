@@ -43,10 +43,10 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from signticket import data as data_lib
-from signticket.checkpoint import run_dir
 from signticket.errors import UserError
 from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune, sparsity
 from signticket.rebasin.prune_scope import sparse_rebasin_prunable
+from signticket.run_desc import Input, RunDesc
 from signticket.runs import (
     DEFAULT_RUNS_ROOT,
     RunResult,
@@ -114,6 +114,7 @@ class Round:
     batch_stats: PyTree
     mask: PyTree
     summary: dict[str, float]
+    name: str = ""  # the run's name (its directory is ``<name>-<hash>``); "" if hand-built
 
     @property
     def pruned_params(self) -> PyTree:
@@ -392,6 +393,7 @@ def imp_rounds(
     name: str = "imp",
     pre_forward: PreForward | None = None,
     hook_state: PyTree | None = None,
+    hook_state_source: str = "none",
     runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
     progress: bool = True,
     epochs: int | None = None,
@@ -431,26 +433,31 @@ def imp_rounds(
             data_seed=config.data_seed + r, kept=n_kept, pruned=total - n_kept,
         )
         if run_config is None:
-            cfg = _stage_config(config, "imp", round=r, epochs=run.epochs, parent=run.parent,
-                                kept=n_kept, **_imp_identity(config))
+            cfg = _stage_config(config, "imp", round=r, epochs=run.epochs,
+                                **_imp_identity(config))
             cfg.optimizer = run.optimizer
             cfg.data_seed = run.data_seed
         else:
             cfg = run_config(run)
+        pruned_from = f"prune({run.parent}, {predicate_name}, kept {n_kept})"
+        start = f"{policy.name}.start({run.parent}" + (", rewind point)" if rewind else ")")
+        run_name = f"{name}-r{r:02d}"
         res = train_run(
-            cfg,
+            RunDesc(
+                cfg,
+                name=run_name,
+                init_params=Input(apply_mask(params, mask), f"{start} * {pruned_from}"),
+                init_batch_stats=Input(stats, start),
+                mask=Input(mask, pruned_from),
+                hook_state=None if hook_state is None else Input(hook_state, hook_state_source),
+                pre_forward=pre_forward,
+            ),
             dataset,
-            name=f"{name}-r{r:02d}",
             runs_root=runs_root,
-            init_params=apply_mask(params, mask),
-            init_batch_stats=stats,
-            mask=mask,
-            pre_forward=pre_forward,
-            hook_state=hook_state,
             progress=progress,
         )
         parent = Round(r, res.directory, res.state.params, res.state.batch_stats, mask,
-                       res.summary)
+                       res.summary, name=run_name)
         yield parent
 
 
@@ -545,29 +552,30 @@ def imp(
     warm_cfg = _stage_config(config, "imp", round=0, epochs=imp_cfg.warmup_epochs, **identity)
     warm_cfg.optimizer = policy.warmup_optimizer(config)
     check_run_config(warm_cfg, runs_root)  # before any directory exists
-    warm_dir = run_dir(runs_root, warm_cfg, f"{tag}-r00")
+    init_source = f"init(seed {config.seed})"
+    hook_source = f"psi_init = {init_source}" if aws else "none"
+    warm = RunDesc(
+        warm_cfg,
+        name=f"{tag}-r00",
+        init_params=Input(init["params"], init_source),
+        init_batch_stats=Input(init["batch_stats"], init_source),
+        hook_state=None if hook_state is None else Input(hook_state, hook_source),
+        pre_forward=hook,
+    )
+    warm_dir = warm.directory(runs_root)
     rewind_hook = (
         _save_rewind(warm_dir, imp_cfg.rewind_epoch)
         if policy.rewinds and imp_cfg.rewind_epoch > 0
         else None
     )
-    res = train_run(
-        warm_cfg,
-        dataset,
-        name=f"{tag}-r00",
-        runs_root=runs_root,
-        init_params=init["params"],
-        init_batch_stats=init["batch_stats"],
-        pre_forward=hook,
-        hook_state=hook_state,
-        on_epoch_end=rewind_hook,
-        progress=progress,
-    )
+    res = train_run(warm, dataset, runs_root=runs_root, on_epoch_end=rewind_hook,
+                    progress=progress)
     round0 = Round(0, res.directory, res.state.params, res.state.batch_stats,
-                   full_mask(res.state.params), res.summary)
+                   full_mask(res.state.params), res.summary, name=warm.name)
     rewind = _rewind_point(imp_cfg, init, res)
     later = imp_rounds(config, dataset, round0, rewind=rewind, name=tag, pre_forward=hook,
-                       hook_state=hook_state, runs_root=runs_root, progress=progress)
+                       hook_state=hook_state, hook_state_source=hook_source,
+                       runs_root=runs_root, progress=progress)
     return [round0, *later]
 
 
@@ -677,29 +685,21 @@ def final_run(
     order (default ``config.data_seed``). The official final runs take ``--seed ft_seed`` for
     the data order and draw the init before seeding, so two final runs of one kind differ in
     init *and* data order: pass different ``data_seed`` for them."""
-    cfg = _stage_config(
-        config,
-        "final",
-        kind=kind,
-        source=source.directory.name if source is not None and source.directory else "none",
-        epochs=config.final.epochs,
-    )
+    cfg = _stage_config(config, "final", kind=kind, epochs=config.final.epochs)
     cfg.optimizer = ConfigDict(config.final.optimizer.to_dict())
     cfg.seed = config.seed if kind in NO_FRESH_INIT else init_seed
     if data_seed is not None:
         cfg.data_seed = data_seed
     fresh = initial_variables(cfg, dataset)
     params, stats, mask = transfer_init(kind, source, fresh)
+    parent = source.directory.name if source is not None and source.directory else "none"
+    recipe = f"{kind}({parent}" + (")" if kind in NO_FRESH_INIT else f", init seed {cfg.seed})")
     # e.g. "final-sign_transfer-imp-constant-aws-r10": the kind and the round it came from
-    name = f"final-{kind}" + (
-        f"-{source.directory.name.rsplit('-', 1)[0]}" if source and source.directory else "")
+    name = f"final-{kind}" + (f"-{source.name}" if source is not None and source.name else "")
     return train_run(
-        cfg,
+        RunDesc(cfg, name=name, init_params=Input(params, recipe),
+                init_batch_stats=Input(stats, recipe), mask=Input(mask, recipe)),
         dataset,
-        name=name,
         runs_root=runs_root,
-        init_params=params,
-        init_batch_stats=stats,
-        mask=mask,
         progress=progress,
     )

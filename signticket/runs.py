@@ -21,13 +21,12 @@ from signticket.checkpoint import (
     check_runs_root,
     is_primary,
     lock_run_dir,
-    run_dir,
-    run_identity,
 )
 from signticket.errors import UserError
 from signticket.fit import EpochHook, fit
 from signticket.metrics import make_writer, writer_names
 from signticket.optim import make_optimizer, masked
+from signticket.run_desc import RunDesc, as_desc, check_inputs
 from signticket.schedules import make_schedule
 from signticket.sharding import make_mesh
 from signticket.train import Engine, PreForward, TrainState
@@ -227,26 +226,24 @@ class RunResult:
 
 
 def train_run(
-    config: ConfigDict,
+    desc: RunDesc | ConfigDict,
     dataset: data_lib.Dataset | data_lib.Source,
     *,
-    name: str = "train",
+    name: str | None = None,
     runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
-    init_params: PyTree | None = None,
-    init_batch_stats: PyTree | None = None,
-    mask: PyTree | None = None,
-    pre_forward: PreForward | None = None,
-    hook_state: PyTree | None = None,
-    tx: optax.GradientTransformation | None = None,
     on_epoch_end: EpochHook | None = None,
     progress: bool = True,
     mesh=None,
     learning_rate: optax.ScalarOrSchedule | None = None,
 ) -> RunResult:
-    """Train one run described by ``config`` in its own resumable run directory.
+    """Train the run ``desc`` describes in its own resumable run directory.
 
-    Methods pass what they change (initial params, a mask, a pre-forward hook, an optimizer);
-    anything passed must also be described in ``config`` so the run directory tells runs apart.
+    ``desc`` is a :class:`~signticket.run_desc.RunDesc`: the config plus every input the run
+    starts from (initial params and batch statistics, a mask, hook state, an optimizer), each
+    an :class:`~signticket.run_desc.Input` naming where it came from, and the pre-forward hook.
+    The directory is named by all of that (:meth:`RunDesc.hashname`), and ``inputs.json`` in it
+    pins the inputs' values: a directory is never reused for different inputs. A bare config
+    is a run with no inputs (a fresh init from its seed). ``name`` overrides ``desc.name``.
 
     The config is validated (:func:`check_run_config`) before the run directory is made, and
     the directory is locked (:func:`~signticket.checkpoint.lock_run_dir`) for the whole run: a
@@ -259,6 +256,10 @@ def train_run(
     """
     from signticket.optim import set_mask
 
+    desc = as_desc(desc, name)
+    config = desc.config
+    init_params, mask = desc.value("init_params"), desc.value("mask")
+    tx, pre_forward = desc.value("tx"), desc.pre_forward
     # Every check that needs no data first: a bad value fails before any directory is made.
     check_run_config(config, runs_root)
     build_model(config.model, dataset.num_classes)  # unknown model keywords: before any dir
@@ -266,9 +267,10 @@ def train_run(
     if config.batch_size > n_train:
         raise UserError(f"batch_size {config.batch_size} is larger than the "
                         f"{n_train} training examples of {dataset.name}")
-    directory = run_dir(runs_root, config, name)
+    directory = desc.directory(runs_root)
     # Locked before the engine is built: a second process on this run fails in a moment.
     with lock_run_dir(directory):
+        check_inputs(directory, desc)
         mesh = mesh or make_mesh()
         steps = data_lib.steps_per_epoch(n_train, config.batch_size)
         if tx is None:
@@ -281,8 +283,8 @@ def train_run(
             jax.random.PRNGKey(config.seed),
             data_lib.sample_images(dataset),
             params=init_params,
-            batch_stats=init_batch_stats,
-            hook_state=hook_state,
+            batch_stats=desc.value("init_batch_stats"),
+            hook_state=desc.value("hook_state"),
         )
         if mask is not None:
             state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
@@ -292,7 +294,7 @@ def train_run(
         schedule = (build_schedule(config.optimizer, config.epochs, steps)
                     if tx is None else learning_rate)
         # One history per run: process 0 writes it (all processes see the same numbers).
-        writer = (make_writer(directory, _logging_config(config), config=run_identity(config))
+        writer = (make_writer(directory, _logging_config(config), config=desc.identity())
                   if is_primary() else None)
         try:
             state, summary = fit(
@@ -308,7 +310,7 @@ def train_run(
                 checkpoint_every=config.get("checkpoint_every", 1),
                 on_epoch_end=on_epoch_end,
                 progress=progress,
-                desc=name,
+                desc=desc.name,
                 learning_rate=schedule,
             )
         finally:

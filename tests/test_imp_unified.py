@@ -4,9 +4,10 @@ gives exactly what the permuted pipeline's own IMP loop gave before the unificat
 ``_reference_imp_masks`` is that loop, kept verbatim (only made self-contained) as the spec. Both
 build their masks from the same trained dense run on a tiny synthetic dataset, for IMP-FT and
 IMP-rewind, the official scope (``sparse_rebasin``, head pruned) and the library default
-(``no_head``), several targets sharing one chain. They must agree on every mask, the run
-directory each target was cut from (same run identities, so existing run directories are
-reused), the number of rounds, and the fine-tuned weights of every round.
+(``no_head``), several targets sharing one chain. They must agree on every mask, the round
+each target was cut from, the number of rounds, the fine-tuned weights of every round and each
+round's run config; the driver's rounds name their parent run in their inputs' sources
+(``signticket.run_desc``), which the pre-unification loop did through its config.
 """
 
 import chex
@@ -20,6 +21,7 @@ from signticket.experiments.configs.permuted_common import base, imp_ft_sgd, sgd
 from signticket.masks import apply_mask, full_mask, magnitude_prune
 from signticket.rebasin import procedure as proc
 from signticket.rebasin.prune_scope import sparse_rebasin_prunable
+from signticket.run_desc import Input, RunDesc
 from signticket.runs import train_run
 from signticket.tree import is_prunable, named_leaves
 
@@ -74,9 +76,11 @@ def _reference_imp_masks(config, dataset, dense, targets, *, seed, runs_root):
                                 epochs=epochs, data_seed=seed + r, parent=parent, round=r,
                                 pruned=pruned + step,
                                 **({} if scope == "no_head" else {"prune_scope": scope}))
-        res = train_run(cfg, dataset, name=f"pm-imp-{imp.mode}-r{r:02d}", runs_root=runs_root,
-                        init_params=start, init_batch_stats=start_stats, mask=mask,
-                        progress=False)
+        desc = RunDesc(cfg, name=f"pm-imp-{imp.mode}-r{r:02d}",
+                       init_params=Input(start, f"reference loop from {parent}"),
+                       init_batch_stats=Input(start_stats, f"reference loop from {parent}"),
+                       mask=Input(mask, f"reference loop from {parent}"))
+        res = train_run(desc, dataset, runs_root=runs_root, progress=False)
         params, stats, parent = res.state.params, res.state.batch_stats, res.directory.name
         trained.append(params)
     return out_masks, sources, r, trained
@@ -115,18 +119,48 @@ def test_imp_masks_reproduce_the_pre_unification_loop(dense, tmp_path, imp):
     got = proc.imp_masks(config, ds, run, targets, seed=3, runs_root=tmp_path / "new",
                          progress=False)
     assert got.rounds == want_rounds > 0
-    assert got.sources == want_sources  # same run identities (directory names)
     chex.assert_trees_all_equal(got.masks, want_masks)
     # Every round trained to the same weights under the same mask ...
     chex.assert_trees_all_equal([r.params for r in got.chain], want_params)
-    assert all(r.directory.name in want_sources.values() or r.index < got.rounds
-               for r in got.chain)
-    # ... in runs of the same identity: the same directory names, so the reference loop run
-    # against the new root reuses every finished round.
-    new_dirs = sorted(p.name for p in (tmp_path / "new").iterdir() if p.name.startswith("pm-imp"))
-    old_dirs = sorted(p.name for p in (tmp_path / "old").iterdir() if p.name.startswith("pm-imp"))
-    assert new_dirs == old_dirs and len(new_dirs) == want_rounds
-    assert [r.directory.name for r in got.chain] == new_dirs
+    # ... from runs with the same config (the identity minus the inputs' sources, which now
+    # name each round's parent run) ...
+    configs = {}
+    for root in ("old", "new"):
+        runs = sorted((p for p in (tmp_path / root).iterdir() if p.name.startswith("pm-imp")),
+                      key=lambda p: _identity(p)["round"])
+        configs[root] = [_identity(p) for p in runs]
+    assert len(configs["new"]) == want_rounds
+    # (the reference loop's config named its parent: the driver's inputs do that now)
+    def hyperparameters(c):
+        return {k: v for k, v in c.items() if k not in ("inputs", "parent")}
+
+    assert [hyperparameters(c) for c in configs["new"]] == [
+        hyperparameters(c) for c in configs["old"]]
+    assert all("parent" in c for c in configs["old"])
+    # ... each naming its parent run: round r's inputs come from round r - 1's directory.
+    parents = [run.directory.name, *[r.directory.name for r in got.chain[:-1]]]
+    for c, parent in zip(configs["new"], parents, strict=True):
+        assert all(parent in source for source in c["inputs"].values())
+    # The cuts come from the same rounds.
+    def round_of(directory):
+        return _identity(directory).get("round", 0)  # the dense run is round 0
+
+    assert {t: round_of(tmp_path / "new" / name) for t, name in got.sources.items()
+            if name.startswith("pm-imp")} == {
+        t: round_of(tmp_path / "old" / name) for t, name in want_sources.items()
+        if name.startswith("pm-imp")}
+    assert {t for t, n in got.sources.items() if n == run.directory.name} == {
+        t for t, n in want_sources.items() if n == run.directory.name}
+
+
+def _identity(directory):
+    import json
+
+    from signticket.provenance import PROVENANCE_KEY
+
+    c = json.loads((directory / "config.json").read_text())
+    c.pop(PROVENANCE_KEY, None)
+    return c
 
 
 def test_exact_cut_is_a_registered_count_rule_and_scopes_are_lottery_scopes():

@@ -239,11 +239,11 @@ def test_killed_pipeline_resumes_at_its_round(tmp_path, monkeypatch):
 
     real, calls = lottery.train_run, []
 
-    def killing(config, dataset, **kw):
-        calls.append(kw["name"])
-        if kw["name"].endswith("r02") and calls.count(kw["name"]) == 1:
+    def killing(desc, dataset, **kw):
+        calls.append(desc.name)
+        if desc.name.endswith("r02") and calls.count(desc.name) == 1:
             raise KeyboardInterrupt
-        return real(config, dataset, **kw)
+        return real(desc, dataset, **kw)
 
     monkeypatch.setattr(lottery, "train_run", killing)
     with pytest.raises(KeyboardInterrupt):

@@ -57,6 +57,7 @@ from signticket.rebasin import (
     procedure,
     spec_for,
 )
+from signticket.run_desc import Input, RunDesc
 from signticket.runs import initial_variables, load_dataset, train_run
 from signticket.signs import sign_flips, sign_transfer
 from signticket.tree import PyTree, is_kernel
@@ -177,9 +178,12 @@ def train_arm(cfg: ConfigDict, dataset: data_lib.Dataset, params: PyTree, batch_
     # Without Sign-In make_tx is build_optimizer's masked SGD, exactly what train_run's cached
     # engine builds: tx=None shares that engine's compiled step across seeds and arms.
     tx = make_tx(cfg, steps) if cfg.method.sign_in else None
-    res = train_run(cfg, dataset, name=f"composed-{cfg.arm}", runs_root=runs_root,
-                    init_params=params, init_batch_stats=batch_stats, mask=mask, tx=tx,
-                    progress=progress)
+    # The arm's config names where its start comes from (``arm_config``'s provenance keys).
+    recipe = f"start of arm {cfg.arm} from the runs its config names"
+    desc = RunDesc(cfg, name=f"composed-{cfg.arm}", init_params=Input(params, recipe),
+                   init_batch_stats=Input(batch_stats, recipe), mask=Input(mask, recipe),
+                   tx=None if tx is None else Input(tx, "make_tx of the arm's config"))
+    res = train_run(desc, dataset, runs_root=runs_root, progress=progress)
     return {"test_accuracy": float(res.summary["test_accuracy"]), "dir": str(res.directory),
             # over every kernel, the dense head included (as experiments.sign_in counts them)
             "flips_in_training": float(sign_flips(params, res.state.params, mask,

@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from signticket.checkpoint import run_dir
 from signticket.experiments import sign_in as si
 from signticket.experiments.cli_common import experiment_main
 from signticket.experiments.common import progress_lines, run_seeds
 from signticket.experiments.tables import mean_std, paired_differences, write_table
+from signticket.run_desc import Input, RunDesc
 from signticket.runs import initial_variables, load_dataset, train_run
 from signticket.tree import PyTree, is_kernel
 
@@ -117,13 +117,15 @@ def align_source(config: ConfigDict, src_arm: str, seed: int, sparsity: float, d
         fresh = initial_variables(cfg, dataset)
         init = transfer(kind, fresh["params"], snaps, config.epochs, final_mask)
         name = f"sign_alignment-{src_arm}-{kind}"
-        res = train_run(cfg, dataset, name=name, runs_root=runs_root, init_params=init,
-                        init_batch_stats=fresh["batch_stats"], mask=final_mask,
-                        progress=progress)
+        recipe = f"{kind}({src_dir.name}, init seed {cfg.seed})"
+        desc = RunDesc(cfg, name=name, init_params=Input(init, recipe),
+                       init_batch_stats=Input(fresh["batch_stats"], f"init seed {cfg.seed}"),
+                       mask=Input(final_mask, f"final mask of {src_dir.name}"))
+        res = train_run(desc, dataset, runs_root=runs_root, progress=progress)
         acc = float(res.summary["test_accuracy"])
         results.append({"source": src_arm, "variant": kind, "seed": seed,
                         "sparsity": sparsity, "test_accuracy": acc,
-                        "dir": str(run_dir(runs_root, cfg, name))})
+                        "dir": str(res.directory)})
         announce(f"seed {seed} {src_arm} {kind}: acc {acc:.4f}")
     return results
 

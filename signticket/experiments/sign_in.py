@@ -32,7 +32,7 @@ from ml_collections import ConfigDict
 
 from signticket import data as data_lib
 from signticket.acdc import acdc, acdc_phases
-from signticket.checkpoint import run_dir, write_json_atomic
+from signticket.checkpoint import write_json_atomic
 from signticket.curvature import top_hessian_eigenvalue
 from signticket.errors import UserError
 from signticket.experiments.cli_common import experiment_main
@@ -40,6 +40,7 @@ from signticket.experiments.common import progress_lines, pyplot, run_seeds, sav
 from signticket.experiments.tables import mean_std, paired_differences, paper_columns, write_table
 from signticket.optim import get_mask, sign_in
 from signticket.rigl import rigl
+from signticket.run_desc import Input, RunDesc
 from signticket.runs import (
     build_model,
     build_optimizer,
@@ -310,19 +311,24 @@ def run_arm(config: ConfigDict, arm: str, seed: int, sparsity: float, dataset, r
     exp = config.experiment
     name = f"sign_in-{arm}"
     check_run_config(cfg, runs_root)  # before any directory exists
-    directory = run_dir(runs_root, cfg, name)
     variables = initial_variables(cfg, dataset)
     mask = start_mask(jax.random.PRNGKey(10_000 + seed), variables["params"], cfg)
     init = jax.tree.map(lambda p, m: jnp.where(m, p, 0), variables["params"], mask)
     steps = data_lib.steps_per_epoch(len(dataset.train_labels), cfg.batch_size)
     model = build_model(cfg.model, dataset.num_classes)
+    # Init, mask and optimizer all follow from the arm's config (seed, method, sparsity).
+    recipe = f"arm_config({arm}, seed {seed}, sparsity {sparsity})"
+    desc = RunDesc(cfg, name=name, init_params=Input(init, f"init * start_mask of {recipe}"),
+                   init_batch_stats=Input(variables["batch_stats"], f"init of {recipe}"),
+                   mask=Input(mask, f"start_mask of {recipe}"),
+                   tx=Input(make_tx(cfg, steps), f"make_tx of {recipe}"),
+                   hook_state=Input({"flips": flip_tracker(init), "mask": mask},
+                                    "flip tracker (zero) and start mask"))
+    directory = desc.directory(runs_root)
     hook = epoch_hook(directory / "sign_metrics.jsonl", init, mask, cfg,
                       snapshots=(directory, tuple(exp.get("snapshot_epochs", ()))))
-    result = train_run(cfg, dataset, name=name, runs_root=runs_root, init_params=init,
-                       init_batch_stats=variables["batch_stats"], mask=mask,
-                       tx=make_tx(cfg, steps),
-                       hook_state={"flips": flip_tracker(init), "mask": mask},
-                       on_epoch_end=hook, progress=progress)
+    result = train_run(desc, dataset, runs_root=runs_root, on_epoch_end=hook,
+                       progress=progress)
     final_path = directory / "final_metrics.json"
     if final_path.exists():
         final = json.loads(final_path.read_text())

@@ -48,6 +48,7 @@ from signticket.rebasin.registry import spec_for
 from signticket.rebasin.resnet_specs import with_stream_sites
 from signticket.rebasin.spec import Perms, PermutationSpec
 from signticket.rebasin.weight_matching import weight_matching
+from signticket.run_desc import Input, RunDesc
 from signticket.runs import (
     DEFAULT_RUNS_ROOT,
     build_model,
@@ -235,8 +236,8 @@ def imp_masks(config: ConfigDict, dataset: data_lib.Dataset, dense: DenseRun,
 
     def run_config(run: lottery.RoundRun) -> ConfigDict:
         return stage_config(config, f"imp_{imp.mode}", seed=seed, optimizer=run.optimizer,
-                            epochs=run.epochs, data_seed=run.data_seed, parent=run.parent,
-                            round=run.index, pruned=run.pruned, **_scope_key(imp))
+                            epochs=run.epochs, data_seed=run.data_seed, round=run.index,
+                            pruned=run.pruned, **_scope_key(imp))
 
     params = dense.final["params"]
     round0 = lottery.Round(0, dense.directory, params, dense.final["batch_stats"],
@@ -385,9 +386,15 @@ def run_seed(config: ConfigDict, dataset: data_lib.Dataset, seed: int, *,
                     matching=config.matching.to_dict() if method == "permuted" else "none",
                     control_seed=seed + exp.control_seed_offset if method == "random" else -1,
                 )
-                res = train_run(cfg, dataset, name=f"pm-sparse-{method}", runs_root=runs_root,
-                                init_params=params, init_batch_stats=stats, mask=mask,
-                                progress=progress)
+                source = f"sparse_init({method}, {cfg.init_from} at rewind {k}"
+                mask_source = f"cut({imp.sources[s]}, {s})" + {
+                    "permuted": f" permuted by {config_hash(info)}",
+                    "random": f" permuted at random (seed {cfg.control_seed})"}.get(method, "")
+                desc = RunDesc(cfg, name=f"pm-sparse-{method}",
+                               init_params=Input(params, f"{source}) * {mask_source}"),
+                               init_batch_stats=Input(stats, f"{source})"),
+                               mask=Input(mask, mask_source))
+                res = train_run(desc, dataset, runs_root=runs_root, progress=progress)
                 result["sparse"].setdefault(f"{s}", {}).setdefault(f"{k}", {})[method] = (
                     res.summary["test_accuracy"]
                 )
