@@ -13,8 +13,9 @@
 * Ticket starts (:data:`TICKET_STARTS`, :func:`final_run`): small registered functions of
   ``(parent round, fresh init)`` -- retrain, sign transfer, mask transfer, dense.
 
-Every stage is one :func:`~signticket.runs.train_run` in a config-hashed directory whose config
-names its parent run, so finished rounds are reused and a killed pipeline resumes at the round
+Every stage is one :func:`~signticket.runs.train_run` of a typed
+:class:`~signticket.run_desc.RunDesc` whose inputs name their parent run, so finished rounds are
+reused and a killed pipeline resumes at the round
 (and epoch) it stopped.
 
 IMP variants reuse the driver rather than loop themselves. :func:`imp_rounds` takes any trained
@@ -52,6 +53,7 @@ from signticket.runs import (
     RunResult,
     check_run_config,
     initial_variables,
+    stage_config,
     train_run,
 )
 from signticket.signs import TRANSFER_DEFAULT, sign_transfer
@@ -292,24 +294,11 @@ def prune_round(
 
 
 def _stage_config(config: ConfigDict, stage: str, **extra) -> ConfigDict:
-    """The config of one train run of a pipeline: what ``train_run`` reads plus everything
-    upstream that shapes it (so its hash names it uniquely)."""
-    keys = (
-        "seed",
-        "data_seed",
-        "model",
-        "data",
-        "optimizer",
-        "batch_size",
-        "eval_every",
-        "checkpoint_every",
-        "logging",  # metric writers: outside the run's identity (checkpoint.UNHASHED_KEYS)
-    )
-    c = ConfigDict({k: config[k] for k in keys if k in config})
-    c.stage = stage
-    for k, v in extra.items():
-        c[k] = v
-    return ConfigDict(c.to_dict())
+    """A train run's config in this pipeline: seed, data order and optimizer from ``config``
+    unless ``extra`` sets them (:func:`signticket.runs.stage_config`)."""
+    fields = {"seed": config.seed, "data_seed": config.data_seed,
+              "optimizer": config.optimizer, "epochs": 0, **extra}
+    return stage_config(config, stage, **fields)
 
 
 def _imp_identity(config: ConfigDict) -> dict:
@@ -402,7 +391,7 @@ def imp_rounds(
 ) -> Iterator[Round]:
     """Rounds ``1..config.imp.rounds`` after ``round0`` (without ``imp.rounds``: unbounded, the
     caller stops iterating): prune the parent, start as the policy says, train under the new
-    mask. Rounds are trained lazily, one per ``next``. Each round's run config names its parent
+    mask. Rounds are trained lazily, one per ``next``. Each round's inputs name its parent
     run and how many weights it keeps, so no stale run is reused when anything upstream changes.
 
     ``round0`` may be any trained network (a dense run for IMP-after-training). ``epochs``

@@ -118,6 +118,27 @@ def check_run_config(config: ConfigDict, runs_root: str | os.PathLike | None = N
         check_runs_root(runs_root)
 
 
+#: What every train run takes from its pipeline's config; a stage sets the rest (seed, data
+#: order, optimizer, epochs) and adds what names it. "logging" (the metric writers) is copied
+#: but names no run: see ``checkpoint.UNHASHED_KEYS``.
+TRAIN_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every", "logging")
+
+
+def stage_config(config: ConfigDict, stage: str, *, seed: int, data_seed: int,
+                 optimizer: ConfigDict, epochs: int, **extra: Any) -> ConfigDict:
+    """The config of one train run of a pipeline (every pipeline builds its stages' configs
+    here): :data:`TRAIN_KEYS` from ``config``, the stage's seed, data order, optimizer and
+    epochs, and ``extra`` keys that tell the stage's runs apart. Inputs the run starts from are
+    not keys: they are :class:`~signticket.run_desc.Input` s of its
+    :class:`~signticket.run_desc.RunDesc`."""
+    c = ConfigDict({k: config[k] for k in TRAIN_KEYS if k in config})
+    c.seed, c.data_seed, c.epochs, c.stage = seed, data_seed, epochs, stage
+    c.optimizer = ConfigDict(ConfigDict(optimizer).to_dict())
+    for k, v in extra.items():
+        c[k] = v
+    return ConfigDict(c.to_dict())
+
+
 def _logging_config(config: ConfigDict) -> dict[str, Any]:
     """``config.logging`` as a plain dict (empty when absent). Not part of a run's identity
     (:data:`~signticket.checkpoint.UNHASHED_KEYS`)."""

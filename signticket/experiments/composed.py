@@ -58,7 +58,7 @@ from signticket.rebasin import (
     spec_for,
 )
 from signticket.run_desc import Input, RunDesc
-from signticket.runs import initial_variables, load_dataset, train_run
+from signticket.runs import initial_variables, load_dataset, stage_config, train_run
 from signticket.signs import sign_flips, sign_transfer
 from signticket.tree import PyTree, is_kernel
 
@@ -154,9 +154,8 @@ def arm_config(config: ConfigDict, arm: str, *, seed: int, init_seed: int, epoch
     if on and optimizer.name != "sgd":
         raise UserError(f"arm {arm!r}: Sign-In is built over SGD "
                         f"(experiments.sign_in.make_tx); got optimizer {optimizer.name!r}")
-    return procedure.stage_config(config, "composed", seed=init_seed, optimizer=optimizer,
-                                  epochs=epochs, data_seed=seed, arm=arm,
-                                  method=ConfigDict(method), **provenance)
+    return stage_config(config, "composed", seed=init_seed, optimizer=optimizer, epochs=epochs,
+                        data_seed=seed, arm=arm, method=ConfigDict(method), **provenance)
 
 
 # -- training one arm ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ and the source's final mask ``M``, masked SGD with the baseline's recipe trains
 * ``random``: ``theta_fresh * M``,
 
 over every kernel (the dense head included); biases and norms are the fresh init's. Each is a
-resumable run whose config names its source run. Writes ``table.md``/``.csv`` and
+resumable run whose inputs name its source run. Writes ``table.md``/``.csv`` and
 ``results.json``.
 """
 

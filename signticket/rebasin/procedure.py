@@ -15,8 +15,8 @@ epochs (under both conventions, as the official code):
 * ``permuted``: ``B_k * pi(M_A)``       (the mask aligned to B's basin),
 * ``random``:   ``B_k * rho(M_A)``      (control: a random permutation rho of the same mask).
 
-Every training stage is a :func:`signticket.runs.train_run` in a config-hashed directory whose
-config names everything upstream (seed, parent run, pruning count, ...), so finished stages are
+Every training stage is a :func:`signticket.runs.train_run` of a run description whose config
+and inputs name everything upstream (seed, parent run, pruning count, ...), so finished stages are
 reused and a killed pipeline resumes. This module imports the training stack; the core of
 :mod:`signticket.rebasin` does not.
 """
@@ -51,9 +51,11 @@ from signticket.rebasin.weight_matching import weight_matching
 from signticket.run_desc import Input, RunDesc
 from signticket.runs import (
     DEFAULT_RUNS_ROOT,
+    TRAIN_KEYS,
     build_model,
     check_run_config,
     initial_variables,
+    stage_config,
     train_run,
 )
 from signticket.train import TrainState
@@ -62,22 +64,6 @@ from signticket.tree import LeafPredicate, PyTree, named_leaves
 METHODS = ("lth", "naive", "permuted", "random")
 MATCHINGS = ("weight", "activation")
 REWIND_CONVENTIONS = ("exact", "official")
-# "logging" (the metric writers) is copied but names no run: see checkpoint.UNHASHED_KEYS.
-_TRAIN_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every", "logging")
-
-
-def stage_config(config: ConfigDict, stage: str, *, seed: int, optimizer: ConfigDict,
-                 epochs: int, data_seed: int, **extra) -> ConfigDict:
-    """The config of one train run: what :func:`train_run` reads plus everything upstream that
-    shapes it, so its hash names the run uniquely."""
-    c = ConfigDict({k: config[k] for k in _TRAIN_KEYS if k in config})
-    c.seed, c.data_seed, c.epochs, c.stage = seed, data_seed, epochs, stage
-    c.optimizer = ConfigDict(optimizer.to_dict())
-    for k, v in extra.items():
-        c[k] = v
-    return ConfigDict(c.to_dict())
-
-
 def _variables(state: TrainState) -> dict[str, PyTree]:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
@@ -196,7 +182,7 @@ def _driver_config(config: ConfigDict, seed: int) -> ConfigDict:
          "cut_rule": "exact"}
     if "ft_optimizer" in imp:
         d["ft_optimizer"] = imp.ft_optimizer.to_dict()
-    c = {k: config[k] for k in _TRAIN_KEYS if k in config}  # a complete lottery config
+    c = {k: config[k] for k in TRAIN_KEYS if k in config}  # a complete lottery config
     c.update(seed=seed, data_seed=seed, optimizer=config.optimizer, imp=d)
     return ConfigDict(ConfigDict(c).to_dict())
 
