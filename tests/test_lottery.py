@@ -217,7 +217,8 @@ def test_stage_configs_carry_logging_outside_the_run_identity(tmp_path):
     from signticket.experiments.configs import composed_cpu
     from signticket.rebasin import procedure
 
-    base = ConfigDict({"seed": 0, "model": {"name": "mlp"}, "batch_size": 8})
+    base = ConfigDict({"seed": 0, "data_seed": 0, "model": {"name": "mlp"}, "batch_size": 8,
+                       "optimizer": {"name": "sgd"}})
     logged = ConfigDict({**base.to_dict(), "logging": {"writers": ("jsonl", "csv")}})
     stage = lottery._stage_config(logged, "imp", round=0)
     assert tuple(stage.logging.writers) == ("jsonl", "csv")  # every stage run writes them
