@@ -66,10 +66,10 @@ def run(tiny: bool = False) -> dict[str, Any]:
     hook_state = {"psi_init": init["params"]}
     train_dev = data_lib.to_device(dataset.train_images, dataset.train_labels, mesh)
     test_dev = data_lib.to_device(dataset.test_images, dataset.test_labels, mesh)
-    mask = masks.full_mask(init["params"])
     state = engine.init_state(jax.random.PRNGKey(cfg.seed), dataset.train_images[:1],
                               params=init["params"], batch_stats=init["batch_stats"],
                               hook_state=hook_state)
+    mask = masks.full_mask(state.params)  # as lottery.imp: placed like the trained params
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(1, cfg.imp.rounds + 1):

@@ -69,14 +69,22 @@ def _scope(tree: PyTree, prunable: LeafPredicate, keep_dense: Sequence[str] | No
 
 
 def full_mask(params: PyTree) -> PyTree:
-    """The dense mask: True everywhere."""
-    return jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), params)
+    """The dense mask: True everywhere, placed like ``params`` (a mask that lives where later
+    rounds' masks will keep pruning compiled once, not once per placement)."""
+    return jax.tree.map(lambda x: jnp.ones_like(x, bool) if isinstance(x, jax.Array)
+                        else jnp.ones(np.shape(x), bool), params)
 
 
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
     """``params * mask``: pruned entries become exactly zero."""
     check_same_structure(params, mask, "params", "mask")
     check_bool_leaves(mask)
+    return _apply_mask(params, mask)
+
+
+# One program per architecture instead of one eager op (each compiled on first use) per leaf.
+@jax.jit
+def _apply_mask(params: PyTree, mask: PyTree) -> PyTree:
     return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
 
 

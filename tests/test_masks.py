@@ -126,3 +126,23 @@ def test_sparsity_jittable(params):
     eager = masks.sparsity(mask)
     jitted = jax.jit(masks.sparsity)(mask)
     chex.assert_trees_all_close(eager, jitted)
+
+
+def test_rounds_of_pruning_on_placed_params_compile_once():
+    """IMP prunes round 1 from ``full_mask(params)`` and later rounds from the previous output:
+    the dense mask must be placed like the (mesh-placed) params, or round 2 recompiles the
+    pruning program (it did: ~0.3-0.6 s, 17 % of a warm IMP round, ``bench.imp_round``)."""
+    from signticket.sharding import make_mesh
+
+    mesh = make_mesh()
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    params = jax.device_put(
+        {"a": {"kernel": jnp.arange(1.0, 41.0).reshape(5, 8)},
+         "b": {"kernel": jnp.linspace(-1.0, 1.0, 24).reshape(4, 6)}}, sharding)
+    before = masks._prune_leaves._cache_size()
+    mask = masks.full_mask(params)
+    for _ in range(3):
+        mask = masks.magnitude_prune(params, mask, 0.2, keep_dense=())
+        params = masks.apply_mask(params, mask)
+    assert masks._prune_leaves._cache_size() - before <= 1
+    assert int(sum(np.sum(np.asarray(m)) for m in jax.tree.leaves(mask))) == 64 - 13 - 10 - 8
