@@ -79,6 +79,8 @@ ARMS: dict[str, dict] = {
     "acdc_sign_in": {"acdc": True, "sign_in": True},
     "str": {"str": True},
     "str_sign_in": {"str": True, "sign_in": True},
+    # λ/2 on m and on w: the decay on W = m w is then STR's own λ (λ on both is ~2λ on W)
+    "str_sign_in_half_decay": {"str": True, "sign_in": True, "mw_decay_scale": 0.5},
     # controls: the baseline with twice its decay (what Sign-In's λ on m and on w is on theta)
     "random_wd2": {"decay_scale": 2.0},
     "rigl_wd2": {"rigl": True, "decay_scale": 2.0},
@@ -93,12 +95,14 @@ LABELS = {
     "sign_in_rel03": "+ Sign-In, β = 0.3×RMS(layer), normalised",
     "rigl": "RiGL", "rigl_sign_in": "RiGL + Sign-In", "acdc": "AC/DC",
     "acdc_sign_in": "AC/DC + Sign-In", "str": "STR", "str_sign_in": "STR + Sign-In",
+    "str_sign_in_half_decay": "STR + Sign-In, decay / 2 on m, w",
     "random_wd2": "random mask, 2λ decay",
     "rigl_wd2": "RiGL, 2λ decay", "acdc_wd2": "AC/DC, 2λ decay",
 }
 #: Arms each dense-to-sparse / DST arm is paired with (its Δ column); the rest pair with random.
 PAIRED_WITH = {"rigl_sign_in": "rigl", "acdc_sign_in": "acdc", "rigl_wd2": "rigl",
-               "acdc_wd2": "acdc", "str_sign_in": "str"}
+               "acdc_wd2": "acdc", "str_sign_in": "str",
+               "str_sign_in_half_decay": "str"}
 
 _SIGN_IN_KEYS = ("c", "reset_epochs", "reset_momentum", "mw_decay_scale", "beta_rel", "normalize")
 _RIGL_KEYS = ("rigl_alpha", "rigl_delta_t", "rigl_end", "rigl_distribution")

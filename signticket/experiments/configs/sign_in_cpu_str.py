@@ -16,7 +16,7 @@ from signticket.experiments.configs.sign_in_cpu_dst import get_config as dst_con
 
 def get_config():
     c = dst_config()
-    c.experiment.arms = ("str", "str_sign_in")
+    c.experiment.arms = ("str", "str_sign_in", "str_sign_in_half_decay")
     c.experiment.alignment_sources = ("str",)
     c.method.str_s_init = -4.0
     c.method.str_weight_decay = 0.025
