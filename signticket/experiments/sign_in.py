@@ -53,6 +53,9 @@ from signticket.schedules import make_schedule
 from signticket.sign_in import relative_balance
 from signticket.sign_metrics import balance_per_layer, cumulative_flips, flip_tracker, track_flips
 from signticket.signs import sign_flips
+from signticket.str_sparsity import initial_params as str_initial_params
+from signticket.str_sparsity import sparsity as str_sparsity_of
+from signticket.str_sparsity import str_sparsity
 from signticket.train import cross_entropy
 from signticket.tree import PyTree, is_kernel, is_prunable, named_leaves
 
@@ -75,6 +78,10 @@ ARMS: dict[str, dict] = {
     "rigl_sign_in": {"rigl": True, "sign_in": True},
     "acdc": {"acdc": True},
     "acdc_sign_in": {"acdc": True, "sign_in": True},
+    "str": {"str": True},
+    "str_sign_in": {"str": True, "sign_in": True},
+    # λ/2 on m and on w: the decay on W = m w is then STR's own λ (λ on both is ~2λ on W)
+    "str_sign_in_half_decay": {"str": True, "sign_in": True, "mw_decay_scale": 0.5},
     # controls: the baseline with twice its decay (what Sign-In's λ on m and on w is on theta)
     "random_wd2": {"decay_scale": 2.0},
     "rigl_wd2": {"rigl": True, "decay_scale": 2.0},
@@ -88,16 +95,22 @@ LABELS = {
     "sign_in_rel1": "+ Sign-In, β = 1×RMS(layer), normalised",
     "sign_in_rel03": "+ Sign-In, β = 0.3×RMS(layer), normalised",
     "rigl": "RiGL", "rigl_sign_in": "RiGL + Sign-In", "acdc": "AC/DC",
-    "acdc_sign_in": "AC/DC + Sign-In", "random_wd2": "random mask, 2λ decay",
+    "acdc_sign_in": "AC/DC + Sign-In", "str": "STR", "str_sign_in": "STR + Sign-In",
+    "str_sign_in_half_decay": "STR + Sign-In, decay / 2 on m, w",
+    "random_wd2": "random mask, 2λ decay",
     "rigl_wd2": "RiGL, 2λ decay", "acdc_wd2": "AC/DC, 2λ decay",
 }
 #: Arms each dense-to-sparse / DST arm is paired with (its Δ column); the rest pair with random.
 PAIRED_WITH = {"rigl_sign_in": "rigl", "acdc_sign_in": "acdc", "rigl_wd2": "rigl",
-               "acdc_wd2": "acdc"}
+               "acdc_wd2": "acdc", "str_sign_in": "str",
+               "str_sign_in_half_decay": "str"}
 
 _SIGN_IN_KEYS = ("c", "reset_epochs", "reset_momentum", "mw_decay_scale", "beta_rel", "normalize")
 _RIGL_KEYS = ("rigl_alpha", "rigl_delta_t", "rigl_end", "rigl_distribution")
 _ACDC_KEYS = ("acdc_warmup", "acdc_phase", "acdc_final", "acdc_scope")
+#: STR's settings (Kusupati et al. 2020): removed from every other arm's config, so configs
+#: that carry them name the same RiGL / AC/DC / random runs as configs without them.
+_STR_KEYS = ("str", "str_s_init", "str_weight_decay")
 
 
 def arm_config(config: ConfigDict, arm: str, seed: int, sparsity: float) -> ConfigDict:
@@ -122,6 +135,10 @@ def arm_config(config: ConfigDict, arm: str, seed: int, sparsity: float) -> Conf
     for k in unused:  # None, so settings an arm does not use do not split its run directory
         if k in m:
             m[k] = None
+    if not m.get("str"):
+        for k in _STR_KEYS:
+            if k in m:
+                del m[k]
     if "rigl_every_epochs" in m:  # the former once-per-epoch RiGL; RiGL now runs per step
         m.rigl_every_epochs = None
     return c
@@ -162,29 +179,30 @@ def random_mask(key: jax.Array, params: PyTree, cfg: ConfigDict) -> PyTree:
 # -- optimizer -----------------------------------------------------------------------------------
 
 
-def make_tx(cfg: ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+def _schedule(cfg: ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    o, total = cfg.optimizer, max(1, cfg.epochs * steps_per_epoch)
+    return make_schedule(o.schedule, o.learning_rate, total, milestones=tuple(o.milestones),
+                         gamma=o.gamma,
+                         warmup_steps=min(total - 1, o.warmup_epochs * steps_per_epoch))
+
+
+def make_tx(cfg: ConfigDict, steps_per_epoch: int, latent: PyTree | None = None
+            ) -> optax.GradientTransformation:
     """The baseline's ``masked(sgd)`` or Sign-In over the same SGD and schedule, wrapped in
-    RiGL (per step) or AC/DC when the arm uses them. Sign-In owns the decay: ``λ`` on biases /
-    norms, ``mw_decay_scale * λ`` on ``m`` and on ``w``."""
+    RiGL (per step) or AC/DC when the arm uses them, or STR (:func:`str_tx`; ``latent``: its
+    dense init). Sign-In owns the decay: ``λ`` on biases / norms, ``mw_decay_scale * λ`` on
+    ``m`` and on ``w``."""
     m = cfg.method
+    if m.get("str"):
+        return str_tx(cfg, steps_per_epoch, latent)
     if not m.sign_in:
         o = cfg.optimizer
         if m.get("decay_scale"):
             o = ConfigDict({**o.to_dict(), "weight_decay": o.weight_decay * m.decay_scale})
         tx = build_optimizer(o, cfg.epochs, steps_per_epoch)
     else:
-        o, total = cfg.optimizer, max(1, cfg.epochs * steps_per_epoch)
-        sched = make_schedule(o.schedule, o.learning_rate, total,
-                              milestones=tuple(o.milestones), gamma=o.gamma,
-                              warmup_steps=min(total - 1, o.warmup_epochs * steps_per_epoch))
-        beta = relative_balance(m.beta_rel) if m.get("beta_rel") else m.c
-        tx = sign_in(
-            optax.sgd(sched, momentum=o.momentum or None), reset_every=(
-                m.reset_epochs * steps_per_epoch if m.reset_epochs else None),
-            c=beta, reset_momentum=bool(m.reset_momentum), weight_decay=o.weight_decay,
-            mw_weight_decay=o.weight_decay * m.mw_decay_scale,
-            normalize=bool(m.get("normalize")),
-        )
+        tx = _sign_in_tx(cfg, steps_per_epoch, cfg.optimizer.weight_decay,
+                         cfg.optimizer.weight_decay * m.mw_decay_scale)
     total = max(1, cfg.epochs * steps_per_epoch)
     if m.get("rigl"):
         tx = rigl(tx, delta_t=m.rigl_delta_t, end_step=max(1, round(m.rigl_end * total)),
@@ -197,12 +215,45 @@ def make_tx(cfg: ConfigDict, steps_per_epoch: int) -> optax.GradientTransformati
     return tx
 
 
+def _sign_in_tx(cfg: ConfigDict, steps_per_epoch: int, decay: float, mw_decay: float
+                ) -> optax.GradientTransformation:
+    """Sign-In over SGD with the config's schedule: ``decay`` on plain leaves, ``mw_decay`` on
+    ``m`` and on ``w``."""
+    m, o = cfg.method, cfg.optimizer
+    beta = relative_balance(m.beta_rel) if m.get("beta_rel") else m.c
+    return sign_in(
+        optax.sgd(_schedule(cfg, steps_per_epoch), momentum=o.momentum or None), reset_every=(
+            m.reset_epochs * steps_per_epoch if m.reset_epochs else None),
+        c=beta, reset_momentum=bool(m.reset_momentum), weight_decay=decay,
+        mw_weight_decay=mw_decay, normalize=bool(m.get("normalize")),
+    )
+
+
+def str_tx(cfg: ConfigDict, steps_per_epoch: int, latent: PyTree | None
+           ) -> optax.GradientTransformation:
+    """STR (``signticket.str_sparsity``) with one decay ``λ = method.str_weight_decay`` on every
+    parameter, the thresholds included (official RAIVNLab/STR main.py ``get_optimizer``; it
+    replaces ``optimizer.weight_decay``), over SGD with the config's schedule, or over Sign-In
+    (``W = m * w``): then Sign-In owns the decay, λ on ``m`` and on ``w`` (``mw_decay_scale *
+    λ``) as it would be on every PyTorch parameter, and λ on ``s`` and the plain leaves; none on
+    the product ``W``. Thresholded: the same layers as the other arms' masks (``is_prunable``:
+    head dense)."""
+    m, o = cfg.method, cfg.optimizer
+    lam = float(m.str_weight_decay)
+    if m.sign_in:
+        inner = _sign_in_tx(cfg, steps_per_epoch, lam, lam * m.mw_decay_scale)
+    else:
+        inner = optax.sgd(_schedule(cfg, steps_per_epoch), momentum=o.momentum or None)
+    return str_sparsity(inner, s_init=float(m.str_s_init), weight_decay=0.0 if m.sign_in else lam,
+                        prunable=is_prunable, latent=latent)
+
+
 def start_mask(key: jax.Array, params: PyTree, cfg: ConfigDict) -> PyTree:
-    """The mask an arm starts from: dense for AC/DC (it prunes itself), the config's random mask
-    otherwise (RiGL: with its own distribution, ERK in the paper)."""
+    """The mask an arm starts from: dense for AC/DC and STR (they prune themselves), the config's
+    random mask otherwise (RiGL: with its own distribution, ERK in the paper)."""
     from signticket import masks
 
-    if cfg.method.get("acdc"):
+    if cfg.method.get("acdc") or cfg.method.get("str"):
         return masks.full_mask(params)
     if cfg.method.get("rigl") and cfg.method.rigl_distribution:
         return random_mask(key, params, ConfigDict({**cfg.mask.to_dict(),
@@ -314,14 +365,19 @@ def run_arm(config: ConfigDict, arm: str, seed: int, sparsity: float, dataset, r
     variables = initial_variables(cfg, dataset)
     mask = start_mask(jax.random.PRNGKey(10_000 + seed), variables["params"], cfg)
     init = jax.tree.map(lambda p, m: jnp.where(m, p, 0), variables["params"], mask)
+    is_str = bool(cfg.method.get("str"))
+    if is_str:  # the model starts at the thresholded init; STR keeps the dense one as latent W
+        init = str_initial_params(variables["params"], cfg.method.str_s_init, is_prunable)
     steps = data_lib.steps_per_epoch(len(dataset.train_labels), cfg.batch_size)
     model = build_model(cfg.model, dataset.num_classes)
     # Init, mask and optimizer all follow from the arm's config (seed, method, sparsity).
     recipe = f"arm_config({arm}, seed {seed}, sparsity {sparsity})"
     desc = RunDesc(cfg, name=name, init_params=Input(init, f"init * start_mask of {recipe}"),
                    init_batch_stats=Input(variables["batch_stats"], f"init of {recipe}"),
-                   mask=Input(mask, f"start_mask of {recipe}"),
-                   tx=Input(make_tx(cfg, steps), f"make_tx of {recipe}"),
+                   # STR derives its mask from W and s
+                   mask=None if is_str else Input(mask, f"start_mask of {recipe}"),
+                   tx=Input(make_tx(cfg, steps, latent=variables["params"] if is_str else None),
+                            f"make_tx of {recipe}"),
                    hook_state=Input({"flips": flip_tracker(init), "mask": mask},
                                     "flip tracker (zero) and start mask"))
     directory = desc.directory(runs_root)
@@ -336,6 +392,10 @@ def run_arm(config: ConfigDict, arm: str, seed: int, sparsity: float, dataset, r
         final_mask = get_mask(result.state.opt_state)
         final = {"hessian_top": hessian_top(model, dataset, result.state, final_mask,
                                             exp.hessian_batch, exp.hessian_iters)}
+        if is_str:  # the sparsity STR reached (its target is only implied by s_init and λ)
+            overall, per_layer, thresholds = str_sparsity_of(result.state.opt_state)
+            final.update(str_sparsity=overall, str_sparsity_per_layer=per_layer,
+                         str_thresholds=thresholds)
         write_json_atomic(final_path, final)
     records = _read_records(directory / "sign_metrics.jsonl")
     return {"arm": arm, "seed": seed, "sparsity": sparsity, "dir": str(directory),
@@ -359,7 +419,7 @@ def accuracies(results: list[dict], sparsity: float, arm: str) -> dict[int, floa
 def delta_cell(results: list[dict], sparsity: float, arm: str) -> str:
     """The arm's paired difference to the arm it is compared with (:data:`PAIRED_WITH`,
     random otherwise); ``"—"`` for the arms the others are compared with."""
-    if arm in ("random", "rigl", "acdc"):
+    if arm in ("random", "rigl", "acdc", "str"):
         return "—"
     ref = PAIRED_WITH.get(arm, "random")
     delta = paired_differences(accuracies(results, sparsity, arm),
@@ -389,10 +449,18 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
               "cum. flips / weight", "m²-w² (epoch avg)", "λ_max(H)"]
     if paper:
         header += ["paper acc (%)", "ours − paper"]
+    # STR's sparsity is reached, not set (s_init and λ imply it): shown where an arm has it
+    reached = any("str_sparsity" in r for r in results)
+    if reached:
+        header.append("sparsity reached (%)")
     rows = []
     for s in exp.sparsities:
         for arm in exp.arms:
             row = arm_row(results, s, arm)
+            if reached:
+                got = [r["str_sparsity"] for r in results
+                       if r["sparsity"] == s and r["arm"] == arm and "str_sparsity" in r]
+                row.append(mean_std(got, 100) if got else "—")
             if paper:
                 row += paper_columns(list(accuracies(results, s, arm).values()),
                                      paper.get(arm, {}).get(_pct(s)))

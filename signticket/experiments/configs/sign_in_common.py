@@ -47,6 +47,11 @@ def base(*, model: str, dataset: str, epochs: int, seeds, sparsities, arms,
         "rigl_distribution": "erk",
         "acdc": False, "acdc_warmup": 0.1, "acdc_phase": 0.05, "acdc_final": 0.1,
         "acdc_scope": "global",
+        # STR (Kusupati et al. 2020; signticket.str_sparsity): one decay λ on every parameter
+        # (replacing optimizer.weight_decay in STR arms) and the thresholds' initial s. Their
+        # defaults are the official ResNet-50 / ImageNet 90 % config; smaller scales calibrate
+        # them (sign_in_cpu_str.py). Dropped from every other arm's run config.
+        "str": False, "str_s_init": -3200.0, "str_weight_decay": 2.251757813e-5,
     })
     c.experiment = ConfigDict({
         "seeds": tuple(seeds),
