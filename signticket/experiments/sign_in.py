@@ -285,11 +285,21 @@ def epoch_hook(path: Path, init_params: PyTree, init_mask: PyTree, cfg: ConfigDi
     return hook
 
 
+def hessian_sample(dataset, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` training examples the Hessian is taken on: the first ``n`` of an in-memory
+    dataset; of a streamed one (ImageNet) a fixed ``train_sample`` (seed 0, resize + center
+    crop), read through the source API so the split is never held in memory."""
+    if isinstance(dataset, data_lib.Dataset):
+        return dataset.train_images[:n], dataset.train_labels[:n]
+    return data_lib.as_source(dataset).train_sample(n, seed=0)
+
+
 def hessian_top(model, dataset, state, mask, n: int, iters: int) -> float:
-    """Top eigenvalue of the Hessian of the loss on the first ``n`` training examples (BN in
-    eval mode), restricted to the unmasked weights."""
-    x = dataset.preprocess(jnp.asarray(dataset.train_images[:n]), None, False)
-    y = jnp.asarray(dataset.train_labels[:n])
+    """Top eigenvalue of the Hessian of the loss on ``n`` fixed training examples
+    (:func:`hessian_sample`; BN in eval mode), restricted to the unmasked weights."""
+    images, labels = hessian_sample(dataset, n)
+    x = dataset.preprocess(jnp.asarray(images), None, False)
+    y = jnp.asarray(labels)
     bs = state.batch_stats
 
     def loss(p):
@@ -314,7 +324,7 @@ def run_arm(config: ConfigDict, arm: str, seed: int, sparsity: float, dataset, r
     variables = initial_variables(cfg, dataset)
     mask = start_mask(jax.random.PRNGKey(10_000 + seed), variables["params"], cfg)
     init = jax.tree.map(lambda p, m: jnp.where(m, p, 0), variables["params"], mask)
-    steps = data_lib.steps_per_epoch(len(dataset.train_labels), cfg.batch_size)
+    steps = data_lib.train_steps(dataset, cfg.batch_size)
     model = build_model(cfg.model, dataset.num_classes)
     hook = epoch_hook(directory / "sign_metrics.jsonl", init, mask, cfg,
                       snapshots=(directory, tuple(exp.get("snapshot_epochs", ()))))
