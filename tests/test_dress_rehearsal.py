@@ -62,9 +62,12 @@ TARGETS = {
     "sign-in-imagenet-resnet50": ([*_SIGN_IN, *_NARROW_IMAGENET, "optimizer.warmup_epochs=0"],
                                   8),
     # AC/DC needs three epochs (dense warm-up, compressed, final); RiGL updates every 2 steps.
+    # Two of the four arms (each arm compiles its own ResNet-50 step): AC/DC with Sign-In and
+    # plain RiGL cover both methods and the composition.
     "sign-in-imagenet-resnet50-dst": ([*_SIGN_IN, *_NARROW_IMAGENET, "data.train_subset=16",
                                        "epochs=3", "method.rigl_delta_t=2",
-                                       "optimizer.warmup_epochs=0"], 8),
+                                       "optimizer.warmup_epochs=0",
+                                       "experiment.arms=('acdc_sign_in','rigl')"], 8),
 }
 
 
