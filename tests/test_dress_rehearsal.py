@@ -42,6 +42,9 @@ _COMPOSED = ["data.train_subset=32", "data.test_subset=16", "batch_size=8",
              "permuted.matching.batches=1", "permuted.matching.batch_size=8",
              "experiment.seeds=(0,)"]
 
+#: ResNet-50 on streamed ImageNet at smoke scale: narrow layers, 32x32 crops.
+_NARROW_IMAGENET = ["model.kwargs.widths=(4,4,4,4)", "data.image_size=32"]
+
 #: target -> (overrides, forced host devices). Narrow layers, same depth and stages.
 TARGETS = {
     "aws-cifar100-resnet50": ([*_AWS, "model.kwargs.widths=(4,4,4,4)"], 1),
@@ -54,6 +57,17 @@ TARGETS = {
     "sign-in-cifar10-resnet20": (_SIGN_IN, 1),
     "sign-in-cifar100-resnet18": ([*_SIGN_IN, "model.kwargs.widths=(8,8,8,8)"], 1),
     "composed": (_COMPOSED, 1),
+    "permuted-imagenet-resnet50": ([*_PERMUTED, *_NARROW_IMAGENET, "optimizer.warmup_epochs=0",
+                                    "sparse.optimizer.warmup_epochs=0"], 8),
+    "sign-in-imagenet-resnet50": ([*_SIGN_IN, *_NARROW_IMAGENET, "optimizer.warmup_epochs=0"],
+                                  8),
+    # AC/DC needs three epochs (dense warm-up, compressed, final); RiGL updates every 2 steps.
+    # Two of the four arms (each arm compiles its own ResNet-50 step): AC/DC with Sign-In and
+    # plain RiGL cover both methods and the composition.
+    "sign-in-imagenet-resnet50-dst": ([*_SIGN_IN, *_NARROW_IMAGENET, "data.train_subset=16",
+                                       "epochs=3", "method.rigl_delta_t=2",
+                                       "optimizer.warmup_epochs=0",
+                                       "experiment.arms=('acdc_sign_in','rigl')"], 8),
 }
 
 

@@ -265,3 +265,22 @@ def test_flax_module_paths_drive_the_spec():
     assert spec.axes[("fc0", "kernel")] == (None, "fc0")
     assert spec.axes[("head", "kernel")] == ("fc0", None)
     assert spec.sizes == {"fc0": 5}
+
+
+def test_full_depth_resnet50_permuted_by_a_random_permutation_computes_the_same_function():
+    """The registry's ImageNet ResNet-50 (stages 3-4-6-3, 7x7 stem + max-pool, projection
+    shortcuts, narrow widths): a random permutation of every unit leaves the logits unchanged."""
+    model = models.get("resnet50", 10, widths=(6, 6, 8, 8))
+    shape = (2, 32, 32, 3)
+    v = random_variables(model, shape)
+    spec = spec_for("resnet50", v)
+    # 5 residual streams (the stem's, one per stage) and two inner permutations per block.
+    assert sorted(p for p in spec.names if p.startswith("residual")) == [
+        f"residual{j}" for j in range(5)]
+    assert len(spec.names) == 5 + 2 * 16
+    perms = random_perms(jax.random.PRNGKey(11), spec)
+    pv = permute_variables(spec, perms, v)
+    x = jax.random.normal(jax.random.PRNGKey(3), shape)
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    chex.assert_trees_all_close(apply(pv, x), apply(v, x), atol=1e-5, rtol=1e-5)
+    assert all(not np.array_equal(p, np.arange(p.size)) for p in perms.values())

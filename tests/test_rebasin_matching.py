@@ -140,6 +140,27 @@ def test_sparse_rebasin_stream_sites_are_the_official_blocks_and_still_recover_a
             corr[p][rows, np.asarray(truth[p])].sum(), abs=1e-6)
 
 
+def test_last_stream_sites_are_sparse_rebasin_s_resnet50_blocks():
+    """resnet50_w2_matching.py get_permk: each residual stream after [stem, *blocks][:kk + 1],
+    kk = 0, 3, 7, 13, 16: the stem (its own stream: layer1[0] has a projection shortcut) and
+    the last block of every stage, the final one included. (Matching over one site per stream
+    reaches the true alignment: the ResNet-20 test above.)"""
+    full = models.get("resnet50", 10)
+    v = jax.eval_shape(lambda: models.init_variables(full, jax.random.PRNGKey(0), (1, 64, 64, 3)))
+    spec = spec_for("resnet50", v)
+    last = with_stream_sites(spec, "last")
+    assert {p: [s.module for s in last.activations[p]] for p in last.names
+            if p.startswith("residual")} == {
+        "residual0": [("stem_bn",)], "residual1": [("stage0_block2",)],
+        "residual2": [("stage1_block3",)], "residual3": [("stage2_block5",)],
+        "residual4": [("stage3_block2",)]}
+    inner = [p for p in spec.names if not p.startswith("residual")]
+    assert all(last.activations[p] == spec.activations[p] for p in inner)
+    # ResNet-20's choice has no block to pick for ResNet-50's stem stream.
+    with pytest.raises(ValueError, match="residual0"):
+        with_stream_sites(spec, "sparse_rebasin")
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from signticket.experiments.configs import (
     permuted_cifar10_vgg11,
     permuted_cifar100_resnet20,
     permuted_fmnist_mlp,
+    permuted_imagenet_resnet50,
 )
 from signticket.experiments.configs.permuted_common import base, imp_ft_sgd, sgd
 from signticket.rebasin import apply_permutation, random_perms, spec_for
@@ -177,6 +178,41 @@ def test_paper_configs_carry_the_official_protocol(get_config, model):
     m = c.matching
     assert (m.method, m.batches, m.augment, m.stream_sites, m.batch_size) == (
         "activation", 0, True, "sparse_rebasin", 128)
+
+
+def _lr_per_epoch(opt, epochs, steps=10):
+    from signticket.runs import build_schedule
+
+    sched = build_schedule(opt, epochs, steps)
+    return np.array([float(sched(e * steps + steps - 1)) for e in range(epochs)])
+
+
+def test_imagenet_config_carries_the_official_resnet50_protocol():
+    """resnet50_src/: dense 90 epochs of SGD 0.9 / wd 1e-4 at set_lr(ep) / 10 (lr 0.04 after a
+    5-epoch warm-up, x0.1 after epochs 30 and 61), IMP-FT 20 epochs at 0.002 per level,
+    activation matching over 100 augmented batches of 256, sparse runs from the official
+    rewind point with the same schedule restarted."""
+    c = permuted_imagenet_resnet50.get_config()
+    assert (c.model.name, c.data.name, c.data.image_size, c.batch_size) == (
+        "resnet50", "imagenet2012", 224, 256)
+    assert (c.dense_epochs, c.rewind_epochs, c.rewind_convention) == (90, (10,), "official")
+    for opt, epochs in ((c.optimizer, 90), (c.sparse.optimizer, 80)):
+        assert (opt.name, opt.momentum, opt.weight_decay) == ("sgd", 0.9, 1e-4)
+        lr = _lr_per_epoch(opt, epochs)
+        # After warm-up: 0.04 through epoch 30, 0.004 through 61, then 0.0004 (1-based).
+        np.testing.assert_allclose(lr[5:30], 0.04, rtol=1e-6)
+        np.testing.assert_allclose(lr[30:61], 0.004, rtol=1e-6)
+        np.testing.assert_allclose(lr[61:], 0.0004, rtol=1e-6)
+        assert np.all(np.diff(lr[:5]) > 0) and lr[4] <= 0.04
+    ft = c.imp.ft_optimizer
+    assert (ft.learning_rate, ft.momentum, ft.weight_decay, ft.schedule) == (
+        0.002, 0.9, 1e-4, "constant")
+    assert (c.imp.mode, c.imp.fraction, c.imp.ft_epochs, c.imp.prune_scope) == (
+        "ft", 0.2, 20, "sparse_rebasin")
+    m = c.matching
+    assert (m.method, m.batches, m.batch_size, m.augment, m.stream_sites) == (
+        "activation", 100, 256, True, "last")
+    assert c.experiment.sparsities == (0.8, 0.9, 0.95)
 
 
 def test_cpu_config_uses_the_fixed_imp_protocol():

@@ -103,6 +103,22 @@ def test_every_table_config_loads_and_counts_epochs():
             assert table.module().training_epochs(config) > 0
 
 
+@pytest.mark.parametrize("name", ["sign-in-imagenet-resnet50", "sign-in-imagenet-resnet50-dst"])
+def test_imagenet_sign_in_tables_put_paper_numbers_beside_their_own_arms(name):
+    """Every paper number sits on an arm the table runs, at one of its sparsities, and every
+    arm is the experiment's (a typo would silently drop a paper column)."""
+    from signticket.experiments import sign_in
+
+    config = suite.load_config(suite.get_table(name).config_file("paper"))
+    exp = config.experiment
+    assert set(exp.arms) <= set(sign_in.ARMS)
+    assert exp.paper and set(exp.paper) <= set(exp.arms)
+    cells = {f"{round(100 * s)}" for s in exp.sparsities}
+    assert all(set(row) <= cells for row in exp.paper.values())
+    assert (config.model.name, config.data.name, config.data.image_size) == (
+        "resnet50", "imagenet2012", 224)
+
+
 def test_tables_with_nothing_finished_fails_clearly(tmp_path, capsys):
     assert cli.main(["tables", "--results", str(tmp_path)]) == 1
     assert "no finished results" in capsys.readouterr().err

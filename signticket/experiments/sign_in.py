@@ -337,11 +337,21 @@ def epoch_hook(path: Path, init_params: PyTree, init_mask: PyTree, cfg: ConfigDi
     return hook
 
 
+def hessian_sample(dataset, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` training examples the Hessian is taken on: the first ``n`` of an in-memory
+    dataset; of a streamed one (ImageNet) a fixed ``train_sample`` (seed 0, resize + center
+    crop), read through the source API so the split is never held in memory."""
+    if isinstance(dataset, data_lib.Dataset):
+        return dataset.train_images[:n], dataset.train_labels[:n]
+    return data_lib.as_source(dataset).train_sample(n, seed=0)
+
+
 def hessian_top(model, dataset, state, mask, n: int, iters: int) -> float:
-    """Top eigenvalue of the Hessian of the loss on the first ``n`` training examples (BN in
-    eval mode), restricted to the unmasked weights."""
-    x = dataset.preprocess(jnp.asarray(dataset.train_images[:n]), None, False)
-    y = jnp.asarray(dataset.train_labels[:n])
+    """Top eigenvalue of the Hessian of the loss on ``n`` fixed training examples
+    (:func:`hessian_sample`; BN in eval mode), restricted to the unmasked weights."""
+    images, labels = hessian_sample(dataset, n)
+    x = dataset.preprocess(jnp.asarray(images), None, False)
+    y = jnp.asarray(labels)
     bs = state.batch_stats
 
     def loss(p):
@@ -368,7 +378,7 @@ def run_arm(config: ConfigDict, arm: str, seed: int, sparsity: float, dataset, r
     is_str = bool(cfg.method.get("str"))
     if is_str:  # the model starts at the thresholded init; STR keeps the dense one as latent W
         init = str_initial_params(variables["params"], cfg.method.str_s_init, is_prunable)
-    steps = data_lib.steps_per_epoch(len(dataset.train_labels), cfg.batch_size)
+    steps = data_lib.train_steps(dataset, cfg.batch_size)
     model = build_model(cfg.model, dataset.num_classes)
     # Init, mask and optimizer all follow from the arm's config (seed, method, sparsity).
     recipe = f"arm_config({arm}, seed {seed}, sparsity {sparsity})"

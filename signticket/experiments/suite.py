@@ -73,6 +73,14 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           "sign_in_cifar100_resnet18", "sign_in_cpu"),
     Table("composed", "composed", "none: compositions across the three papers",
           "composed_cpu", "composed_cpu"),
+    Table("permuted-imagenet-resnet50", "permuted_masks",
+          "Permuted masks (ICML 2025), ImageNet ResNet-50", "permuted_imagenet_resnet50",
+          "permuted_fmnist_convnet"),
+    Table("sign-in-imagenet-resnet50", "sign_in", "Sign-In (NeurIPS 2025), ImageNet ResNet-50",
+          "sign_in_imagenet_resnet50", "sign_in_cpu"),
+    Table("sign-in-imagenet-resnet50-dst", "sign_in",
+          "Sign-In (NeurIPS 2025), ImageNet ResNet-50, AC/DC and RiGL ± Sign-In",
+          "sign_in_imagenet_resnet50_dst", "sign_in_cpu_dst"),
 )}
 
 #: The quickstart: one reduced CPU config per paper (``configs/quickstart_*.py``).

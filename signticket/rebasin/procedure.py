@@ -24,6 +24,7 @@ reused and a killed pipeline resumes. This module imports the training stack; th
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -58,6 +59,7 @@ from signticket.runs import (
     stage_config,
     train_run,
 )
+from signticket.sharding import make_mesh
 from signticket.train import TrainState
 from signticket.tree import LeafPredicate, PyTree, named_leaves
 
@@ -250,14 +252,23 @@ def _scope_key(imp: ConfigDict) -> dict:
 # -- matching -----------------------------------------------------------------------------------
 
 
-def _matching_batches(config: ConfigDict, dataset: data_lib.Dataset, seed: int):
+def _matching_batches(config: ConfigDict, dataset, seed: int):
     """Shuffled training batches for activation matching (eval-mode forward passes).
 
     ``matching.batches == 0`` is one whole epoch with the last partial batch dropped and, with
     ``matching.augment``, the training augmentation (sparse-rebasin matches over its augmented
     ``train_dl``: ``act_matching_resnet20.py`` ``run_corr_matrix``, fed by ``experiment.py``
     line 108 / 141); otherwise the first ``batches`` batches, un-augmented unless ``augment``.
+
+    A streamed dataset (anything but an in-memory :class:`~signticket.data.Dataset`, e.g.
+    ImageNet) is read through its :class:`~signticket.data.Source` API and never held in
+    memory: augmented batches are the first ``batches`` of the training stream (tf.data's
+    crop and flip, the official ImageNet ``train_dl``), un-augmented ones a
+    ``train_sample`` (resize + center crop).
     """
+    if not isinstance(dataset, data_lib.Dataset):
+        yield from _streamed_matching_batches(config, data_lib.as_source(dataset), seed)
+        return
     m = config.matching
     idx = np.random.RandomState(seed).permutation(dataset.num_train)
     n = len(idx) // m.batch_size if m.batches == 0 else m.batches
@@ -268,6 +279,30 @@ def _matching_batches(config: ConfigDict, dataset: data_lib.Dataset, seed: int):
         images = jnp.asarray(dataset.train_images[idx[i : i + m.batch_size]])
         rng = jax.random.fold_in(key, j) if augment else None
         yield dataset.preprocess(images, rng, augment)
+
+
+#: The stream epoch matching reads: training epochs count from 1, so epoch 0 of a run's data
+#: seed is an order no training stage sees.
+MATCHING_EPOCH = 0
+
+
+def _streamed_matching_batches(config: ConfigDict, source: data_lib.Source, seed: int):
+    m = config.matching
+    full = source.num_train // m.batch_size
+    n = full if m.batches == 0 else m.batches
+    if not 0 < n <= full:
+        raise UserError(f"matching.batches={m.batches} x batch_size={m.batch_size} needs "
+                        f"{n * m.batch_size} training examples; {source.name} has "
+                        f"{source.num_train}")
+    if m.get("augment", False):
+        batches = source.train_epoch(MATCHING_EPOCH, m.batch_size, seed, make_mesh())
+        for batch in itertools.islice(batches, n):
+            # tf.data already cropped and flipped; on device only the normalization is left.
+            yield source.preprocess(batch["image"], None, False)
+        return
+    images, _ = source.train_sample(n * m.batch_size, seed)
+    for i in range(0, len(images), m.batch_size):
+        yield source.preprocess(jnp.asarray(images[i : i + m.batch_size]), None, False)
 
 
 def permutation_spec(config: ConfigDict, variables: PyTree) -> PermutationSpec:

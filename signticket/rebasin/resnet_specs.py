@@ -114,7 +114,7 @@ def resnet_spec(variables: Mapping[str, PyTree]) -> PermutationSpec:
 
 
 #: Residual-stream site choices for :func:`with_stream_sites`.
-STREAM_SITES = ("all", "sparse_rebasin")
+STREAM_SITES = ("all", "sparse_rebasin", "last")
 
 
 def with_stream_sites(spec: PermutationSpec, sites: str) -> PermutationSpec:
@@ -125,8 +125,13 @@ def with_stream_sites(spec: PermutationSpec, sites: str) -> PermutationSpec:
     ``kk = [3, 6, 8]`` over ``[stem, *blocks]``): the output of the last block of every stage
     but the final one, and of the *second-to-last* block of the final stage (index 8 of 10 on
     ResNet-20 is ``layer3[1]``; reproduced as the official code has it). Block-internal
-    permutations keep their one site (``relu(bn1)``), as there. A spec without residual
-    streams (MLP, VGG: one site per layer already) is returned unchanged.
+    permutations keep their one site (``relu(bn1)``), as there.
+    ``"last"``: each stream at its last site in forward order, as sparse-rebasin's ImageNet
+    ResNet-50 matcher (``resnet50_src/resnet50_w2_matching.py`` ``get_permk``: ``kk = 0, 3,
+    7, 13, 16`` over ``[stem, *blocks]``): the stem for a stream no block writes (ResNet-50's
+    first stage starts with a projection shortcut), else the output of its stage's last
+    block, the final stage included. Block-internal permutations keep their sites. A spec
+    without residual streams (MLP, VGG: one site per layer already) is returned unchanged.
     """
     if sites not in STREAM_SITES:
         raise ValueError(f"unknown stream sites {sites!r}; available: {', '.join(STREAM_SITES)}")
@@ -137,6 +142,10 @@ def with_stream_sites(spec: PermutationSpec, sites: str) -> PermutationSpec:
     if not streams:
         return spec
     acts = dict(spec.activations)
+    if sites == "last":
+        # Sites are listed in forward order (the stem, then blocks by stage and index).
+        return dataclasses.replace(spec, activations={
+            **acts, **{p: (acts[p][-1],) for p in streams}})
     for j, p in enumerate(streams):
         blocks = [site for site in acts[p] if _BLOCK.fullmatch(site.module[0])]
         pick = -2 if j == len(streams) - 1 else -1
