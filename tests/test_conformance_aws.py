@@ -12,7 +12,6 @@ against the formula our init follows. No torch needed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import zlib
@@ -22,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _official_layout import assert_official_prune, set_path, to_flax
 
 from signticket import lottery, models
 from signticket.masks import full_mask
-from signticket.tree import is_prunable, named_leaves
+from signticket.tree import named_leaves
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "aws_conformance.json").read_text())
 MODELS = {"resnet50_cifar": "resnet50_cifar", "mobilenet_v2": "mobilenet_v2",
@@ -47,24 +47,7 @@ def seeded_value(name: str, shape: tuple[int, ...]) -> np.ndarray:
     return rs.standard_normal(shape) / math.sqrt(int(np.prod(shape[1:])))
 
 
-def to_flax(x: np.ndarray) -> np.ndarray:
-    """torch OIHW conv / (out, in) linear -> HWIO / (in, out)."""
-    if x.ndim == 4:
-        return x.transpose(2, 3, 1, 0)
-    return x.T if x.ndim == 2 else x
 
-
-def to_torch(x: np.ndarray) -> np.ndarray:
-    if x.ndim == 4:
-        return x.transpose(3, 2, 0, 1)
-    return x.T if x.ndim == 2 else x
-
-
-def _set(tree: dict, path: str, value) -> None:
-    *mods, leaf = path.split("/")
-    for m in mods:
-        tree = tree.setdefault(m, {})
-    tree[leaf] = value
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -78,7 +61,7 @@ def case(request):
     variables: dict = {"params": {}, "batch_stats": {}}
     for name, coll, path, shape in fx["entries"]:
         value = to_flax(seeded_value(name, tuple(shape)).astype(np.float32))
-        _set(variables[coll], path, jnp.asarray(value))
+        set_path(variables[coll], path, jnp.asarray(value))
     return key, fx, model, x, shapes, variables
 
 
@@ -107,19 +90,7 @@ def test_one_global_20pct_round_prunes_the_official_set(case):
     _key, fx, _, _, _, variables = case
     params = variables["params"]
     mask = lottery.prune_round(params, full_mask(params), 0.2, count_rule="official_aws")
-    ours = {}
-    for path, m in named_leaves(mask):
-        if is_prunable(path):
-            m = to_torch(np.asarray(m, bool))
-            ours[path] = [int(m.sum()), int(m.size),
-                          hashlib.sha1(np.packbits(m.ravel()).tobytes()).hexdigest()]
-    official = fx["prune_20pct_global"]
-    # the same layers carry masks (every conv and non-classifier linear) ...
-    assert set(ours) == {p for p, *_ in official["layers"]}
-    # ... and the same weights survive, layer by layer
-    for path, kept, total, digest in official["layers"]:
-        assert ours[path] == [kept, total, digest], path
-    assert sum(v[0] for v in ours.values()) == official["kept"] == int(official["total"] * 0.8)
+    assert_official_prune(mask, fx["prune_20pct_global"])
 
 
 def _expected_std(key: str, path: str, shape: list[int]) -> float:

@@ -16,7 +16,6 @@ formula our init follows. No torch needed.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import zlib
@@ -27,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _official_layout import assert_official_prune, set_path, to_flax, to_torch
 
 from signticket import lottery, models
-from signticket.tree import is_norm, is_prunable, named_leaves, select
+from signticket.tree import is_norm, named_leaves, select
 
 FIXTURE = json.loads(
     (Path(__file__).parent / "fixtures" / "aws_conformance_more.json").read_text())
@@ -66,24 +66,7 @@ def seeded_value(name: str, shape: tuple[int, ...]) -> np.ndarray:
     return rs.standard_normal(shape) / math.sqrt(int(np.prod(shape[1:])))
 
 
-def to_flax(x: np.ndarray) -> np.ndarray:
-    """torch OIHW conv / (O, I, 1) conv1d / (out, in) linear -> HWIO / (1, I, O) / (in, out)."""
-    if x.ndim >= 3:
-        return x.transpose((*range(2, x.ndim), 1, 0))
-    return x.T if x.ndim == 2 else x
 
-
-def to_torch(x: np.ndarray) -> np.ndarray:
-    if x.ndim >= 3:  # (*kernel, I, O) -> (O, I, *kernel)
-        return x.transpose((x.ndim - 1, x.ndim - 2, *range(x.ndim - 2)))
-    return x.T if x.ndim == 2 else x
-
-
-def _set(tree: dict, path: str, value) -> None:
-    *mods, leaf = path.split("/")
-    for m in mods:
-        tree = tree.setdefault(m, {})
-    tree[leaf] = value
 
 
 @functools.cache
@@ -95,7 +78,7 @@ def _case(key: str):
     variables: dict = {"params": {}, "batch_stats": {}}
     for name, coll, path, shape in fx["entries"]:
         value = to_flax(seeded_value(name, tuple(shape)).astype(np.float32))
-        _set(variables[coll], path, jnp.asarray(value))
+        set_path(variables[coll], path, jnp.asarray(value))
     return fx, model, jnp.asarray(x), variables
 
 
@@ -220,19 +203,7 @@ def test_one_global_20pct_round_prunes_the_official_set(official_case):
     dense = jax.tree.map(lambda p: np.ones(p.shape, bool), params)
     mask = lottery.prune_round(params, dense, 0.2, prunable="kernels_except_head",
                                count_rule="official_aws")
-    ours = {}
-    for path, m in named_leaves(mask):
-        if is_prunable(path):
-            m = to_torch(np.asarray(m, bool))
-            ours[path] = [int(m.sum()), int(m.size),
-                          hashlib.sha1(np.packbits(m.ravel()).tobytes()).hexdigest()]
-    official = fx["prune_20pct_global"]
-    # the same layers carry masks (every Conv2d / Conv1d, every Linear but the classifier) ...
-    assert set(ours) == {p for p, *_ in official["layers"]}
-    # ... and the same weights survive, layer by layer
-    for path, kept, total, digest in official["layers"]:
-        assert ours[path] == [kept, total, digest], path
-    assert sum(v[0] for v in ours.values()) == official["kept"] == int(official["total"] * 0.8)
+    assert_official_prune(mask, fx["prune_20pct_global"])
 
 
 def _fan_in(shape: list[int]) -> int:
