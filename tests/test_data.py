@@ -141,7 +141,7 @@ def _torchvision_get_params(height, width, scale, ratio, rng):
 
 def test_resized_crop_boxes_follow_torchvision_get_params():
     """RandomResizedCrop(64, scale=(0.5, 1)) boxes (official AWS Tiny-ImageNet, data/utils.py:
-    37): inside the image, and distributed as torchvision's rejection sampler (which skews the
+    35): inside the image, and distributed as torchvision's rejection sampler (which skews the
     area below the uniform mean 0.75: large boxes with extreme aspects do not fit)."""
     from signticket.data.preprocess import resized_crop_boxes
 

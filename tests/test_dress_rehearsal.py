@@ -1,8 +1,8 @@
 """Dress rehearsal: every ``signticket reproduce`` target end to end at smoke scale.
 
 Each target runs its paper config — model, stages, schedules, table and figures — through the
-real CLI, TFDS and input pipeline (in-memory for CIFAR / Fashion-MNIST, tf.data streaming for
-ImageNet) on TFDS mock data (``tests/_mock_tfds.py``), with only counts shrunk by
+real CLI, TFDS and input pipeline (in-memory for CIFAR / Tiny-ImageNet / Fashion-MNIST, tf.data
+streaming for ImageNet) on TFDS mock data (``tests/_mock_tfds.py``), with only counts shrunk by
 ``--config`` overrides: one epoch per stage, one round, one seed, a few dozen examples, narrow
 layers. A target that cannot run this way is broken at paper scale too (a key renamed, a stage
 that crashes after hours of training, a table that cannot be written). ImageNet runs on 8
@@ -48,6 +48,8 @@ TARGETS = {
     "aws-cifar100-mobilenetv2": ([*_AWS, "model.kwargs.width_mult=0.1"], 1),
     "aws-imagenet-resnet50": ([*_AWS, "model.kwargs.widths=(4,4,4,4)", "data.image_size=32"],
                               8),
+    "aws-tiny-imagenet-resnet50": ([*_AWS, "model.kwargs.widths=(4,4,4,4)"], 1),
+    "aws-tiny-imagenet-mobilenetv2": ([*_AWS, "model.kwargs.width_mult=0.1"], 1),
     "permuted-cifar10-resnet20": (_PERMUTED, 1),
     "permuted-cifar100-resnet20": (_PERMUTED, 1),
     "permuted-cifar10-vgg11": (_PERMUTED, 1),

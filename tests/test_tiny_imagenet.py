@@ -2,7 +2,7 @@
 ``wnids.txt``, ``train/<wnid>/images/*.JPEG``, ``val/images`` + ``val/val_annotations.txt``),
 the missing-download error, and TFDS mock data through signticket's loading.
 
-Labels must be ImageFolder's (official AWS ``data/utils.py:48-52`` over the per-wnid folders of
+Labels must be ImageFolder's (official AWS ``data/utils.py:49-53`` over the per-wnid folders of
 ``data/preprocess_tiny_imagenet.py``): the wnid's index in *sorted* order, which differs from
 the order of ``wnids.txt``."""
 
@@ -109,7 +109,7 @@ def test_load_prepares_with_tfds_from_the_manual_dir(tmp_path, monkeypatch):
         for image, y in zip(images, labels, strict=True):
             if y != 3:
                 np.testing.assert_allclose(image.reshape(-1, 3).mean(0), _color(y), atol=3)
-    # Official augmentation (data/utils.py:36-40): RandomResizedCrop(64, (0.5, 1)) + flip,
+    # Official augmentation (data/utils.py:34-39): RandomResizedCrop(64, (0.5, 1)) + flip,
     # ImageNet mean/std; none at evaluation.
     p = ds.preprocess
     assert (p.resized_crop_scale, p.flip, p.crop_padding) == ((0.5, 1.0), True, 0)

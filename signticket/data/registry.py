@@ -81,7 +81,7 @@ _SPECS: dict[str, DatasetSpec] = {
             (0.2673, 0.2564, 0.2762),
             **_CIFAR_AUG,
         ),
-        # Official AWS data/utils.py:35-46: RandomResizedCrop(64, (0.5, 1)) + flip for
+        # Official AWS data/utils.py:33-53: RandomResizedCrop(64, (0.5, 1)) + flip for
         # training, ImageNet mean/std; the official val split (labelled) is the test split.
         # Labels: index of the class folder name (wnid) in sorted order, as ImageFolder.
         DatasetSpec(

@@ -6,7 +6,7 @@ dir (``<data_dir>/downloads/manual``), as the zip or its extracted ``tiny-imagen
 folder, and ``python -m signticket.data.prepare tiny_imagenet`` (or the first load) prepares it.
 
 The splits follow the official AWS code (``data/preprocess_tiny_imagenet.py``,
-``data/utils.py:35-52``): ``train`` = the 100,000 images of ``train/<wnid>/images/``,
+``data/utils.py:33-53``): ``train`` = the 100,000 images of ``train/<wnid>/images/``,
 ``validation`` = the 10,000 labelled images of ``val/images/`` with their class from
 ``val/val_annotations.txt`` (the official code's test set; the ``test/`` folder has no labels
 and is not used). Labels are each wnid's index in sorted order — ``ImageFolder``'s class
