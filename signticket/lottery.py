@@ -248,7 +248,16 @@ CUT_RULES: dict[str, Callable[[int, float], int]] = {"exact": kept_at_sparsity}
 
 
 def _count(mask: PyTree, prunable: LeafPredicate) -> int:
-    return sum(int(jnp.sum(m)) for p, m in named_leaves(mask) if prunable(p))
+    chosen = [m for p, m in named_leaves(mask) if prunable(p)]
+    return int(_true_count(chosen)) if chosen else 0
+
+
+@jax.jit
+def _true_count(masks: list[jax.Array]) -> jax.Array:
+    # One small program per architecture (a single reduction), not one eager sum per leaf,
+    # each compiled for its leaf's shape.
+    return jnp.sum(jnp.concatenate([jnp.ravel(m) for m in masks]), dtype=jnp.int64
+                   if jax.config.jax_enable_x64 else jnp.int32)
 
 
 def _size(mask: PyTree, prunable: LeafPredicate) -> int:

@@ -187,12 +187,18 @@ def check_finite_leaves(tree: PyTree, what: str, where: LeafPredicate | None = N
     chosen = [(name, x) for name, x in named_leaves(tree) if where is None or where(name, x)]
     if not chosen or any(isinstance(x, jax.core.Tracer) for _, x in chosen):
         return
-    # One device-to-host transfer for the whole tree, not one per leaf.
-    finite = np.asarray(jnp.stack([jnp.all(jnp.isfinite(x)) for _, x in chosen]))
-    if not finite.all():
-        name = chosen[int(np.argmin(finite))][0]
+    # One small compiled program (a single reduction over all leaves) and one transfer for the
+    # whole tree; eager per-leaf ops would each compile for their leaf's shape. Only a tree that
+    # fails is searched leaf by leaf, for the message.
+    if not bool(_all_finite([x for _, x in chosen])):
+        name = next(n for n, x in chosen if not bool(jnp.all(jnp.isfinite(x))))
         raise UserError(f"{what} leaf {name!r} holds NaN or inf values; ranking them by "
                         "magnitude is meaningless (a diverged run? check its loss)")
+
+
+@jax.jit
+def _all_finite(leaves: list[jax.Array]) -> jax.Array:
+    return jnp.all(jnp.isfinite(jnp.concatenate([jnp.ravel(x) for x in leaves])))
 
 
 def tree_size(tree: PyTree) -> int:

@@ -32,7 +32,15 @@ CASES: dict[str, tuple[dict, tuple[int, ...]]] = {
     "vgg16": ({}, (2, 32, 32, 3)),
     "vgg16_bn": ({}, (2, 32, 32, 3)),
     "mobilenet_v2": ({"width_mult": 0.25}, (2, 32, 32, 3)),
+    "mobilenet_v2_imagenet": ({"width_mult": 0.25}, (2, 64, 64, 3)),
+    "efficientnet_b0": ({"width_mult": 0.25}, (2, 32, 32, 3)),
+    "shufflenet": ({"width_mult": 0.1}, (2, 32, 32, 3)),
+    "mlp_mixer": ({"image_size": 32, "patch_size": 8, "dim": 16, "depth": 2}, (2, 32, 32, 3)),
 }
+#: Modules the official code builds but never calls (so their running statistics never move
+#: and they get no gradient): EfficientNet's expansion-1 block keeps its expansion conv + BN.
+UNUSED_MODULES: dict[str, set[str]] = {"efficientnet_b0": {"block0/expand_conv",
+                                                           "block0/expand_bn"}}
 NUM_CLASSES = 7
 
 
@@ -135,9 +143,14 @@ def test_forward_backward(name):
     assert any(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(out["grads"]))
     assert "head" in params and set(params["head"]) == {"kernel", "bias"}
     assert params["head"]["kernel"].shape[-1] == NUM_CLASSES
-    if stats:  # train mode moved the running statistics
+    unused = UNUSED_MODULES.get(name, set())
+    for path, grads in modules(out["grads"]).items():
+        if "/".join(path) in unused:
+            assert all(float(jnp.abs(g).max()) == 0 for g in grads.values()), path
+    if stats:  # train mode moved the running statistics (of the modules in use)
         moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), out["batch_stats"], stats)
-        assert all(jax.tree.leaves(moved))
+        for path, leaves in modules(moved).items():
+            assert all(leaves.values()) == ("/".join(path) not in unused), path
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -153,13 +166,15 @@ def test_module_names(name):
         else:
             assert set(leaves) in ({"kernel"}, {"kernel", "bias"}), where
             assert not is_norm_name(path[-1]), where
-            assert leaves["kernel"].ndim in (2, 4), where
+            # dense, Conv1d (MLP-Mixer's token mixing: (1, in, out)), Conv2d
+            assert leaves["kernel"].ndim in (2, 3, 4), where
     for path in modules(variables["batch_stats"]):
         assert is_norm_name(path[-1]), f"{name}: {'/'.join(path)}"
-    assert len(modules(variables["batch_stats"])) == n_norm
-    has_bn = name not in ("mlp", "vgg11", "vgg11_nofc", "vgg16")
-    assert (n_norm > 0) == has_bn
-    assert (variables["batch_stats"] == {}) == (not has_bn)
+    n_layer_norm = sum(1 for path in modules(variables["params"]) if path[-1].endswith("_ln"))
+    assert len(modules(variables["batch_stats"])) == n_norm - n_layer_norm  # BN only
+    has_norm = name not in ("mlp", "vgg11", "vgg11_nofc", "vgg16")
+    assert (n_norm > 0) == has_norm
+    assert (variables["batch_stats"] == {}) == (not has_norm or name == "mlp_mixer")
 
 
 def test_init_variables_distributions():
@@ -319,7 +334,8 @@ def test_no_batch_norm_means_no_batch_stats():
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match=r"unknown model 'foo'; available: convnet, mlp"):
+    with pytest.raises(ValueError,
+                       match=r"unknown model 'foo'; available: convnet, efficientnet_b0, mlp"):
         models.get("foo", num_classes=10)
 
 
@@ -487,3 +503,16 @@ def test_batch_norm_equals_flax_batch_norm(train):
     chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(variables["params"], x),
                                 jax.grad(loss(ref), argnums=(0, 1))(variables["params"], x),
                                 rtol=1e-4, atol=1e-5)
+
+
+def test_channel_shuffle_interleaves_groups():
+    """ShuffleNet's shuffle: channel ``j * groups + g`` of the output is channel
+    ``g * (c / groups) + j`` of the input (groups read round-robin)."""
+    from signticket.errors import UserError
+    from signticket.models.shufflenet import channel_shuffle
+
+    x = jnp.arange(6.0).reshape(1, 1, 1, 6)
+    np.testing.assert_array_equal(channel_shuffle(x, 3)[0, 0, 0], [0, 2, 4, 1, 3, 5])
+    np.testing.assert_array_equal(channel_shuffle(x, 2)[0, 0, 0], [0, 3, 1, 4, 2, 5])
+    with pytest.raises(UserError, match="7 channels"):
+        channel_shuffle(jnp.zeros((1, 1, 1, 7)), 3)

@@ -27,3 +27,25 @@ def test_check_same_structure_names_difference(params):
     bad = dict(params, head={"kernel": jnp.zeros((3, 3)), "bias": jnp.zeros(10)})
     with pytest.raises(ValueError, match="head/kernel"):
         tree.check_same_structure(params, bad)
+
+
+def test_layer_norm_parameters_are_norms_and_conv1d_kernels_prunable():
+    """MLP-Mixer's names: LayerNorms ``*_ln`` (AWS interpolates them, as the official
+    ``new_ln_forward``), its Conv1d / Linear kernels prunable, the classifier not."""
+    for path in ("block0/token_ln/scale", "block3/channel_ln/bias", "final_ln/scale"):
+        assert tree.is_norm(path) and not tree.is_prunable(path) and not tree.is_bias(path)
+    for path in ("block0/token_fc1/kernel", "block0/channel_fc2/kernel", "patch_embed/kernel"):
+        assert tree.is_prunable(path) and not tree.is_norm(path)
+    assert tree.is_bias("block0/token_fc1/bias") and not tree.is_norm("block0/token_fc1/bias")
+    assert not tree.is_prunable("head/kernel")
+
+
+def test_check_finite_leaves_names_the_first_bad_leaf():
+    good = {"a": {"kernel": jnp.ones((2, 3))}, "b": {"kernel": jnp.zeros((4,))}}
+    tree.check_finite_leaves(good, "params")
+    bad = {"a": {"kernel": jnp.ones((2, 3))}, "b": {"kernel": jnp.array([0.0, jnp.inf])},
+           "c": {"kernel": jnp.array([jnp.nan])}}
+    with pytest.raises(ValueError, match=r"params leaf 'b/kernel' holds NaN or inf"):
+        tree.check_finite_leaves(bad, "params")
+    # leaves outside ``where`` are not checked
+    tree.check_finite_leaves(bad, "params", where=lambda p, x: p.startswith("a"))

@@ -112,12 +112,17 @@ def conv(
     use_bias: bool = False,
     groups: int = 1,
     init: str = "kaiming_normal_fan_in",
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros,
 ) -> nn.Conv:
     """A square HWIO convolution with PyTorch-style symmetric padding ``kernel_size // 2``.
 
     Symmetric padding (rather than Flax's ``"SAME"``, which pads ``(0, 1)`` for stride 2) keeps
     strided layers pixel-aligned with their PyTorch counterparts, so weights can be ported.
-    ``init`` names the kernel init (:data:`KERNEL_INITS`); biases start at zero.
+    ``init`` names the kernel init (:data:`KERNEL_INITS`); biases (``use_bias``) start at zero
+    unless ``bias_init`` says otherwise (PyTorch's default conv bias:
+    ``torch_default_bias(in / groups * k * k)``). ``groups > 1`` (grouped and depthwise convs)
+    always runs on XLA: :func:`conv_general_dilated` routes only ungrouped convs to the native
+    and im2col paths.
     """
     pad = kernel_size // 2
     return nn.Conv(
@@ -128,7 +133,7 @@ def conv(
         use_bias=use_bias,
         feature_group_count=groups,
         kernel_init=KERNEL_INITS[init],
-        bias_init=nn.initializers.zeros,
+        bias_init=bias_init,
         conv_general_dilated=conv_general_dilated,
         name=name,
     )

@@ -15,10 +15,14 @@ import flax.linen as nn
 
 from signticket.errors import UserError
 from signticket.models.convnet import ConvNet
+from signticket.models.efficientnet import efficientnet_b0
 from signticket.models.mlp import MLP
+from signticket.models.mlp_mixer import mlp_mixer
 from signticket.models.mobilenet_v2 import MobileNetV2
+from signticket.models.mobilenet_v2_imagenet import mobilenet_v2_imagenet
 from signticket.models.resnet_cifar import resnet18, resnet20, resnet20_rebasin
 from signticket.models.resnet_imagenet import resnet50, resnet50_cifar
+from signticket.models.shufflenet import shufflenet
 from signticket.models.vgg import vgg11, vgg11_nofc, vgg16
 
 Constructor = Callable[..., nn.Module]
@@ -129,3 +133,11 @@ def _vgg16_bn(num_classes: int = 10) -> nn.Module:
 @register("mobilenet_v2")
 def _mobilenet_v2(num_classes: int = 10, width_mult: float = 1.0) -> MobileNetV2:
     return MobileNetV2(width_mult=width_mult, num_classes=num_classes)
+
+
+# The remaining architectures of the official AWS code (models/utils.py get_model): CIFAR-100 /
+# Tiny-ImageNet EfficientNet-B0 and ShuffleNet, ImageNet MLP-Mixer and torchvision MobileNetV2.
+register("efficientnet_b0")(efficientnet_b0)
+register("shufflenet")(shufflenet)
+register("mlp_mixer")(mlp_mixer)
+register("mobilenet_v2_imagenet")(mobilenet_v2_imagenet)
