@@ -4,7 +4,9 @@ Unit tests use synthetic arrays. ``@pytest.mark.integration`` tests read the rea
 (prepared by TFDS from the Debian package the first time, then from the npz cache).
 """
 
+import math
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -124,6 +126,85 @@ def test_crop_only_gives_a_window_of_the_zero_padded_image():
     assert len(offsets) > 1  # per-example offsets
 
 
+def _torchvision_get_params(height, width, scale, ratio, rng):
+    """torchvision ``RandomResizedCrop.get_params`` (transforms.py) in plain Python: the
+    reference distribution (torchvision itself is not installed with the project)."""
+    area, log_ratio = height * width, (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    return 0, 0, height, width  # square image: the fallback is the whole image
+
+
+def test_resized_crop_boxes_follow_torchvision_get_params():
+    """RandomResizedCrop(64, scale=(0.5, 1)) boxes (official AWS Tiny-ImageNet, data/utils.py:
+    35): inside the image, and distributed as torchvision's rejection sampler (which skews the
+    area below the uniform mean 0.75: large boxes with extreme aspects do not fit)."""
+    from signticket.data.preprocess import resized_crop_boxes
+
+    n = 4096
+    boxes = np.asarray(resized_crop_boxes(jax.random.PRNGKey(0), n, 64, 64, (0.5, 1.0)))
+    rng = random.Random(0)
+    ref = np.array([_torchvision_get_params(64, 64, (0.5, 1.0), (3 / 4, 4 / 3), rng)
+                    for _ in range(n)])
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + h <= 64).all() and (left + w <= 64).all()
+    area, ref_area = h * w / 64**2, ref[:, 2] * ref[:, 3] / 64**2
+    assert area.min() > 0.5 - 0.02 and area.max() <= 1.0
+    assert 3 / 4 - 0.03 < (w / h).min() and (w / h).max() < 4 / 3 + 0.03
+    assert area.mean() == pytest.approx(ref_area.mean(), abs=0.01)  # ~0.70
+    np.testing.assert_allclose(np.percentile(area, [10, 50, 90]),
+                               np.percentile(ref_area, [10, 50, 90]), atol=0.02)
+    for ours, theirs in ((h, ref[:, 2]), (w, ref[:, 3]), (top, ref[:, 0]), (left, ref[:, 1])):
+        assert ours.mean() == pytest.approx(theirs.mean(), abs=0.6)
+    assert (top == 64 - h).any() and (top == 0).any()  # offsets reach both ends of the slack
+
+
+def test_resized_crop_resamples_the_box_as_pil_crop_then_bilinear_resize():
+    """torchvision's resized_crop on a PIL image = img.crop(box).resize(size, BILINEAR): our
+    on-device resize of the same box agrees to PIL's uint8 rounding (two passes)."""
+    from PIL import Image
+
+    from signticket.data.preprocess import _interpolation_matrix
+
+    images = _images(n=3, h=64, w=64, c=3, seed=5)
+    boxes = np.array([[0, 0, 64, 64], [5, 11, 40, 52], [30, 2, 34, 61]])  # top, left, h, w
+    rows = _interpolation_matrix(jnp.asarray(boxes[:, 0]), jnp.asarray(boxes[:, 2]), 64, 64)
+    cols = _interpolation_matrix(jnp.asarray(boxes[:, 1]), jnp.asarray(boxes[:, 3]), 64, 64)
+    ours = np.asarray(jnp.einsum("byh,bhwc,bxw->byxc", rows, jnp.asarray(images, jnp.float32),
+                                 cols, precision=jax.lax.Precision.HIGHEST))
+    for k, (t, left, h, w) in enumerate(boxes):
+        pil = Image.fromarray(images[k]).crop((left, t, left + w, t + h))
+        ref = np.asarray(pil.resize((64, 64), Image.BILINEAR), np.float32)
+        assert np.abs(ours[k] - ref).max() <= 1.5, k
+    np.testing.assert_allclose(ours[0], images[0], atol=1e-3)  # the whole image: identity
+
+
+def test_resized_crop_augmentation_is_seeded_and_normalized():
+    p = Preprocess((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), flip=True,
+                   resized_crop_scale=(0.5, 1.0))
+    assert p.augments and hash(p) == hash(Preprocess(
+        (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), flip=True, resized_crop_scale=(0.5, 1)))
+    images = jnp.asarray(_images(n=8, h=64, w=64, c=3))
+    augment = jax.jit(lambda x, rng: p(x, rng, True))
+    a, b = augment(images, jax.random.PRNGKey(0)), augment(images, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert a.shape == images.shape and a.dtype == jnp.float32
+    plain = _normalize(np.asarray(images), p.mean, p.std)
+    assert not np.allclose(np.asarray(a), plain, atol=1e-3)
+    # Evaluation never crops.
+    np.testing.assert_allclose(np.asarray(p(images, jax.random.PRNGKey(0), False)), plain,
+                               rtol=1e-5, atol=1e-5)
+    # Pixel values stay in the image's range (a convex combination of pixels).
+    lo = (0 - np.asarray(p.mean)) / np.asarray(p.std)
+    hi = (1 - np.asarray(p.mean)) / np.asarray(p.std)
+    assert (np.asarray(a) >= lo - 1e-5).all() and (np.asarray(a) <= hi + 1e-5).all()
+
+
 def test_preprocess_rejects_bad_config():
     with pytest.raises(ValueError):
         Preprocess((0.5, 0.5), (0.2,))
@@ -131,6 +212,10 @@ def test_preprocess_rejects_bad_config():
         Preprocess((0.5,), (0.0,))
     with pytest.raises(ValueError):
         Preprocess((0.5,), (0.2,), crop_padding=-1)
+    with pytest.raises(ValueError, match="resized_crop_scale"):
+        Preprocess((0.5,), (0.2,), resized_crop_scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="two crops"):
+        Preprocess((0.5,), (0.2,), crop_padding=4, resized_crop_scale=(0.5, 1.0))
 
 
 # -- batches --------------------------------------------------------------------------------------
@@ -315,7 +400,7 @@ def test_unknown_dataset_lists_valid_names():
         data.load("cifar11")
     for name in data.names():
         assert name in str(e.value)
-    assert data.names() == ["fashion_mnist", "mnist", "cifar10", "cifar100"]
+    assert data.names() == ["fashion_mnist", "mnist", "cifar10", "cifar100", "tiny_imagenet"]
     with pytest.raises(ValueError, match="imagenet_stream"):
         data.load("imagenet2012")
 

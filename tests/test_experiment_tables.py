@@ -186,3 +186,32 @@ def test_aws_table_has_a_column_per_header(tmp_path):
     (row,) = _csv(tmp_path / "table.csv")
     assert row["AWS sign transfer"] == "75.00 ± 5.77"  # four samples: 70, 80, 70, 80
     assert row["LRR err(ψ_init) − err(ψ)"] == "10.00 ± 0.00"
+
+
+def test_aws_paper_table_puts_the_papers_numbers_beside_ours_where_it_has_them(tmp_path):
+    c = aws_cpu.get_config()
+    c.experiment.final_rounds = (2, 3)
+    c.experiment.paper = ConfigDict({"source": "Table 9 (synthetic)", "rounds": {
+        "2": {"dense": 91.0, "aws": {"sign_transfer": 74.0, "barrier_st_st": 1.5}},
+    }})
+    curve = {"alphas": [0, 1], "error": [0.1, 0.2], "error_barrier": 0.02}
+    method = {"remaining": 0.64, "pruned": 0.8, "retrain": 0.8, "sign_transfer": [0.7, 0.8],
+              "mask_transfer": 0.6, "barrier_norm": curve, "barrier_st_retrain": curve,
+              "barrier_st_st": curve}
+    results = [{"seed": s, "dense": 0.9, "rounds": {k: {"lrr": method, "aws": method}
+                                                     for k in ("2", "3")}} for s in (0, 1)]
+    markdown, _ = aws.report(c, results, tmp_path, "T")
+    rows = {r["column"]: r for r in _csv(tmp_path / "paper.csv")}
+    # Only the numbers the paper has, at the rounds it has them.
+    assert set(rows) == {"dense", "AWS sign transfer", "AWS ST vs ST barrier"}
+    assert all(r["remaining"] == "64.0% (k=2)" for r in rows.values())
+    assert (rows["AWS sign transfer"]["paper"], rows["AWS sign transfer"]["ours − paper"]) == (
+        "74.00", "+1.00")  # ours 75.00: the pooled sign transfers
+    assert rows["dense"]["ours − paper"] == "-1.00"
+    assert rows["AWS ST vs ST barrier"]["ours − paper"] == "+0.50"  # points of error
+    assert "Table 9 (synthetic)" in markdown
+    # No paper numbers: no comparison table.
+    c.experiment.paper = ConfigDict({"source": "absent", "rounds": {}})
+    other = tmp_path / "none"
+    aws.report(c, results, other, "T")
+    assert not (other / "paper.csv").exists()

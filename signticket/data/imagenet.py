@@ -33,9 +33,7 @@ MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 EVAL_RESIZE_RATIO = 256 / 224
 
 
-def default_manual_dir(data_dir: Path) -> Path:
-    """TFDS's default folder for manually downloaded files."""
-    return data_dir / "downloads" / "manual"
+default_manual_dir = tfds_source.default_manual_dir
 
 
 def unavailable_error(data_dir: Path, manual_dir: Path | None = None) -> DatasetUnavailableError:

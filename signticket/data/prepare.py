@@ -1,8 +1,10 @@
 """``python -m signticket.data.prepare NAME [--data-dir D]``: prepare and cache a dataset.
 
 Run it once per machine (or once on a machine with internet, then copy the data dir). For
-``fashion_mnist`` it works offline from the Debian package ``dataset-fashion-mnist``. For
-in-memory datasets it also writes the npz cache, so training never imports TensorFlow.
+``fashion_mnist`` it works offline from the Debian package ``dataset-fashion-mnist``;
+``imagenet2012`` and ``tiny_imagenet`` are prepared from files downloaded by hand into
+``--manual-dir``. For in-memory datasets it also writes the npz cache, so training never
+imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--manual-dir",
         default=None,
-        help="folder with manually downloaded archives (ImageNet; default: "
+        help="folder with manually downloaded archives (ImageNet, Tiny-ImageNet; default: "
         "<data-dir>/downloads/manual)",
     )
     return parser
@@ -51,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             builder = imagenet.ensure_prepared(data_dir, manual)
             paths = [Path(str(builder.data_dir))]
         else:
-            paths = tfds_source.prepare(spec, data_dir)
+            manual = Path(args.manual_dir).expanduser() if args.manual_dir else None
+            paths = tfds_source.prepare(spec, data_dir, manual_dir=manual)
     except DatasetUnavailableError as e:
         print(f"prepare {args.name}: error: {e}", file=sys.stderr)
         return 2

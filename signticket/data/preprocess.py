@@ -24,12 +24,17 @@ class Preprocess:
         0 disables cropping. Padding is with black pixels (0) before normalization, as in
         the usual CIFAR recipe.
       flip: random horizontal flip with probability 1/2.
+      resized_crop_scale: ``(min, max)`` area fraction of torchvision's
+        ``RandomResizedCrop(size, scale)`` (aspect ratio in [3/4, 4/3]): a random box resized
+        back to the image's size (:func:`random_resized_crop`); ``None`` disables it. Not
+        combined with ``crop_padding``.
     """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop_padding: int = 0
     flip: bool = False
+    resized_crop_scale: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         # Accept lists/arrays but store tuples: the object must stay hashable so that jit can
@@ -42,11 +47,19 @@ class Preprocess:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
+        if self.resized_crop_scale is not None:
+            lo, hi = (float(x) for x in self.resized_crop_scale)
+            object.__setattr__(self, "resized_crop_scale", (lo, hi))
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"resized_crop_scale must satisfy 0 < min <= max <= 1, got "
+                                 f"{self.resized_crop_scale}")
+            if self.crop_padding:
+                raise ValueError("crop_padding and resized_crop_scale are two crops; use one")
 
     @property
     def augments(self) -> bool:
         """Whether training-time augmentation does anything."""
-        return self.crop_padding > 0 or self.flip
+        return self.crop_padding > 0 or self.flip or self.resized_crop_scale is not None
 
     def __call__(self, images: jax.Array, rng: jax.Array | None, train: bool) -> jax.Array:
         """uint8 ``[B, H, W, C]`` -> float32 normalized ``[B, H, W, C]``.
@@ -62,6 +75,8 @@ class Preprocess:
             crop_rng, flip_rng = jax.random.split(rng)
             if self.crop_padding > 0:
                 images = random_crop(images, crop_rng, self.crop_padding)
+            if self.resized_crop_scale is not None:
+                images = random_resized_crop(images, crop_rng, self.resized_crop_scale)
             if self.flip:
                 images = random_flip(images, flip_rng)
         # (x / 255 - mean) / std as one multiply-add: half the time of the divisions on CPU.
@@ -91,3 +106,76 @@ def random_flip(images: jax.Array, rng: jax.Array) -> jax.Array:
     """Mirror each image horizontally with probability 1/2 (independently per example)."""
     flip = jax.random.bernoulli(rng, 0.5, (images.shape[0],))
     return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
+
+
+#: torchvision ``RandomResizedCrop``'s default aspect-ratio range and number of tries.
+RESIZED_CROP_RATIO = (3 / 4, 4 / 3)
+RESIZED_CROP_ATTEMPTS = 10
+
+
+def resized_crop_boxes(rng: jax.Array, batch: int, height: int, width: int,
+                       scale: tuple[float, float],
+                       ratio: tuple[float, float] = RESIZED_CROP_RATIO) -> jax.Array:
+    """``[batch, 4]`` int boxes ``(top, left, h, w)`` drawn as torchvision's
+    ``RandomResizedCrop.get_params``: up to 10 tries of an area fraction uniform in ``scale``
+    and a log-uniform aspect ratio in ``ratio`` (sides ``round(sqrt(area * r))``,
+    ``round(sqrt(area / r))``); the first box that fits is placed uniformly; if none fits, the
+    central crop with the ratio clamped into ``ratio`` (the whole image for a square one)."""
+    k_area, k_ratio, k_top, k_left = jax.random.split(rng, 4)
+    shape = (batch, RESIZED_CROP_ATTEMPTS)
+    area = height * width * jax.random.uniform(k_area, shape, minval=scale[0], maxval=scale[1])
+    log_r = jax.random.uniform(k_ratio, shape, minval=np.log(ratio[0]), maxval=np.log(ratio[1]))
+    aspect = jnp.exp(log_r)
+    # jnp.round rounds half to even, as Python's round in torchvision.
+    w = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+    h = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = jnp.argmax(fits, axis=1)
+    pick = jnp.arange(batch)
+    # The fallback is static: it depends only on the image's shape.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fh, fw = height, round(height * max(ratio))
+    else:
+        fw, fh = width, height
+    found = fits.any(axis=1)
+    h = jnp.where(found, h[pick, first], fh)
+    w = jnp.where(found, w[pick, first], fw)
+    top = jnp.where(found, jax.random.randint(k_top, (batch,), 0, height - h + 1),
+                    (height - fh) // 2)
+    left = jnp.where(found, jax.random.randint(k_left, (batch,), 0, width - w + 1),
+                     (width - fw) // 2)
+    return jnp.stack([top, left, h, w], axis=1)
+
+
+def _interpolation_matrix(start: jax.Array, length: jax.Array, size: int, out: int
+                          ) -> jax.Array:
+    """``[B, out, size]`` bilinear weights sampling ``[start, start + length)`` of an axis at
+    ``out`` pixel centres, as PIL's bilinear resize of the cropped image when it enlarges
+    (which RandomResizedCrop always does here: the box is never larger than the output):
+    source coordinate ``start + (o + 0.5) * length / out - 0.5`` clamped into the box."""
+    start = start[:, None].astype(jnp.float32)
+    last = start + length[:, None].astype(jnp.float32) - 1
+    pos = start + (jnp.arange(out, dtype=jnp.float32) + 0.5) * length[:, None] / out - 0.5
+    pos = jnp.clip(pos, start, last)
+    lo = jnp.floor(pos)
+    frac = pos - lo
+    hi = jnp.minimum(lo + 1, last)
+    lo_hot = jax.nn.one_hot(lo.astype(jnp.int32), size, dtype=jnp.float32)
+    hi_hot = jax.nn.one_hot(hi.astype(jnp.int32), size, dtype=jnp.float32)
+    return (1 - frac)[..., None] * lo_hot + frac[..., None] * hi_hot
+
+
+def random_resized_crop(images: jax.Array, rng: jax.Array, scale: tuple[float, float]
+                        ) -> jax.Array:
+    """torchvision's ``RandomResizedCrop(H, scale)`` per example, output the input's size:
+    a box from :func:`resized_crop_boxes`, resized bilinearly to ``H x W``. Returns float32
+    pixel values (0-255, not rounded back to uint8 as PIL does between its two passes)."""
+    b, h, w, _ = images.shape
+    boxes = resized_crop_boxes(rng, b, h, w, scale)
+    rows = _interpolation_matrix(boxes[:, 0], boxes[:, 2], h, h)
+    cols = _interpolation_matrix(boxes[:, 1], boxes[:, 3], w, w)
+    return jnp.einsum("byh,bhwc,bxw->byxc", rows, images.astype(jnp.float32), cols,
+                      precision=jax.lax.Precision.HIGHEST)

@@ -14,8 +14,11 @@ from signticket.data.preprocess import Preprocess
 class DatasetSpec:
     """Static facts about one dataset.
 
-    ``crop_padding`` and ``flip`` are the augmentation used when augmentation is on;
-    ``augment_default`` says whether it is on when :func:`signticket.data.load` is not told.
+    ``crop_padding`` / ``resized_crop_scale`` and ``flip`` are the augmentation used when
+    augmentation is on; ``augment_default`` says whether it is on when
+    :func:`signticket.data.load` is not told. ``manual_files``: a dataset TFDS cannot download
+    is prepared from any one of these (file or folder) in the manual dir, fetched by hand from
+    ``download_url``.
     """
 
     name: str
@@ -26,6 +29,7 @@ class DatasetSpec:
     std: tuple[float, ...]
     crop_padding: int = 0
     flip: bool = False
+    resized_crop_scale: tuple[float, float] | None = None
     augment_default: bool = False
     train_split: str = "train"
     test_split: str = "test"
@@ -34,6 +38,8 @@ class DatasetSpec:
     #: Split sizes when known without reading TFDS's metadata (0: ask the builder).
     num_train: int = 0
     num_test: int = 0
+    manual_files: tuple[str, ...] = ()
+    download_url: str = ""
 
     def preprocess(self, augment: bool | None = None) -> Preprocess:
         """The on-device input transform, with augmentation on/off (``None``: the default)."""
@@ -43,6 +49,7 @@ class DatasetSpec:
             std=self.std,
             crop_padding=self.crop_padding if on else 0,
             flip=self.flip if on else False,
+            resized_crop_scale=self.resized_crop_scale if on else None,
         )
 
 
@@ -73,6 +80,25 @@ _SPECS: dict[str, DatasetSpec] = {
             (0.5071, 0.4865, 0.4409),
             (0.2673, 0.2564, 0.2762),
             **_CIFAR_AUG,
+        ),
+        # Official AWS data/utils.py:33-53: RandomResizedCrop(64, (0.5, 1)) + flip for
+        # training, ImageNet mean/std; the official val split (labelled) is the test split.
+        # Labels: index of the class folder name (wnid) in sorted order, as ImageFolder.
+        DatasetSpec(
+            "tiny_imagenet",
+            "tiny_imagenet",
+            200,
+            (64, 64, 3),
+            (0.485, 0.456, 0.406),
+            (0.229, 0.224, 0.225),
+            flip=True,
+            resized_crop_scale=(0.5, 1.0),
+            augment_default=True,
+            test_split="validation",
+            num_train=100_000,
+            num_test=10_000,
+            manual_files=("tiny-imagenet-200.zip", "tiny-imagenet-200"),
+            download_url="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
         ),
         # Augmentation (random-resized-crop, flip) happens in tf.data for ImageNet, so its
         # on-device Preprocess only normalizes.

@@ -165,6 +165,10 @@ def import_tfds() -> Any:
     # does not reserve GPU memory. Fails harmlessly if TF already initialized its devices.
     with contextlib.suppress(RuntimeError, ValueError):
         tf.config.set_visible_devices([], "GPU")
+    # signticket's own builders (datasets TFDS does not have), so tfds.builder finds them.
+    from signticket.data import tiny_imagenet
+
+    tiny_imagenet.builder_class(tfds)
     return tfds
 
 
@@ -228,12 +232,45 @@ def prepare_from_manual_dir(
     builder.download_and_prepare(download_config=config)
 
 
+def default_manual_dir(data_dir: Path) -> Path:
+    """TFDS's default folder for manually downloaded files."""
+    return data_dir / "downloads" / "manual"
+
+
+def manual_download_error(spec: DatasetSpec, data_dir: Path, manual: Path
+                          ) -> DatasetUnavailableError:
+    """The error for a manually downloaded dataset (``spec.manual_files``) that is neither
+    prepared nor downloaded: the exact commands that get it."""
+    return DatasetUnavailableError(
+        f"dataset {spec.name!r} is not available: TFDS looked in data_dir={data_dir} (for "
+        f"{data_dir / spec.tfds_name}) and found no prepared copy, and the manual dir {manual} "
+        f"has none of {', '.join(spec.manual_files)}. TFDS cannot download it: run "
+        f"`mkdir -p {manual} && wget {spec.download_url} -P {manual}`, then "
+        f"`python -m signticket.data.prepare {spec.name} --data-dir {data_dir}` (or just "
+        f"train: the first load prepares it); or copy a prepared {data_dir / spec.tfds_name} "
+        f"from another machine."
+    )
+
+
+def _manual_source(spec: DatasetSpec, data_dir: Path, manual_dir: Path | None
+                   ) -> Path | None:
+    """The manual dir when it holds one of ``spec.manual_files``, else ``None``."""
+    manual = manual_dir or default_manual_dir(data_dir)
+    return manual if any((manual / f).exists() for f in spec.manual_files) else None
+
+
 def ensure_prepared(spec: DatasetSpec, data_dir: Path, *, manual_dir: Path | None = None) -> Any:
     """A TFDS builder for ``spec`` whose data is prepared in ``data_dir``, preparing it if needed.
 
     Raises :class:`DatasetUnavailableError` quickly (without importing TensorFlow) when it is
-    not prepared, cannot be made from local files, and the network does not answer.
+    not prepared, cannot be made from local files, and the network does not answer (or, for
+    a dataset downloaded by hand, ``spec.manual_files``, is not in the manual dir).
     """
+    asked_manual_dir = manual_dir or default_manual_dir(data_dir)
+    if spec.manual_files:
+        manual_dir = _manual_source(spec, data_dir, manual_dir)
+        if manual_dir is None and not looks_prepared(data_dir, spec.tfds_name):
+            raise manual_download_error(spec, data_dir, asked_manual_dir)
     debian = debian_fashion_mnist_dir() if spec.tfds_name == "fashion_mnist" else None
     local_source = manual_dir or debian
     if not looks_prepared(data_dir, spec.tfds_name) and local_source is None:
@@ -254,6 +291,8 @@ def ensure_prepared(spec: DatasetSpec, data_dir: Path, *, manual_dir: Path | Non
             prepare_from_manual_dir(
                 builder, local_source, data_dir, register_checksums=local_source == debian
             )
+        elif spec.manual_files:
+            raise manual_download_error(spec, data_dir, asked_manual_dir)
         elif internet_available():
             log.info("downloading and preparing %s with TFDS into %s", spec.tfds_name, data_dir)
             builder.download_and_prepare()
@@ -267,6 +306,12 @@ def ensure_prepared(spec: DatasetSpec, data_dir: Path, *, manual_dir: Path | Non
     except DatasetUnavailableError:
         raise
     except Exception as e:  # TFDS raises many kinds (network, checksums, manual files, ...)
+        if spec.manual_files:
+            raise DatasetUnavailableError(
+                f"dataset {spec.name!r}: TFDS could not prepare it from {local_source} "
+                f"({type(e).__name__}: {e}); that folder must hold one of "
+                f"{', '.join(spec.manual_files)} as downloaded from {spec.download_url}"
+            ) from e
         raise unavailable(
             spec.name,
             spec.tfds_name,
@@ -347,10 +392,12 @@ def _load_cached_splits(spec: DatasetSpec, data_dir: Path) -> dict[str, tuple] |
     return splits
 
 
-def load_arrays(spec: DatasetSpec, data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def load_arrays(spec: DatasetSpec, data_dir: Path, *, manual_dir: Path | None = None
+                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{split: (uint8 NHWC images, int32 labels)}`` for the train and test splits of ``spec``.
 
-    From the npz cache when present (no TensorFlow import), else via TFDS, then cached.
+    From the npz cache when present (no TensorFlow import), else via TFDS (prepared from
+    ``manual_dir`` where the dataset is downloaded by hand), then cached.
     """
     splits = _load_cached_splits(spec, data_dir)
     if splits is not None:
@@ -359,7 +406,7 @@ def load_arrays(spec: DatasetSpec, data_dir: Path) -> dict[str, tuple[np.ndarray
         splits = _load_cached_splits(spec, data_dir)  # another process may have just built it
         if splits is not None:
             return splits
-        builder = ensure_prepared(spec, data_dir)
+        builder = ensure_prepared(spec, data_dir, manual_dir=manual_dir)
         tfds = import_tfds()
         splits = {}
         for split in (spec.train_split, spec.test_split):
@@ -389,5 +436,5 @@ def prepare(spec: DatasetSpec, data_dir: Path, *, manual_dir: Path | None = None
         with _lock(data_dir, spec.name):
             builder = ensure_prepared(spec, data_dir, manual_dir=manual_dir)
         return [Path(str(builder.data_dir))]
-    load_arrays(spec, data_dir)
+    load_arrays(spec, data_dir, manual_dir=manual_dir)
     return [cache_path(data_dir, spec.name, s) for s in (spec.train_split, spec.test_split)]

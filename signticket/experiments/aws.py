@@ -36,7 +36,13 @@ from signticket.experiments.common import (
     run_seeds,
     save_figure,
 )
-from signticket.experiments.tables import mean_std, per_seed_mean, pooled, write_table
+from signticket.experiments.tables import (
+    mean_std,
+    paper_columns,
+    per_seed_mean,
+    pooled,
+    write_table,
+)
 from signticket.runs import (
     build_model,
     initial_variables,
@@ -197,6 +203,50 @@ def make_table(config: ConfigDict, results: list[dict], out: Path, title: str) -
     return write_table(out / "table", header, rows, title=title, notes=notes)
 
 
+#: The barriers the paper can be compared on (points of test error), by result key.
+PAPER_BARRIERS = [("ST vs retrain barrier", "barrier_st_retrain"),
+                  ("ST vs ST barrier", "barrier_st_st")]
+
+
+def paper_rows(config: ConfigDict, results: list[dict]) -> list[list[str]]:
+    """``[round, column, ours, paper, ours − paper]`` for every number the paper has
+    (``experiment.paper.rounds``, from ``paper_numbers/aws.json``) at a round we ran."""
+    rounds = config.experiment.get("paper", ConfigDict()).get("rounds", ConfigDict())
+    rows = []
+    for k in config.experiment.final_rounds:
+        ref = rounds.get(str(k))
+        if ref is None:
+            continue
+        per = [r["rounds"][str(k)] for r in results]
+        label = f"{per[0]['aws']['remaining']:.1%} (k={k})"
+        for name, method, key in COLUMNS:
+            value = ref.get("dense") if method is None else ref.get(method, {}).get(key)
+            if value is not None:
+                ours = column_samples(results, per, method, key)
+                rows.append([label, name, mean_std(ours, 100), *paper_columns(ours, value)])
+        for name, key in PAPER_BARRIERS:
+            for m in METHODS:
+                value = ref.get(m, {}).get(key)
+                if value is not None:
+                    ours = [p[m][key]["error_barrier"] for p in per]
+                    rows.append([label, f"{m.upper()} {name}", mean_std(ours, 100),
+                                 *paper_columns(ours, value)])
+    return rows
+
+
+def make_paper_table(config: ConfigDict, results: list[dict], out: Path, title: str
+                     ) -> str | None:
+    """``paper.md``/``.csv``: our numbers beside the paper's, where it has any (else None)."""
+    rows = paper_rows(config, results)
+    if not rows:
+        return None
+    source = config.experiment.paper.get("source", "")
+    return write_table(out / "paper", ["remaining", "column", "ours", "paper", "ours − paper"],
+                       rows, title=f"{title}: beside the paper",
+                       notes=f"Paper numbers: {source}. Accuracy in %, barriers in points of "
+                             f"test error; ours mean ± std over seeds as in the main table.")
+
+
 def plot_curves(results: list[dict], out: Path) -> list[Path]:
     plt = pyplot()
     paths = []
@@ -237,7 +287,9 @@ def report(config: ConfigDict, results: list[dict], out: Path, title: str
     figures = plot_curves(results, out)
     if all("imp_curve" in r for r in results):
         figures.append(plot_imp_curve(results, out))
-    return make_table(config, results, out, title), figures
+    markdown = make_table(config, results, out, title)
+    beside = make_paper_table(config, results, out, title)
+    return (markdown + "\n" + beside if beside else markdown), figures
 
 
 def plot_imp_curve(results: list[dict], out: Path) -> Path:

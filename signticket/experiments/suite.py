@@ -56,8 +56,25 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           "aws_cifar100_resnet50", "aws_cpu"),
     Table("aws-cifar100-mobilenetv2", "aws", "AWS (ICLR 2025), CIFAR-100 MobileNetV2",
           "aws_cifar100_mobilenetv2", "aws_cpu"),
+    Table("aws-cifar100-efficientnet", "aws", "AWS (ICLR 2025), CIFAR-100 EfficientNet-B0",
+          "aws_cifar100_efficientnet", "aws_cpu"),
+    Table("aws-cifar100-shufflenet", "aws", "AWS (ICLR 2025), CIFAR-100 ShuffleNet",
+          "aws_cifar100_shufflenet", "aws_cpu"),
+    Table("aws-tiny-imagenet-resnet50", "aws", "AWS (ICLR 2025), Tiny-ImageNet ResNet-50",
+          "aws_tiny_imagenet_resnet50", "aws_cpu"),
+    Table("aws-tiny-imagenet-mobilenetv2", "aws", "AWS (ICLR 2025), Tiny-ImageNet MobileNetV2",
+          "aws_tiny_imagenet_mobilenetv2", "aws_cpu"),
+    Table("aws-tiny-imagenet-efficientnet", "aws",
+          "AWS (ICLR 2025), Tiny-ImageNet EfficientNet-B0", "aws_tiny_imagenet_efficientnet",
+          "aws_cpu"),
+    Table("aws-tiny-imagenet-shufflenet", "aws", "AWS (ICLR 2025), Tiny-ImageNet ShuffleNet",
+          "aws_tiny_imagenet_shufflenet", "aws_cpu"),
     Table("aws-imagenet-resnet50", "aws", "AWS (ICLR 2025), ImageNet ResNet-50",
           "aws_imagenet_resnet50", "aws_cpu"),
+    Table("aws-imagenet-mobilenetv2", "aws", "AWS (ICLR 2025), ImageNet MobileNetV2",
+          "aws_imagenet_mobilenetv2", "aws_cpu"),
+    Table("aws-imagenet-mlpmixer", "aws", "AWS (ICLR 2025), ImageNet MLP-Mixer",
+          "aws_imagenet_mlpmixer", "aws_cpu"),
     Table("permuted-cifar10-resnet20", "permuted_masks",
           "Permuted masks (ICML 2025), CIFAR-10 ResNet-20", "permuted_cifar10_resnet20",
           "permuted_fmnist_convnet"),
@@ -100,16 +117,24 @@ H200_IMAGES_PER_SECOND = {
     ("resnet20_rebasin", "cifar100"): {"bfloat16": 68977.0, "float32": 53043.0},
 }
 #: Not measured: rough single-GPU fp32 guesses, seconds per epoch (marked ``*`` by ``list``).
+#: Tiny-ImageNet: twice CIFAR's images at 4x the pixels, so ~8x a CIFAR epoch of the same
+#: model. ImageNet MobileNetV2 / MLP-Mixer (S/16-sized: ~4.4 GFLOPs): about ResNet-50's
+#: measured epoch (312 s), the first bound by its input pipeline more than its FLOPs.
 GPU_SECONDS_PER_EPOCH_GUESS = {
     ("resnet50", "cifar100"): 25.0, ("mobilenet_v2", "cifar100"): 15.0,
     ("resnet18", "cifar100"): 12.0, ("vgg11_bn", "cifar10"): 4.0, ("vgg11_nofc", "cifar10"): 4.0,
+    ("resnet50_cifar", "cifar100"): 25.0, ("efficientnet_b0", "cifar100"): 20.0,
+    ("shufflenet", "cifar100"): 12.0,
+    ("resnet50_cifar", "tiny_imagenet"): 200.0, ("mobilenet_v2", "tiny_imagenet"): 120.0,
+    ("efficientnet_b0", "tiny_imagenet"): 160.0, ("shufflenet", "tiny_imagenet"): 96.0,
+    ("mobilenet_v2_imagenet", "imagenet2012"): 300.0, ("mlp_mixer", "imagenet2012"): 330.0,
 }
 # CPU figures are end-to-end rates measured here (2 cores, YNNPACK fusion on): whole
 # pipelines' training images divided by their wall time, so evaluation, compilation and
 # checkpoints are included (the bare train step is faster; see bench/).
 CPU_IMAGES_PER_SECOND = {"mlp": 20000.0, "convnet": 600.0, "resnet20": 140.0}
 TRAIN_SIZES = {"fashion_mnist": 60_000, "mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
-               "imagenet2012": 1_281_167}
+               "tiny_imagenet": 100_000, "imagenet2012": 1_281_167}
 
 
 class UnknownTableError(UserError):
@@ -148,13 +173,13 @@ def estimated_cost(table: Table, scale: str) -> str:
 
 
 def list_tables() -> str:
-    lines = [f"{'table':<28} {'paper scale':>11} {'--scale cpu':>11}  what"]
+    lines = [f"{'table':<30} {'paper scale':>11} {'--scale cpu':>11}  what"]
     for t in TABLES.values():
         try:
             costs = f"{estimated_cost(t, 'paper'):>11} {estimated_cost(t, 'cpu'):>11}"
         except (config_lib.ConfigError, ImportError) as e:
             costs = f"{'unavailable':>23}  ({e})"
-        lines.append(f"{t.name:<28} {costs}  {t.paper}")
+        lines.append(f"{t.name:<30} {costs}  {t.paper}")
     lines.append(
         "Costs: training epochs of the whole pipeline x an epoch time. GPU: one NVIDIA H200, "
         "engine throughput measured with this engine (bench/results/h200: ResNet-50 224px "

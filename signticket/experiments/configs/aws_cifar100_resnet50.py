@@ -3,12 +3,14 @@
 epochs 50 and 75). The model is torchvision's ResNet-50 with the official CIFAR stem
 (models/utils.py: 3x3/1 conv1, no max-pool)."""
 
-from signticket.experiments.configs.aws_common import base, final_sgd, sgd
+from signticket.experiments.configs.aws_common import base, final_sgd, paper_numbers, sgd
 
 
 def get_config():
-    return base(
+    c = base(
         model="resnet50_cifar", dataset="cifar100", optimizer=sgd(0.1, 5e-4, "constant"),
         final_optimizer=final_sgd(0.1, 5e-4, 100), batch_size=128, warmup_epochs=10, rounds=15,
         epochs_per_round=10, final_epochs=100, final_rounds=(10, 13, 15), seeds=(0, 1, 2),
     )
+    c.experiment.paper = paper_numbers("cifar100_resnet50")
+    return c

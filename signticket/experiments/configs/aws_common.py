@@ -1,6 +1,19 @@
 """Shared shape of AWS experiment configs (every value's source: ``docs/protocols/aws.md``)."""
 
+import json
+from pathlib import Path
+
 from ml_collections import ConfigDict
+
+#: The paper's numbers per config (``source`` and ``rounds``; format in its ``_source``).
+PAPER_NUMBERS = Path(__file__).parent.parent / "paper_numbers" / "aws.json"
+
+
+def paper_numbers(key: str) -> ConfigDict:
+    """``{"source": where they come from, "rounds": {k: numbers}}`` of ``key`` in
+    ``paper_numbers/aws.json`` (a ``KeyError`` for a key it does not have)."""
+    entry = json.loads(PAPER_NUMBERS.read_text())[key]
+    return ConfigDict({"source": entry["source"], "rounds": entry["rounds"]})
 
 
 def official_milestones(epochs: int) -> tuple[float, float]:
@@ -9,11 +22,15 @@ def official_milestones(epochs: int) -> tuple[float, float]:
     return (epochs // 2 / epochs, epochs // 4 * 3 / epochs)
 
 
-def sgd(lr: float, wd: float, schedule: str, milestones=(0.5, 0.75)) -> ConfigDict:
-    return ConfigDict({
+def sgd(lr: float, wd: float, schedule: str, milestones=(0.5, 0.75),
+        eta_min_ratio: float = 0.0) -> ConfigDict:
+    c = ConfigDict({
         "name": "sgd", "learning_rate": lr, "momentum": 0.9, "weight_decay": wd,
         "schedule": schedule, "warmup_epochs": 0, "milestones": tuple(milestones), "gamma": 0.1,
     })
+    if eta_min_ratio:
+        c.eta_min_ratio = eta_min_ratio
+    return c
 
 
 def adam(lr: float, wd: float, schedule: str, eta_min_ratio: float = 0.0) -> ConfigDict:

@@ -5,7 +5,7 @@ Streamed through tf.data (``signticket.data.load_stream``): RandomResizedCrop
 ``data.image_size`` + flip for training, resize 256/224 x ``image_size`` + center crop for
 evaluation."""
 
-from signticket.experiments.configs.aws_common import adam, base
+from signticket.experiments.configs.aws_common import adam, base, paper_numbers
 
 
 def get_config():
@@ -16,4 +16,5 @@ def get_config():
         seeds=(0,),
     )
     c.data.image_size = 224
+    c.experiment.paper = paper_numbers("imagenet_resnet50")
     return c
