@@ -245,3 +245,27 @@ def test_initialization_follows_the_official_models():
         assert 0.99 * bound < top <= bound * (1 + 1e-6)  # float32 rounding at the bound
         np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.05)
         assert np.abs(b).max() <= bound * (1 + 1e-6) and np.ptp(b) > bound
+
+
+def test_resnet50_wide_has_the_official_shapes_and_parameter_count():
+    """sparse-rebasin's ImageNet model, ``resnet50_src/resnet_torchvision.py::resnet50_wide``:
+    271,278,696 parameters with 1000 classes (counted with the official code, torch 2.13), a
+    128-channel 7x7 stem, ``layer1.0`` = conv1 (256, 128, 1, 1), conv2 (256, 256, 3, 3), conv3
+    (512, 256, 1, 1), downsample (512, 128, 1, 1), and a 4096 -> 1000 ``fc``. Shapes only
+    (``eval_shape``): the model is 1 GB of float32."""
+    import jax
+
+    from signticket import models
+
+    model = models.get("resnet50_wide", 1000)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                               jax.numpy.zeros((1, 64, 64, 3))))["params"]
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == 271_278_696
+    block = shapes["stage0_block0"]
+    # flax HWIO = torch OIHW transposed
+    assert shapes["stem_conv"]["kernel"].shape == (7, 7, 3, 128)
+    assert block["conv1"]["kernel"].shape == (1, 1, 128, 256)
+    assert block["conv2"]["kernel"].shape == (3, 3, 256, 256)
+    assert block["conv3"]["kernel"].shape == (1, 1, 256, 512)
+    assert block["shortcut_conv"]["kernel"].shape == (1, 1, 128, 512)
+    assert shapes["head"]["kernel"].shape == (4096, 1000)

@@ -75,7 +75,8 @@ TARGETS = {
     "sign-in-cifar10-resnet20": (_SIGN_IN, 1),
     "sign-in-cifar100-resnet18": ([*_SIGN_IN, "model.kwargs.widths=(8,8,8,8)"], 1),
     "composed": (_COMPOSED, 1),
-    "permuted-imagenet-resnet50": ([*_PERMUTED, *_NARROW_IMAGENET, "optimizer.warmup_epochs=0",
+    "permuted-imagenet-resnet50": ([*_PERMUTED, *_NARROW_IMAGENET, "model.kwargs.stem_width=4",
+                                    "optimizer.warmup_epochs=0",
                                     "sparse.optimizer.warmup_epochs=0"], 8),
     # The streamed Sign-In targets run on one device: the 8-device mesh (compiled for 8
     # shards on 2 cores, several minutes) is covered by the AWS and permuted ImageNet targets.

@@ -194,7 +194,7 @@ def test_imagenet_config_carries_the_official_resnet50_protocol():
     rewind point with the same schedule restarted."""
     c = permuted_imagenet_resnet50.get_config()
     assert (c.model.name, c.data.name, c.data.image_size, c.batch_size) == (
-        "resnet50", "imagenet2012", 224, 256)
+        "resnet50_wide", "imagenet2012", 224, 256)
     assert (c.dense_epochs, c.rewind_epochs, c.rewind_convention) == (90, (10,), "official")
     for opt, epochs in ((c.optimizer, 90), (c.sparse.optimizer, 80)):
         assert (opt.name, opt.momentum, opt.weight_decay) == ("sgd", 0.9, 1e-4)

@@ -21,7 +21,7 @@ from signticket.models.mlp_mixer import mlp_mixer
 from signticket.models.mobilenet_v2 import MobileNetV2
 from signticket.models.mobilenet_v2_imagenet import mobilenet_v2_imagenet
 from signticket.models.resnet_cifar import resnet18, resnet20, resnet20_rebasin
-from signticket.models.resnet_imagenet import resnet50, resnet50_cifar
+from signticket.models.resnet_imagenet import resnet50, resnet50_cifar, resnet50_wide
 from signticket.models.shufflenet import shufflenet
 from signticket.models.vgg import vgg11, vgg11_nofc, vgg16
 
@@ -106,6 +106,7 @@ register("resnet18")(resnet18)
 register("resnet50")(resnet50)
 # Official AWS CIFAR-100 / Tiny-ImageNet ResNet-50: 3x3/1 stem, no max-pool.
 register("resnet50_cifar")(resnet50_cifar)
+register("resnet50_wide")(resnet50_wide)
 
 
 # One registry name per BN choice (no ``batch_norm`` keyword), so a run's model name alone says

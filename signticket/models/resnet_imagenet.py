@@ -57,12 +57,16 @@ class ResNet(nn.Module):
         num_classes: output logits.
         stem: ``imagenet``: ``stem_conv`` 7x7/2 -> ``stem_bn`` -> ReLU -> 3x3/2 max-pool;
             ``cifar``: ``stem_conv`` 3x3/1 -> ``stem_bn`` -> ReLU (no pool).
+        stem_width: the stem's channels (0: ``widths[0]``, torchvision's ResNet-50).
+        expansion: block outputs per inner channel (4 in torchvision's ResNet-50).
     """
 
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
     widths: Sequence[int] = (64, 128, 256, 512)
     num_classes: int = 1000
     stem: str = "imagenet"
+    stem_width: int = 0
+    expansion: int = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -72,17 +76,18 @@ class ResNet(nn.Module):
             )
         if self.stem not in STEMS:
             raise UserError(f"unknown stem {self.stem!r}; available: {', '.join(STEMS)}")
+        stem_width = self.stem_width or self.widths[0]
         if self.stem == "imagenet":
-            x = conv(self.widths[0], 7, strides=2, name="stem_conv", init=_INIT)(x)
+            x = conv(stem_width, 7, strides=2, name="stem_conv", init=_INIT)(x)
             x = nn.relu(batch_norm(train, name="stem_bn")(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
-            x = conv(self.widths[0], 3, name="stem_conv", init="torch_default")(x)
+            x = conv(stem_width, 3, name="stem_conv", init="torch_default")(x)
             x = nn.relu(batch_norm(train, name="stem_bn")(x))
         for s, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             for b in range(blocks):
                 strides = 2 if s > 0 and b == 0 else 1
-                x = Bottleneck(width, strides, name=f"stage{s}_block{b}")(x, train)
+                x = Bottleneck(width, strides, self.expansion, name=f"stage{s}_block{b}")(x, train)
         x = global_avg_pool(x)
         return torch_dense(self.num_classes, x.shape[-1], name="head")(x)
 
@@ -92,6 +97,16 @@ def resnet50(num_classes: int = 1000, widths: Sequence[int] = (64, 128, 256, 512
     """ResNet-50 (~25.6M params with 1000 classes); ``widths`` can be shrunk for tests."""
     return ResNet(stage_sizes=(3, 4, 6, 3), widths=tuple(widths), num_classes=num_classes,
                   stem=stem)
+
+
+def resnet50_wide(num_classes: int = 1000, widths: Sequence[int] = (256, 512, 1024, 2048),
+                  stem_width: int = 128) -> ResNet:
+    """sparse-rebasin's ImageNet model (``resnet50_src/resnet_torchvision.py::resnet50_wide``,
+    ~271M params): torchvision's ResNet-50 with ``inplanes`` and ``base_width`` doubled, i.e. a
+    128-channel stem, inner widths 256..2048 (4x) and block outputs 512..4096 (2x, so the
+    expansion is 2)."""
+    return ResNet(stage_sizes=(3, 4, 6, 3), widths=tuple(widths), num_classes=num_classes,
+                  stem="imagenet", stem_width=stem_width, expansion=2)
 
 
 def resnet50_cifar(num_classes: int = 100, widths: Sequence[int] = (64, 128, 256, 512)

@@ -23,6 +23,7 @@ _SPECS: dict[str, SpecBuilder] = {
     "resnet20_rebasin": resnet_spec,
     "resnet18": resnet_spec,
     "resnet50": resnet_spec,
+    "resnet50_wide": resnet_spec,
 }
 
 

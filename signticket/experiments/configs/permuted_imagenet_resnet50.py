@@ -18,14 +18,16 @@ of every value).
   fractions of the sparse stage so that they fall after its epochs 30 and 61, as the official
   absolute ones (``sparse.optimizer.milestones``: recompute them if you change k).
 
-Deviations (named in the protocol card): our model is torchvision's ResNet-50 (the official
-dense script's default ``--width 1``); the official sparse-training and matching scripts load
-``resnet50_wide`` (stem 128, bottleneck inner widths x4, outputs x2), which the model
-registry cannot express. The sparse runs train ``90 - k`` epochs (official ``89 - k``); warm-up
-is linear per step from 0 (official: per-epoch steps from 0.0078); the IMP targets are cut
-exactly at 80 / 90 / 95 % (the official levels 7 / 10 / 13 are 83.2 / 91.4 / 95.0 %). The
-paper's rewind point for its ImageNet rows could not be read here (the script accepts 0, 10, 25,
-50); k = 10 is ours.
+Model: ``resnet50_wide`` (``resnet50_src/resnet_torchvision.py`` 417: stem 128, bottleneck
+inner widths x4, outputs x2, ~271M parameters): the sparse-training and matching scripts load
+it (their checkpoints live under ``wide_resnet50_cp``); the dense and IMP scripts build it with
+``--width 2`` (their default ``--width 1`` is torchvision's ResNet-50, our ``resnet50``).
+
+Deviations (named in the protocol card): the sparse runs train ``90 - k`` epochs (official ``89
+- k``); warm-up is linear per step from 0 (official: per-epoch steps from 0.0078); the IMP
+targets are cut exactly at 80 / 90 / 95 % (the official levels 7 / 10 / 13 are 83.2 / 91.4 /
+95.0 %). The paper's rewind point for its ImageNet rows could not be read here (the script
+accepts 0, 10, 25, 50); k = 10 is ours.
 
 Paper numbers: the ImageNet table of Adnan et al. (arXiv 2505.05143) is not readable in this
 environment (the stored copies give only the paper's opening), so ``experiment.paper_key`` is
@@ -54,7 +56,7 @@ def step_sgd(lr: float, epochs: int) -> ConfigDict:
 def get_config():
     ft = sgd(0.002, 1e-4, schedule="constant")  # momentum 0.9 (argparse default)
     c = base(
-        model="resnet50", dataset="imagenet2012", optimizer=step_sgd(0.04, DENSE_EPOCHS),
+        model="resnet50_wide", dataset="imagenet2012", optimizer=step_sgd(0.04, DENSE_EPOCHS),
         dense_epochs=DENSE_EPOCHS, rewind_epochs=(REWIND,), ft_optimizer=ft, ft_epochs=20,
         sparse_optimizer=step_sgd(0.04, DENSE_EPOCHS - REWIND),
         sparsities=(0.8, 0.9, 0.95), seeds=(0,), batch_size=256, matching="activation",
