@@ -26,6 +26,7 @@ CASES: dict[str, tuple[dict, tuple[int, ...]]] = {
     "resnet18": ({"widths": (4, 8, 8, 16)}, (2, 32, 32, 3)),
     "resnet50": ({"widths": (4, 4, 8, 8)}, (2, 64, 64, 3)),
     "resnet50_cifar": ({"widths": (4, 4, 8, 8)}, (2, 32, 32, 3)),
+    "resnet50_wide": ({"widths": (4, 4, 8, 8), "stem_width": 4}, (2, 32, 32, 3)),
     "vgg11": ({}, (2, 32, 32, 3)),
     "vgg11_bn": ({}, (2, 32, 32, 3)),
     "vgg11_nofc": ({}, (2, 32, 32, 3)),
@@ -516,3 +517,39 @@ def test_channel_shuffle_interleaves_groups():
     np.testing.assert_array_equal(channel_shuffle(x, 2)[0, 0, 0], [0, 3, 1, 4, 2, 5])
     with pytest.raises(UserError, match="7 channels"):
         channel_shuffle(jnp.zeros((1, 1, 1, 7)), 3)
+
+
+@pytest.mark.parametrize(
+    "hw,kernel,strides,channels",
+    [((9, 7), 3, 1, 5), ((9, 7), 3, 2, 5), ((8, 8), 5, 2, 3), ((4, 4), 5, 1, 2), ((1, 1), 3, 1, 4),
+     ((6, 5), 1, 2, 3)],
+)
+def test_depthwise_conv_equals_xla_grouped_conv(hw, kernel, strides, channels):
+    """Depthwise convs (groups == channels) run as shifted strided slices on the CPU backend;
+    value and both gradients equal ``lax.conv_general_dilated`` with feature_group_count."""
+    from signticket.models.layers import conv
+
+    layer = conv(channels, kernel, strides=strides, groups=channels, name="dw")
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, *hw, channels))
+    w = layer.init(jax.random.PRNGKey(1), x)["params"]["kernel"]
+    assert w.shape == (kernel, kernel, 1, channels)
+    pad = kernel // 2
+
+    def reference(kernel_, x_):
+        return jax.lax.conv_general_dilated(
+            x_, kernel_, (strides, strides), ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
+            precision="highest")
+
+    def ours(kernel_, x_):
+        return layer.apply({"params": {"kernel": kernel_}}, x_)
+
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(w, x))
+    chex.assert_trees_all_close(ours(w, x), reference(w, x), atol=1e-5)
+    loss = lambda f: lambda k, x_: jnp.sum(jnp.sin(f(k, x_)))
+    chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(w, x),
+                                jax.grad(loss(reference), argnums=(0, 1))(w, x), atol=1e-5)
+    # vmapped members (per-member kernels) stay exact too
+    ws = jnp.stack([w, 2 * w])
+    chex.assert_trees_all_close(jax.vmap(ours, in_axes=(0, None))(ws, x),
+                                jax.vmap(reference, in_axes=(0, None))(ws, x), atol=1e-5)
