@@ -1,10 +1,14 @@
-"""What the AWS conformance tests share: PyTorch <-> Flax weight layouts and the official
-20 % pruning round's per-layer fingerprint (fixtures from the official ``utils/prune.py``)."""
+"""What the AWS conformance tests share: the seeded weight rule both sides load, PyTorch <->
+Flax weight layouts and the official 20 % pruning round's per-layer fingerprint (fixtures from
+the official ``utils/prune.py``)."""
 
 from __future__ import annotations
 
 import hashlib
+import math
+import zlib
 
+import jax.numpy as jnp
 import numpy as np
 
 from signticket.tree import is_prunable, named_leaves
@@ -23,12 +27,37 @@ def to_torch(x: np.ndarray) -> np.ndarray:
     return x.T if x.ndim == 2 else x
 
 
+def seeded_value(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The shared weight rule (torch layout): RandomState(crc32(torch state-dict name))."""
+    rs = np.random.RandomState(zlib.crc32(name.encode()))
+    leaf = name.split(".")[-1]
+    if leaf == "running_var":
+        return rs.uniform(0.5, 1.5, shape)
+    if leaf == "running_mean":
+        return 0.1 * rs.standard_normal(shape)
+    if len(shape) == 1 and leaf == "weight":  # BN / LN weight
+        return rs.uniform(0.5, 1.0, shape)
+    if len(shape) == 1:
+        return 0.1 * rs.standard_normal(shape)
+    return rs.standard_normal(shape) / math.sqrt(int(np.prod(shape[1:])))
+
+
 def set_path(tree: dict, path: str, value) -> None:
     """``tree["a"]["b"]["kernel"] = value`` for ``path = "a/b/kernel"``."""
     *mods, leaf = path.split("/")
     for m in mods:
         tree = tree.setdefault(m, {})
     tree[leaf] = value
+
+
+def official_variables(entries) -> dict:
+    """Our ``{"params", "batch_stats"}`` holding the seeded weights the official model was
+    given: one fixture entry ``(torch name, collection, flax path, torch shape)`` per tensor."""
+    variables: dict = {"params": {}, "batch_stats": {}}
+    for name, coll, path, shape in entries:
+        value = to_flax(seeded_value(name, tuple(shape)).astype(np.float32))
+        set_path(variables[coll], path, jnp.asarray(value))
+    return variables
 
 
 def assert_official_prune(mask, official: dict) -> None:

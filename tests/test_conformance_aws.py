@@ -2,7 +2,7 @@
 
 ``tests/fixtures/aws_conformance.json`` was computed once by running the official
 ``models/utils.py::get_model`` (torch CPU; torchvision's ResNet-50) and ``utils/prune.py::prune``
-on a seeded weight set that :func:`seeded_value` regenerates here with numpy. Per model the
+on a seeded weight set that ``seeded_value`` regenerates with numpy. Per model the
 official code defines and we have (CIFAR-100 ResNet-50, CIFAR-100 MobileNetV2, ImageNet
 ResNet-50): weight shapes and parameter count, eval- and train-mode logits on identical weights
 and input, the mask after one global 20 % magnitude round (per-layer counts and a hash of every
@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _official_layout import assert_official_prune, set_path, to_flax
+from _official_layout import assert_official_prune, official_variables, to_flax
 
 from signticket import lottery, models
 from signticket.masks import full_mask
@@ -32,24 +31,6 @@ MODELS = {"resnet50_cifar": "resnet50_cifar", "mobilenet_v2": "mobilenet_v2",
           "resnet50": "resnet50"}
 
 
-def seeded_value(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The shared weight rule (torch layout): RandomState(crc32(torch state-dict name))."""
-    rs = np.random.RandomState(zlib.crc32(name.encode()))
-    leaf = name.split(".")[-1]
-    if leaf == "running_var":
-        return rs.uniform(0.5, 1.5, shape)
-    if leaf == "running_mean":
-        return 0.1 * rs.standard_normal(shape)
-    if len(shape) == 1 and leaf == "weight":  # BN weight
-        return rs.uniform(0.5, 1.0, shape)
-    if len(shape) == 1:
-        return 0.1 * rs.standard_normal(shape)
-    return rs.standard_normal(shape) / math.sqrt(int(np.prod(shape[1:])))
-
-
-
-
-
 @pytest.fixture(scope="module", params=list(MODELS))
 def case(request):
     key = request.param
@@ -58,10 +39,7 @@ def case(request):
     x = np.random.RandomState(0).standard_normal((2, fx["input_hw"], fx["input_hw"], 3))
     x = jnp.asarray(x.astype(np.float32))
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
-    variables: dict = {"params": {}, "batch_stats": {}}
-    for name, coll, path, shape in fx["entries"]:
-        value = to_flax(seeded_value(name, tuple(shape)).astype(np.float32))
-        set_path(variables[coll], path, jnp.asarray(value))
+    variables = official_variables(fx["entries"])
     return key, fx, model, x, shapes, variables
 
 

@@ -5,7 +5,7 @@
 official ``models/utils.py::get_model`` (torch 2.13 CPU, torchvision 0.28, einops) and
 ``utils/prune.py::prune`` for EfficientNet-B0 and ShuffleNet (CIFAR-100, 32 px; Tiny-ImageNet,
 200 classes, 64 px), MLP-Mixer and torchvision's MobileNetV2 (ImageNet, 224 px). Per case, on a
-seeded weight set that :func:`seeded_value` regenerates here with numpy: weight shapes and
+seeded weight set that ``seeded_value`` regenerates with numpy: weight shapes and
 parameter count; eval-mode, train-mode and AWS-interpolated (every norm at alpha = 0.3) logits
 on identical weights and input (batch 2); the mask after one global 20 % magnitude round
 (per-layer counts and a hash of each layer's mask, over the official choice of layers); the set
@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import zlib
 from pathlib import Path
 
 import flax
@@ -26,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _official_layout import assert_official_prune, set_path, to_flax, to_torch
+from _official_layout import assert_official_prune, official_variables, to_flax, to_torch
 
 from signticket import lottery, models
 from signticket.tree import is_norm, named_leaves, select
@@ -51,34 +50,13 @@ FAST_COMPILE = {
 }
 
 
-def seeded_value(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """The shared weight rule (torch layout): RandomState(crc32(torch state-dict name))."""
-    rs = np.random.RandomState(zlib.crc32(name.encode()))
-    leaf = name.split(".")[-1]
-    if leaf == "running_var":
-        return rs.uniform(0.5, 1.5, shape)
-    if leaf == "running_mean":
-        return 0.1 * rs.standard_normal(shape)
-    if len(shape) == 1 and leaf == "weight":  # BN / LN weight
-        return rs.uniform(0.5, 1.0, shape)
-    if len(shape) == 1:
-        return 0.1 * rs.standard_normal(shape)
-    return rs.standard_normal(shape) / math.sqrt(int(np.prod(shape[1:])))
-
-
-
-
-
 @functools.cache
 def _case(key: str):
     fx = FIXTURE[key]
     model = models.get(MODELS[key], fx["num_classes"])
     hw = fx["input_hw"]
     x = np.random.RandomState(0).standard_normal((2, hw, hw, 3)).astype(np.float32)
-    variables: dict = {"params": {}, "batch_stats": {}}
-    for name, coll, path, shape in fx["entries"]:
-        value = to_flax(seeded_value(name, tuple(shape)).astype(np.float32))
-        set_path(variables[coll], path, jnp.asarray(value))
+    variables = official_variables(fx["entries"])
     return fx, model, jnp.asarray(x), variables
 
 
