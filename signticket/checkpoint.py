@@ -261,6 +261,17 @@ class _SaveNoise(logging.Filter):
             return False
         return True
 
+    def hold(self) -> None:
+        """Hold records from now on (a save started; it may finish in the background)."""
+        _install_hooks()
+        self.holding = True
+
+    def release(self) -> None:
+        """Stop holding and replay what was held (a save ended)."""
+        if self.holding:
+            self.holding = False
+            self.replay()
+
     def replay(self) -> None:
         held_unraisable, self.held_unraisable = self.held_unraisable, []
         if not self.disk_full:
@@ -312,13 +323,11 @@ def _install_hooks() -> None:
 
 @contextlib.contextmanager
 def _quiet_save() -> Iterator[_SaveNoise]:
-    _install_hooks()
-    _SAVE_NOISE.holding = True
+    _SAVE_NOISE.hold()
     try:
         yield _SAVE_NOISE
     finally:
-        _SAVE_NOISE.holding = False
-        _SAVE_NOISE.replay()
+        _SAVE_NOISE.release()
 
 
 class Checkpointer:
@@ -335,6 +344,7 @@ class Checkpointer:
         self.max_to_keep = max_to_keep
         self.moved_aside: list[Path] = []
         self._save_failed = False
+        self._pending: int | None = None  # a step still being written (save(wait=False))
         steps = self.directory / CHECKPOINTS
         self._primary = is_primary()
         # Before orbax looks: a numbered directory without the files every finished save
@@ -377,37 +387,61 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any) -> None:
-        """Save ``state`` as ``step`` and wait until it is on disk.
+    def save(self, step: int, state: Any, *, wait: bool = True) -> None:
+        """Save ``state`` as ``step``.
 
-        Synchronous on purpose: a save that fails (full disk) must stop the run before another
-        epoch is trained on top of a state that was never saved. Raises
-        :class:`CheckpointSaveError` naming the step and directory when the disk is full or
-        the directory cannot be written; the previous checkpoint is kept."""
-        where = self.directory / CHECKPOINTS
+        With ``wait`` (the default) this returns once the step is on disk. With ``wait=False``
+        the files are written in the background while the caller goes on (``fit`` trains the
+        next epoch meanwhile), from a private copy of ``state`` (the train step donates its
+        state, so the caller's buffers may be overwritten before the write ends); the next
+        ``save``, ``wait``, ``restore``, ``mark_done`` or ``close`` waits for it first.
+
+        Raises :class:`CheckpointSaveError` naming the step and directory when the disk is full
+        or the directory cannot be written; the previous checkpoint is kept. A background
+        write that fails is raised by the call that waits for it, so a run stops at most one
+        epoch later and resumes from the last step that was written."""
+        self.wait()
+        if not wait:
+            state = jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)
+        self._pending = step
+        _SAVE_NOISE.hold()
         try:
-            with _quiet_save() as noise:
-                try:
-                    self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
-                    self.manager.wait_until_finished()
-                except Exception as e:
-                    self._save_failed = True
-                    if _is_disk_full(e):
-                        noise.disk_full = True  # from now on, drop orbax's echoes of it
-                    raise
+            self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
         except Exception as e:
-            if _is_disk_full(e):
-                raise CheckpointSaveError(
-                    f"no space left on the device saving checkpoint step {step} in {where}; free "
-                    "some space and re-run (the last saved checkpoint is kept and resumed from)"
-                ) from e
-            if isinstance(e, OSError):
-                raise CheckpointSaveError(
-                    f"cannot save checkpoint step {step} in {where}: {e.strerror or e}") from e
-            raise
+            self._pending = None
+            self._failed(step, e)
+        if wait:
+            self.wait()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Block until the pending save (if any) is on disk; raise its failure."""
+        step, self._pending = self._pending, None
+        if step is None:
+            self.manager.wait_until_finished()
+            return
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            self._failed(step, e)
+        _SAVE_NOISE.release()
+
+    def _failed(self, step: int, e: Exception) -> None:
+        """Raise the failure of saving ``step`` as :class:`CheckpointSaveError` when it is the
+        disk or the directory, else as it is; orbax's echoes of it are held back first."""
+        self._save_failed = True
+        if _is_disk_full(e):
+            _SAVE_NOISE.disk_full = True  # from now on, drop orbax's echoes of it
+        _SAVE_NOISE.release()
+        where = self.directory / CHECKPOINTS
+        if _is_disk_full(e):
+            raise CheckpointSaveError(
+                f"no space left on the device saving checkpoint step {step} in {where}; free "
+                "some space and re-run (the last saved checkpoint is kept and resumed from)"
+            ) from e
+        if isinstance(e, OSError):
+            raise CheckpointSaveError(
+                f"cannot save checkpoint step {step} in {where}: {e.strerror or e}") from e
+        raise e
 
     def _intact(self, step: int) -> bool:
         """Whether ``step`` restores at all, without a template (every array read back): tells
@@ -477,11 +511,13 @@ class Checkpointer:
 
     def close(self) -> None:
         try:
-            with _quiet_save():
-                self.manager.wait_until_finished()
-                self.manager.close()
-        except Exception:
-            if not self._save_failed:
-                raise
-            # The failed save's error again: already raised once, as CheckpointSaveError.
-            log.debug("closing %s after a failed save", self.directory, exc_info=True)
+            self.wait()  # a background save's failure nobody waited for is raised here
+        finally:
+            try:
+                with _quiet_save():
+                    self.manager.close()
+            except Exception:
+                if not self._save_failed:
+                    raise
+                # The failed save's error again: already raised once, as CheckpointSaveError.
+                log.debug("closing %s after a failed save", self.directory, exc_info=True)

@@ -144,7 +144,7 @@ def fit(
         if metrics is not None:
             metrics.write(record)
         if checkpointer is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
-            checkpointer.save(epoch, state)
+            checkpointer.save(epoch, state, wait=False)  # written while the next epoch trains
     bar.close()
     if not test:
         test = evaluate(engine, state, source)

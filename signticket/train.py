@@ -45,6 +45,11 @@ class TrainState:
     hook_state: PyTree = dataclasses.field(default_factory=dict)
 
 
+# One compile per model and input shape for the whole process (a lambda per call would compile
+# again for every run; flax modules hash by their attributes).
+_init_model = jax.jit(lambda model, key, x: model.init(key, x, train=False), static_argnums=0)
+
+
 def _identity_preprocess(images, rng, train):
     return jnp.asarray(images, jnp.float32)
 
@@ -121,7 +126,7 @@ class Engine:
         """``{"params", "batch_stats"}`` of a fresh model (jitted: one compile, not one per
         layer). ``init_state(key)`` uses ``init_key = jax.random.split(key)[0]``."""
         x = self.preprocess(jnp.asarray(sample_images[:1]), None, False)
-        variables = jax.jit(lambda k: self.model.init(k, x, train=False))(init_key)
+        variables = _init_model(self.model, init_key, x)
         return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
     def reset_optimizer(self, state: TrainState) -> TrainState:

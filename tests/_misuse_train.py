@@ -6,6 +6,8 @@
 * ``before_metrics:N`` / ``after_metrics:N``: SIGKILL just before / after epoch N's metrics
   record is written (after: the record is on disk, its checkpoint is not);
 * ``mid_save:N``: SIGKILL while orbax is writing epoch N's checkpoint;
+* ``in_background_save:N``: SIGKILL as ``save`` returns while epoch N's checkpoint is still
+  being written in the background (``fit`` would train on meanwhile);
 * ``after_save:N``: SIGKILL right after epoch N's checkpoint is committed;
 * ``sigint_after_metrics:N``: SIGINT (Ctrl-C) after epoch N's metrics record;
 * ``slow``: sleep 1.5 s after every epoch's record (keeps the run directory locked a while).
@@ -39,14 +41,17 @@ def _install(moment: str) -> None:
         if kind == "slow":
             time.sleep(1.5)
 
-    def checkpoint_save(self, step, state):
+    def checkpoint_save(self, step, state, **kwargs):
         if kind == "mid_save" and step == epoch:
             import orbax.checkpoint as ocp
 
             self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
             os.kill(os.getpid(), sig)  # the async write is under way
-        save(self, step, state)
+        save(self, step, state, **kwargs)
+        if kind == "in_background_save" and step == epoch:
+            os.kill(os.getpid(), sig)  # fit goes on training while the write runs
         if kind == "after_save" and step == epoch:
+            self.wait()
             os.kill(os.getpid(), sig)
 
     MetricsWriter.write = metrics_write

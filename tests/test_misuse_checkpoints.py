@@ -12,6 +12,8 @@ from pathlib import Path
 
 import chex
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from conftest import synthetic_dataset
 
@@ -164,7 +166,7 @@ def test_kill_during_first_checkpoint_save_leaves_no_duplicate_epochs(tmp_path, 
     directory = tmp_path / "run"
     real_save = Checkpointer.save
 
-    def dies(self, step, state):  # as a SIGKILL mid-save: metrics written, nothing committed
+    def dies(self, step, state, **kwargs):  # as a SIGKILL mid-save: metrics, no checkpoint
         raise Killed
 
     monkeypatch.setattr(Checkpointer, "save", dies)
@@ -208,14 +210,63 @@ def test_full_disk_on_save_stops_the_run_with_one_message(tmp_path, monkeypatch)
     assert trained == [1, 2, 3, 4] and _metrics_epochs(directory) == [1, 2, 3, 4]
 
 
+def test_background_write_failure_stops_the_run_one_epoch_later(reference, tmp_path,
+                                                                 monkeypatch):
+    """fit writes a checkpoint while the next epoch trains: when that write fails (the disk
+    filled meanwhile), the wait at the next save raises it, naming the step; the re-run resumes
+    from the last step written and ends equal to an uninterrupted run."""
+    directory = tmp_path / "run"
+    real = Checkpointer.wait
+
+    def wait(self):
+        if self._pending == 2:
+            self.manager.wait_until_finished()
+            shutil.rmtree(directory / "checkpoints" / "2")  # as a write cut short
+            finished = self.manager.wait_until_finished
+
+            def fails_once():
+                self.manager.wait_until_finished = finished
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            self.manager.wait_until_finished = fails_once
+        return real(self)
+
+    monkeypatch.setattr(Checkpointer, "wait", wait)
+    with pytest.raises(CheckpointSaveError, match=r"no space left.*step 2 in"):
+        _run(directory)
+    assert _metrics_epochs(directory) == [1, 2, 3]  # epoch 3 trained while step 2 was written
+    monkeypatch.undo()
+    state, summary, trained = _run(directory)
+    assert trained == [2, 3, 4] and _metrics_epochs(directory) == [1, 2, 3, 4]
+    chex.assert_trees_all_equal(state.params, reference[1].params)
+    assert summary == reference[2]
+
+
+def test_background_save_keeps_the_values_of_its_step(tmp_path):
+    """save(wait=False) writes what ``state`` held at the call, even when the caller's buffers
+    are donated and overwritten before the write ends (as the next train step does)."""
+    state = {"w": jnp.arange(1024.0), "n": jnp.zeros((), jnp.int32)}
+    expected = jax.tree.map(np.asarray, jax.device_get(state))
+    expected = jax.tree.map(np.copy, expected)
+    step = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
+    ckpt = Checkpointer(tmp_path / "run")
+    ckpt.save(1, state, wait=False)
+    for _ in range(3):
+        state = step(state)
+    ckpt.wait()
+    _, restored = ckpt.restore(jax.tree.map(jnp.zeros_like, state))
+    ckpt.close()
+    chex.assert_trees_all_equal(restored, expected)
+
+
 def _wrap_manager_save(raiser):
     """Checkpointer.save with orbax's save replaced by ``raiser``: exercises the real error
     handling around it."""
     real = Checkpointer.save
 
-    def save(self, step, state):
+    def save(self, step, state, **kwargs):
         self.manager.save = lambda *a, **k: raiser(self, *a, **k)
-        return real(self, step, state)
+        return real(self, step, state, **kwargs)
 
     return save
 

@@ -59,6 +59,7 @@ MOMENTS = {
     "before_metrics:1": "killed in epoch 1: nothing on disk yet",
     "after_metrics:1": "epoch 1's record written, its checkpoint not",
     "mid_save:2": "while orbax writes epoch 2's checkpoint",
+    "in_background_save:2": "while epoch 2's checkpoint is written and epoch 3 trains",
     "after_save:3": "right after epoch 3's checkpoint is committed",
     "sigint_after_metrics:2": "Ctrl-C after epoch 2's record",
 }
