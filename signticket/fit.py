@@ -16,6 +16,7 @@ from signticket import metrics as metrics_lib
 from signticket import provenance
 from signticket.checkpoint import Checkpointer, NoIntactCheckpointError
 from signticket.errors import UserError
+from signticket.phases import phase
 from signticket.train import Engine, TrainState, check_finite
 
 log = logging.getLogger(__name__)
@@ -113,21 +114,23 @@ def fit(
     )
     for epoch in range(start + 1, epochs + 1):
         started = time.perf_counter()
-        sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
-        taken = 0
-        for batch in source.train_epoch(epoch, batch_size, data_seed, engine.mesh):
-            state, m = engine.train_step(state, batch)
-            sums = jax.tree.map(jnp.add, sums, m)
-            taken += 1
-            bar.update()
-        if taken == 0:
-            raise UserError(f"epoch {epoch}: the data source gave no batch of {batch_size}")
-        train = {k: float(v) / taken for k, v in sums.items()}  # the epoch's one host sync
+        with phase("training"):
+            sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
+            taken = 0
+            for batch in source.train_epoch(epoch, batch_size, data_seed, engine.mesh):
+                state, m = engine.train_step(state, batch)
+                sums = jax.tree.map(jnp.add, sums, m)
+                taken += 1
+                bar.update()
+            if taken == 0:
+                raise UserError(f"epoch {epoch}: the data source gave no batch of {batch_size}")
+            train = {k: float(v) / taken for k, v in sums.items()}  # the epoch's one host sync
         seconds = time.perf_counter() - started
         check_finite(train, f"epoch {epoch}")
         in_use = _schedule_and_mask(state, learning_rate)  # before a hook changes the mask
         if on_epoch_end is not None:
-            state = on_epoch_end(epoch, state)
+            with phase("epoch hooks"):
+                state = on_epoch_end(epoch, state)
         record = {
             "epoch": epoch,
             "step": int(state.step),
@@ -135,7 +138,8 @@ def fit(
             **in_use,
         }
         if epoch % eval_every == 0 or epoch == epochs:
-            test = evaluate(engine, state, source)
+            with phase("evaluation"):
+                test = evaluate(engine, state, source)
             record.update({f"test_{k}": v for k, v in test.items()})
         bar.set_postfix(loss=f"{train['loss']:.3f}", test_acc=f"{test.get('accuracy', 0):.3f}")
         record.update(_timing(seconds, taken, batch_size))
@@ -144,15 +148,18 @@ def fit(
         if metrics is not None:
             metrics.write(record)
         if checkpointer is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
-            checkpointer.save(epoch, state, wait=False)  # written while the next epoch trains
+            with phase("checkpointing"):
+                checkpointer.save(epoch, state, wait=False)  # written while the next epoch trains
     bar.close()
     if not test:
-        test = evaluate(engine, state, source)
+        with phase("evaluation"):
+            test = evaluate(engine, state, source)
     summary = {f"test_{k}": v for k, v in test.items()}
     if checkpointer is not None:
-        if checkpointer.latest_step() is None:
-            checkpointer.save(epochs, state)
-        checkpointer.mark_done({"epoch": epochs, **summary})
+        with phase("checkpointing"):
+            if checkpointer.latest_step() is None:
+                checkpointer.save(epochs, state)
+            checkpointer.mark_done({"epoch": epochs, **summary})
     return state, summary
 
 

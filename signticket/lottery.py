@@ -46,6 +46,7 @@ from ml_collections import ConfigDict
 from signticket import data as data_lib
 from signticket.errors import UserError
 from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune, sparsity
+from signticket.phases import phase
 from signticket.rebasin.prune_scope import sparse_rebasin_prunable
 from signticket.run_desc import Input, RunDesc
 from signticket.runs import (
@@ -267,6 +268,7 @@ def _size(mask: PyTree, prunable: LeafPredicate) -> int:
     return sum(int(jnp.size(m)) for p, m in named_leaves(mask) if prunable(p))
 
 
+@phase("pruning")
 def prune_round(
     params: PyTree,
     mask: PyTree,

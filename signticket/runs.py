@@ -26,6 +26,7 @@ from signticket.errors import UserError
 from signticket.fit import EpochHook, fit
 from signticket.metrics import make_writer, writer_names
 from signticket.optim import make_optimizer, masked
+from signticket.phases import phase
 from signticket.run_desc import RunDesc, as_desc, check_inputs
 from signticket.schedules import make_schedule
 from signticket.sharding import make_mesh
@@ -247,6 +248,7 @@ class RunResult:
     summary: dict[str, float]
 
 
+@phase("run setup")  # what fit does inside is counted as its own phases
 def train_run(
     desc: RunDesc | ConfigDict,
     dataset: data_lib.Dataset | data_lib.Source,

@@ -309,6 +309,21 @@ def load_snapshot(path: Path, like: PyTree) -> tuple[PyTree, PyTree]:
     return params, mask
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _sign_stats(sign_in: bool, tracker, init_params, init_mask, params, mask, last_mask,
+                opt_state) -> tuple[PyTree, dict]:
+    """The epoch's flip tracker and sign statistics, as one program (op by op, their dozens of
+    small per-layer ops each compiled on first use: seconds per run)."""
+    both = lambda a, b: jax.tree.map(jnp.logical_and, a, b)
+    tracker = track_flips(tracker, params, both(mask, last_mask))
+    stats = {"flips_vs_init": sign_flips(init_params, params, both(mask, init_mask),
+                                         where=is_kernel),
+             "cumulative_flips": cumulative_flips(tracker, mask, where=is_kernel)}
+    if sign_in:
+        stats["balance"] = balance_per_layer(opt_state)
+    return tracker, stats
+
+
 def epoch_hook(path: Path, init_params: PyTree, init_mask: PyTree, cfg: ConfigDict,
                snapshots: tuple[Path, tuple[int, ...]] | None = None):
     """``on_epoch_end``: sign metrics appended to ``path`` (and params snapshots after the
@@ -321,16 +336,11 @@ def epoch_hook(path: Path, init_params: PyTree, init_mask: PyTree, cfg: ConfigDi
         mask = get_mask(state.opt_state)
         if snapshots is not None and epoch in snapshots[1]:
             save_snapshot(snapshot_path(snapshots[0], epoch), state.params, mask)
-        both = lambda a, b: jax.tree.map(jnp.logical_and, a, b)
-        tracker = track_flips(state.hook_state["flips"], state.params,
-                              both(mask, state.hook_state["mask"]))
-        alive = both(mask, init_mask)
-        record = {"epoch": epoch,  # over every kernel, the dense head included
-                  "flips_vs_init": _floats(sign_flips(init_params, state.params, alive,
-                                                      where=is_kernel)),
-                  "cumulative_flips": _floats(cumulative_flips(tracker, mask, where=is_kernel))}
-        if cfg.method.sign_in:
-            record["balance"] = _floats(balance_per_layer(state.opt_state))
+        tracker, stats = _sign_stats(bool(cfg.method.sign_in), state.hook_state["flips"],
+                                     init_params, init_mask, state.params, mask,
+                                     state.hook_state["mask"], state.opt_state)
+        # over every kernel, the dense head included
+        record = {"epoch": epoch, **{k: _floats(v) for k, v in jax.device_get(stats).items()}}
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         # (a copy: the step donates its state, and one buffer must not be donated twice)

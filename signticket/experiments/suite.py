@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import importlib
 import math
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +28,7 @@ from signticket.experiments.cli_common import (
     execute,
     load_results,
 )
+from signticket.phases import record_phases
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_RESULTS = Path("results")
@@ -270,10 +270,11 @@ def quickstart(*, results: Path, runs_root: str, data_dir: str | None, progress:
         path = CONFIG_DIR / f"{config_name}.py"
         print(f"\n=== quickstart {i}/{len(QUICKSTART)}: {module.TITLE} ({path.name}) ===",
               flush=True)
-        t0 = time.perf_counter()
         config = load_config(path, (overrides or {}).get(experiment, ()))
-        markdown, figures = execute(module, config, _args(runs_root, data_dir, progress),
-                                    results / experiment, str(path))
-        print(f"[{module.TITLE}: {math.ceil(time.perf_counter() - t0)} s]", flush=True)
+        with record_phases() as seconds:
+            markdown, figures = execute(module, config, _args(runs_root, data_dir, progress),
+                                        results / experiment, str(path))
+        print(f"[{module.TITLE}: {math.ceil(seconds.total)} s: {seconds.summary()}]",
+              flush=True)
         done.append((module.TITLE, markdown, figures))
     return done
