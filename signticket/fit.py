@@ -66,7 +66,10 @@ def fit(
     ``e``) and continues at epoch ``e + 1``, replaying the same data order and randomness, so a
     killed and resumed run equals an uninterrupted one. A finished run (``DONE.json``) is not
     trained again: its final state is restored and returned. A NaN/inf loss stops the run with
-    :class:`~signticket.train.NonFiniteLossError` before that state is saved.
+    :class:`~signticket.train.NonFiniteLossError` before that state is saved. An epoch's
+    checkpoint is written while the next epoch trains; a write that fails stops the run at the
+    next save (or at the end) with :class:`~signticket.checkpoint.CheckpointSaveError`, and a
+    re-run resumes from the last step written.
 
     ``dataset`` is an in-memory :class:`~signticket.data.Dataset` (put on the devices once) or
     any :class:`~signticket.data.Source` (a streamed ImageNet): epoch ``e``'s batches are a pure
