@@ -201,10 +201,10 @@ def test_runs_root_read_only(tmp_path, capsys):
 def test_full_disk_stops_after_the_failed_save_with_one_line(tmp_path, capsys, monkeypatch):
     saves = []
 
-    def full(self, step, state):  # orbax's save itself fails, as on a full disk
+    def full(self, step, state, **kwargs):  # orbax's save itself fails, as on a full disk
         saves.append(step)
         self.manager.save = _raise_enospc
-        return real_save(self, step, state)
+        return real_save(self, step, state, **kwargs)
 
     real_save = Checkpointer.save
     monkeypatch.setattr(Checkpointer, "save", full)
