@@ -16,7 +16,41 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections.abc import Iterator
+from unittest import mock
+
+
+def _this_thread_only_mock_fs():
+    """TFDS's ``MockFs``, redirecting only the thread that entered it.
+
+    ``mock_data`` wraps each ``builder.as_dataset`` in a ``MockFs``, which patches
+    ``os.makedirs``, ``open``, ``exists`` ... process-wide into a temporary directory deleted on
+    exit. A checkpoint written in the background while the next epoch's input pipeline is built
+    would then create its directories in that temporary tree and lose them (orbax: "No such
+    file or directory ... array_metadatas/process_0"). Real TFDS patches nothing; here, calls
+    from other threads go to the real file system."""
+    from tensorflow_datasets.testing import test_utils
+
+    real = test_utils.MockFs  # (the name is rebound to the subclass below)
+
+    def owner_only(name: str):
+        mocked = getattr(real, name)
+
+        def method(self, original_fn, *args, **kwargs):
+            if threading.get_ident() != self.owner:
+                return original_fn(*args, **kwargs)
+            return mocked(self, original_fn, *args, **kwargs)
+        return method
+
+    def enter(self):
+        self.owner = threading.get_ident()
+        return real.__enter__(self)
+
+    redirecting = ("_mock_fn", "_mock_open", "_mock_fn_2_args", "_mock_glob", "_mock_walk")
+    ThisThreadOnlyMockFs = type("ThisThreadOnlyMockFs", (real,), {
+        "__enter__": enter, **{name: owner_only(name) for name in redirecting}})
+    return mock.patch.object(test_utils, "MockFs", ThisThreadOnlyMockFs)
 
 
 @contextlib.contextmanager
@@ -29,8 +63,8 @@ def mock_streaming(num_examples: int) -> Iterator[None]:
     def builder(spec, data_dir, **_):
         return tfds.builder(spec.tfds_name, data_dir=str(data_dir))
 
-    with tfds.testing.mock_data(num_examples=num_examples,
-                                policy=tfds.testing.MockPolicy.USE_CODE):
+    with _this_thread_only_mock_fs(), tfds.testing.mock_data(
+            num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE):
         stream.open_builder = tfds_source.ensure_prepared = builder
         try:
             yield

@@ -2,6 +2,8 @@
 
 ImageNet comes from TFDS's mock builder (random JPEGs through the real reader and our maps)."""
 
+import threading
+
 import chex
 import jax
 import numpy as np
@@ -26,6 +28,22 @@ def imagenet(tmp_path_factory):
     with mock_streaming(24):
         yield data_lib.load_stream("imagenet2012", data_dir=tmp_path_factory.mktemp("data"),
                                    train_subset=N_TRAIN, test_subset=N_TEST, image_size=SIZE)
+
+
+def test_mocked_file_system_redirects_only_the_thread_building_the_pipeline(imagenet, tmp_path):
+    # TFDS's mock swaps the file system while a pipeline is built; a checkpoint written
+    # meanwhile by orbax's threads must still land on disk (the harness, not TFDS, is tested).
+    from etils import epath
+    from tensorflow_datasets.testing import test_utils
+
+    elsewhere, here = epath.Path(tmp_path / "elsewhere"), epath.Path(tmp_path / "here")
+    with test_utils.MockFs():  # orbax creates its directories through epath
+        writer = threading.Thread(target=elsewhere.mkdir, kwargs={"parents": True})
+        writer.start()
+        writer.join()
+        here.mkdir(parents=True)
+    assert elsewhere.is_dir()
+    assert not here.exists()
 
 
 def _host(batches):
