@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from signticket import cpu_tuning
+from signticket import cpu_tuning, interrupts
 from signticket.runs import DEFAULT_RUNS_ROOT
 
 
@@ -201,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         init_distributed(args.coordinator, args.num_processes, args.process_id)
-        return args.func(args, overrides)
+        with interrupts.ctrl_c_reraised():
+            return args.func(args, overrides)
     except OSError as e:
         # The machine, not our code: a full disk or a path the user cannot write.
         if e.errno == errno.ENOSPC:

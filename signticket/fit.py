@@ -12,8 +12,8 @@ import optax
 from tqdm.auto import tqdm
 
 from signticket import data as data_lib
+from signticket import interrupts, provenance
 from signticket import metrics as metrics_lib
-from signticket import provenance
 from signticket.checkpoint import Checkpointer, NoIntactCheckpointError
 from signticket.errors import UserError
 from signticket.phases import phase
@@ -115,44 +115,48 @@ def fit(
         leave=False,
         dynamic_ncols=True,
     )
-    for epoch in range(start + 1, epochs + 1):
-        started = time.perf_counter()
-        with phase("training"):
-            sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
-            taken = 0
-            for batch in source.train_epoch(epoch, batch_size, data_seed, engine.mesh):
-                state, m = engine.train_step(state, batch)
-                sums = jax.tree.map(jnp.add, sums, m)
-                taken += 1
-                bar.update()
-            if taken == 0:
-                raise UserError(f"epoch {epoch}: the data source gave no batch of {batch_size}")
-            train = {k: float(v) / taken for k, v in sums.items()}  # the epoch's one host sync
-        seconds = time.perf_counter() - started
-        check_finite(train, f"epoch {epoch}")
-        in_use = _schedule_and_mask(state, learning_rate)  # before a hook changes the mask
-        if on_epoch_end is not None:
-            with phase("epoch hooks"):
-                state = on_epoch_end(epoch, state)
-        record = {
-            "epoch": epoch,
-            "step": int(state.step),
-            **{f"train_{k}": v for k, v in train.items()},
-            **in_use,
-        }
-        if epoch % eval_every == 0 or epoch == epochs:
-            with phase("evaluation"):
-                test = evaluate(engine, state, source)
-            record.update({f"test_{k}": v for k, v in test.items()})
-        bar.set_postfix(loss=f"{train['loss']:.3f}", test_acc=f"{test.get('accuracy', 0):.3f}")
-        record.update(_timing(seconds, taken, batch_size))
-        if not progress:
-            log.info(metrics_lib.format_epoch(desc, record, epochs))
-        if metrics is not None:
-            metrics.write(record)
-        if checkpointer is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
-            with phase("checkpointing"):
-                checkpointer.save(epoch, state, wait=False)  # written while the next epoch trains
+    with interrupts.ctrl_c_reraised():  # a Ctrl-C swallowed by a GC callback stops it too
+        for epoch in range(start + 1, epochs + 1):
+            started = time.perf_counter()
+            with phase("training"):
+                sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
+                taken = 0
+                for batch in source.train_epoch(epoch, batch_size, data_seed, engine.mesh):
+                    state, m = engine.train_step(state, batch)
+                    interrupts.check()
+                    sums = jax.tree.map(jnp.add, sums, m)
+                    taken += 1
+                    bar.update()
+                if taken == 0:
+                    raise UserError(f"epoch {epoch}: the data source gave no batch of {batch_size}")
+                train = {k: float(v) / taken for k, v in sums.items()}  # the epoch's one host sync
+            seconds = time.perf_counter() - started
+            check_finite(train, f"epoch {epoch}")
+            in_use = _schedule_and_mask(state, learning_rate)  # before a hook changes the mask
+            if on_epoch_end is not None:
+                with phase("epoch hooks"):
+                    state = on_epoch_end(epoch, state)
+            record = {
+                "epoch": epoch,
+                "step": int(state.step),
+                **{f"train_{k}": v for k, v in train.items()},
+                **in_use,
+            }
+            if epoch % eval_every == 0 or epoch == epochs:
+                with phase("evaluation"):
+                    test = evaluate(engine, state, source)
+                record.update({f"test_{k}": v for k, v in test.items()})
+            bar.set_postfix(loss=f"{train['loss']:.3f}", test_acc=f"{test.get('accuracy', 0):.3f}")
+            record.update(_timing(seconds, taken, batch_size))
+            if not progress:
+                log.info(metrics_lib.format_epoch(desc, record, epochs))
+            if metrics is not None:
+                metrics.write(record)
+            interrupts.check()
+            if checkpointer is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
+                with phase("checkpointing"):
+                    # Written while the next epoch trains.
+                    checkpointer.save(epoch, state, wait=False)
     bar.close()
     if not test:
         with phase("evaluation"):
