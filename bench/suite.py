@@ -26,7 +26,8 @@ Rows (``--only`` names):
   Goal 3x.
 * ``matching``: weight matching on ResNet-20x4 vs a naive loop (:mod:`bench.matching`). Goal 2x.
 * ``seeds``: 4 and 8 seeds of the permuted-masks MLP step (goal 1.5x) and of the convnet step,
-  vmapped vs sequential (:mod:`bench.seeds`).
+  vmapped vs sequential, and unrolled side by side in one program (bit-identical to sequential)
+  vs sequential (:mod:`bench.seeds`).
 * ``sign_in``: Sign-In vs masked SGD, step time and state bytes (:mod:`bench.sign_in`).
 * ``imp_round``: a warm ``lottery.imp`` (warm-up + 2 rounds of the AWS CPU config) on real
   Fashion-MNIST, its time split into the pipeline's phases (:mod:`bench.imp_round`,
@@ -254,12 +255,16 @@ class Suite:
         rows = []
         for model in seeds.MODELS:
             r = self.details[f"seeds_{model}"] = seeds.run(self.tiny, model)
-            rows += [
-                Row(f"seeds_{model}_{n}", f"{n} seeds {model} b{r['batch_per_seed']}, vmap vs "
-                    "sequential (img/s)", "img/s", v["vmapped_img_per_s"],
-                    v["sequential_img_per_s"], goal=1.5 if model == "mlp" else None)
-                for n, v in r["by_seeds"].items()
-            ]
+            goal = 1.5 if model == "mlp" else None
+            for n, v in r["by_seeds"].items():
+                what = f"{n} seeds {model} b{r['batch_per_seed']}"
+                rows += [
+                    Row(f"seeds_{model}_{n}", f"{what}, vmap vs sequential (img/s)", "img/s",
+                        v["vmapped_img_per_s"], v["sequential_img_per_s"], goal=goal),
+                    Row(f"seeds_unrolled_{model}_{n}", f"{what}, one program unrolled "
+                        "(bit-identical) vs sequential (img/s)", "img/s",
+                        v["unrolled_img_per_s"], v["sequential_img_per_s"], goal=goal),
+                ]
         return rows
 
     def sign_in(self) -> list[Row]:

@@ -37,7 +37,8 @@ EXPECTED_ROWS = [
     "xla_flag_compile", "malloc", "bf16",
     "barrier",
     "barrier_first_call", "matching", "matching_first_call", "matching_objective",
-    "seeds_mlp_2", "seeds_convnet_2", "sign_in_step", "sign_in_bytes", "imp",
+    "seeds_mlp_2", "seeds_convnet_2", "seeds_unrolled_mlp_2", "seeds_unrolled_convnet_2",
+    "sign_in_step", "sign_in_bytes", "imp",
     *(f"imp_{p}" for p in ("training", "evaluation", "checkpointing", "pruning", "epoch_hooks",
                            "run_setup", "other")),
 ]
@@ -48,7 +49,7 @@ TORCH_ROWS = {"train_resnet20", "train_convnet", "train_vgg11"}
 BASELINE_ROWS = {"onednn", "onednn_compile", "xla_flag", "xla_flag_compile", "malloc", "bf16",
                  "barrier", "barrier_first_call",
                  "matching", "matching_first_call", "matching_objective", "seeds_mlp_2",
-                 "seeds_convnet_2",
+                 "seeds_convnet_2", "seeds_unrolled_mlp_2", "seeds_unrolled_convnet_2",
                  "sign_in_step", "sign_in_bytes"}
 
 
@@ -78,6 +79,10 @@ def test_suite_tiny_runs_every_row(tmp_path):
     # Likewise the malloc row's child ran with glibc's default allocator behaviour.
     assert written["details"]["malloc"]["off"]["host_malloc_defaults"] is False
     assert result["rows"] == written["rows"]
+    # Seeds side by side in one program compute exactly what they compute one at a time.
+    for model in ("mlp", "convnet"):
+        diff = written["details"][f"seeds_{model}"]["by_seeds"]["2"]["max_abs_diff_vs_sequential"]
+        assert diff["unrolled"] == 0.0, diff
 
 
 def test_suite_reports_missing_torch(tmp_path, monkeypatch):
