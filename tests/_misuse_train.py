@@ -29,6 +29,10 @@ def _install(moment: str) -> None:
     kind, _, n = moment.partition(":")
     epoch = int(n) if n else None
     sig = signal.SIGINT if kind.startswith("sigint") else signal.SIGKILL
+    if sig == signal.SIGINT:
+        # A Ctrl-C from a terminal: a process started in the background (``cmd &``, nohup)
+        # inherits SIGINT ignored, and Python then keeps ignoring it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     write, save = MetricsWriter.write, Checkpointer.save
 
     def metrics_write(self, record):

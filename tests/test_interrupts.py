@@ -22,6 +22,15 @@ from _engine_run import TinyNet
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
+@pytest.fixture(autouse=True)
+def terminal_ctrl_c():
+    """SIGINT as in an interactive terminal: a test run started in the background (``cmd &``,
+    nohup) inherits it ignored, and then a Ctrl-C rightly does nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _ctrl_c_in_next_gc_callback() -> list:
     """Press Ctrl-C from inside the next garbage collection's callback, once; returns the
     list the callback appends to when it has."""
