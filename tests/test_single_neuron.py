@@ -1,8 +1,27 @@
 """The single-neuron demonstration of Sign-In's theorems (paper Sec. 5), at small size."""
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from signticket.experiments import single_neuron as sn
+
+
+def test_moment_loss_is_the_sample_loss_and_its_gradient():
+    x = jax.random.normal(jax.random.PRNGKey(1), (500,))
+    m = sn.sample_moments(x, jax.nn.relu(x))
+    a = jnp.array([-1.3, -0.2, 0.0, 0.4, 0.9, 1.7, -0.7, 0.3])
+    w = jnp.array([0.8, -0.5, 0.3, 0.0, -1.1, 0.05, -0.02, 1.4])  # both signs and w = 0
+    for ai, wi in zip(a, w, strict=True):
+        p = sn._params(ai, wi)
+        np.testing.assert_allclose(sn.moment_loss(p, m), sn.loss_fn(p, x, jax.nn.relu(x)),
+                                   rtol=1e-5, atol=1e-7)
+        g_moments = jax.grad(sn.moment_loss)(p, m)
+        g_sample = jax.grad(sn.loss_fn)(p, x, jax.nn.relu(x))
+        for leaf_m, leaf_s in zip(jax.tree.leaves(g_moments), jax.tree.leaves(g_sample),
+                                  strict=True):
+            np.testing.assert_allclose(leaf_m, leaf_s, rtol=1e-5, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
