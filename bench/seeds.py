@@ -69,14 +69,22 @@ def unrolled_step(step):
     return steps
 
 
-def _max_diff_vs_sequential(states, images, labels, single, batched, unrolled,
-                            steps: int = 3) -> dict[str, float]:
-    """Largest |param difference| from the sequential seeds after ``steps`` steps, for the
-    vmapped and the unrolled variant (0.0: bit-identical)."""
+def _private_copies(states: list) -> tuple[list, list, list]:
+    """Each variant's own copy of the seeds' ``[params, batch_stats, opt_state]`` (every
+    variant donates its state): per seed (sequential), stacked (vmapped), per field and seed
+    (unrolled)."""
     copy = functools.partial(jax.tree.map, jnp.copy)
     seq = [copy(s) for s in states]
     vec = [_stack([s[i] for s in states]) for i in range(3)]
     unr = [[copy(s[i]) for s in states] for i in range(3)]
+    return seq, vec, unr
+
+
+def _max_diff_vs_sequential(states, images, labels, single, batched, unrolled,
+                            steps: int = 3) -> dict[str, float]:
+    """Largest |param difference| from the sequential seeds after ``steps`` steps, for the
+    vmapped and the unrolled variant (0.0: bit-identical)."""
+    seq, vec, unr = _private_copies(states)
     all_images, all_labels = jnp.stack(images), jnp.stack(labels)
     for _ in range(steps):
         seq = [single(*s, x, y)[:3] for s, x, y in zip(seq, images, labels, strict=True)]
@@ -98,15 +106,10 @@ def _measure(n: int, model, tx, single, batched, unrolled, batch: int, steps: in
     variables = [workloads.init_variables(model, IMAGE_SHAPE, s) for s in range(n)]
     data = [workloads.synthetic_batch(batch, IMAGE_SHAPE, seed=s) for s in range(n)]
     states = [[v["params"], v["batch_stats"], tx.init(v["params"])] for v in variables]
-    # Private copies: both steps donate their state.
-    diffs = _max_diff_vs_sequential(states, [jnp.asarray(d["image"]) for d in data],
-                                    [jnp.asarray(d["label"]) for d in data], single, batched,
-                                    unrolled)
-    seq = [jax.tree.map(jnp.copy, s) for s in states]
-    vec = [_stack([s[i] for s in states]) for i in range(3)]
-    unr = [[jax.tree.map(jnp.copy, s[i]) for s in states] for i in range(3)]
     images = [jnp.asarray(d["image"]) for d in data]
     labels = [jnp.asarray(d["label"]) for d in data]
+    diffs = _max_diff_vs_sequential(states, images, labels, single, batched, unrolled)
+    seq, vec, unr = _private_copies(states)
     all_images, all_labels = jnp.stack(images), jnp.stack(labels)
 
     def sequential():
