@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -249,8 +250,13 @@ class _SaveNoise(logging.Filter):
         self.held: list[logging.LogRecord] = []
         self.held_unraisable: list[Any] = []
         self.unraisable = sys.unraisablehook
-        self.holding = False
+        self.holds = 0  # saves under way: one run's last write may end while the next saves
+        self._lock = threading.Lock()
         self.disk_full = False
+
+    @property
+    def holding(self) -> bool:
+        return self.holds > 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.disk_full and _is_save_noise(
@@ -264,13 +270,18 @@ class _SaveNoise(logging.Filter):
     def hold(self) -> None:
         """Hold records from now on (a save started; it may finish in the background)."""
         _install_hooks()
-        self.holding = True
+        with self._lock:
+            self.holds += 1
 
     def release(self) -> None:
-        """Stop holding and replay what was held (a save ended)."""
-        if self.holding:
-            self.holding = False
-            self.replay()
+        """A save ended: once none is left under way, replay what was held."""
+        with self._lock:
+            if self.holds == 0:
+                return
+            self.holds -= 1
+            if self.holds > 0:
+                return
+        self.replay()
 
     def replay(self) -> None:
         held_unraisable, self.held_unraisable = self.held_unraisable, []
@@ -345,6 +356,9 @@ class Checkpointer:
         self.moved_aside: list[Path] = []
         self._save_failed = False
         self._pending: int | None = None  # a step still being written (save(wait=False))
+        # mark_done(wait=False): the thread waiting for the last write, then writing DONE.json
+        self._finishing: threading.Thread | None = None
+        self._finish_error: BaseException | None = None
         steps = self.directory / CHECKPOINTS
         self._primary = is_primary()
         # Before orbax looks: a numbered directory without the files every finished save
@@ -414,7 +428,20 @@ class Checkpointer:
             self.wait()
 
     def wait(self) -> None:
-        """Block until the pending save (if any) is on disk; raise its failure."""
+        """Block until the pending save (if any) is on disk, and a background
+        :meth:`mark_done` has written ``DONE.json``; raise their failure."""
+        self._join_finishing()
+        self._wait_for_write()
+
+    def _join_finishing(self) -> None:
+        finishing, self._finishing = self._finishing, None
+        if finishing is not None:
+            finishing.join()
+            error, self._finish_error = self._finish_error, None
+            if error is not None:
+                raise error
+
+    def _wait_for_write(self) -> None:
         step, self._pending = self._pending, None
         if step is None:
             self.manager.wait_until_finished()
@@ -482,14 +509,35 @@ class Checkpointer:
             f"aside: {', '.join(p.name for p in self.moved_aside)}); re-run to start over"
         )
 
-    def mark_done(self, summary: Mapping[str, Any]) -> None:
+    def mark_done(self, summary: Mapping[str, Any], *, wait: bool = True) -> None:
         """Record that the run finished, with its final summary and the provenance of the code
-        that finished it (``"provenance"``, see :mod:`signticket.provenance`)."""
+        that finished it (``"provenance"``, see :mod:`signticket.provenance`), once the last
+        save is on disk: ``DONE.json`` never names a run whose checkpoint could be missing.
+
+        With ``wait=False`` a thread waits for that save and then writes ``DONE.json`` while
+        the caller goes on (:mod:`signticket.finishing`: the next run trains meanwhile);
+        :meth:`wait` or :meth:`close` joins it and raises the save's failure."""
         from signticket import provenance
 
-        self.wait()
-        write_json_atomic(self.directory / DONE_FILE,
-                          {**summary, "provenance": provenance.collect()})
+        self._join_finishing()  # the pending save itself is waited for by _write_done
+        record = {**summary, "provenance": provenance.collect()}
+        if wait:
+            self._write_done(record)
+            return
+
+        def finish() -> None:
+            try:
+                self._write_done(record)
+            except BaseException as e:  # raised again by wait()/close() in the caller's thread
+                self._finish_error = e
+
+        self._finishing = threading.Thread(target=finish, name=f"finish {self.directory.name}",
+                                           daemon=True)
+        self._finishing.start()
+
+    def _write_done(self, record: Mapping[str, Any]) -> None:
+        self._wait_for_write()
+        write_json_atomic(self.directory / DONE_FILE, record)
 
     def done(self) -> dict[str, Any] | None:
         """The final summary of a finished run, or None (also, with a warning, when DONE.json

@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from signticket import cpu_tuning, interrupts
+from signticket import cpu_tuning, finishing, interrupts
 from signticket.runs import DEFAULT_RUNS_ROOT
 
 
@@ -201,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         init_distributed(args.coordinator, args.num_processes, args.process_id)
-        with interrupts.ctrl_c_reraised():
+        # A run's last checkpoint write overlaps the next run (signticket.finishing).
+        with interrupts.ctrl_c_reraised(), finishing.background_finishes():
             return args.func(args, overrides)
     except OSError as e:
         # The machine, not our code: a full disk or a path the user cannot write.

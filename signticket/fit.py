@@ -59,6 +59,7 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     learning_rate: optax.ScalarOrSchedule | None = None,
+    finish_in_background: bool = False,
 ) -> tuple[TrainState, dict[str, float]]:
     """Train ``state`` for ``epochs`` epochs; returns the final state and test metrics.
 
@@ -82,6 +83,10 @@ def fit(
     the mask in use, and its wall-clock time (:data:`~signticket.metrics.TIMING_KEYS`, measured
     once per epoch: no host sync per step). With ``progress=False`` each epoch is also one INFO
     log line.
+
+    With ``finish_in_background`` fit returns without waiting for the last checkpoint write:
+    ``DONE.json`` is written after it in the background, and ``checkpointer.close()`` (or
+    ``wait()``) ends that and raises its failure (:mod:`signticket.finishing`).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size),
                         ("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
@@ -166,7 +171,7 @@ def fit(
         with phase("checkpointing"):
             if checkpointer.latest_step() is None:
                 checkpointer.save(epochs, state)
-            checkpointer.mark_done({"epoch": epochs, **summary})
+            checkpointer.mark_done({"epoch": epochs, **summary}, wait=not finish_in_background)
     return state, summary
 
 

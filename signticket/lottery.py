@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from signticket import data as data_lib
+from signticket import finishing
 from signticket.errors import UserError
 from signticket.masks import apply_mask, check_unit_interval, full_mask, magnitude_prune, sparsity
 from signticket.phases import phase
@@ -540,6 +541,12 @@ def imp(
     ``rounds[k].mask``. Finished rounds are read back from their run directories.
     """
     _check_imp(config)
+    with finishing.background_finishes():  # a round's last write overlaps the next round
+        return _imp(config, dataset, runs_root, progress)
+
+
+def _imp(config: ConfigDict, dataset: data_lib.Dataset, runs_root: str | os.PathLike,
+         progress: bool) -> list[Round]:
     imp_cfg = config.imp
     policy = ROUND_POLICIES[imp_cfg.mode]
     aws = bool(config.get("aws", False))

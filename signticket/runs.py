@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from ml_collections import ConfigDict
 
 from signticket import config as config_lib
 from signticket import data as data_lib
-from signticket import models
+from signticket import finishing, models
 from signticket.checkpoint import (
     Checkpointer,
     canonical_json,
@@ -292,8 +293,11 @@ def train_run(
         raise UserError(f"batch_size {config.batch_size} is larger than the "
                         f"{n_train} training examples of {dataset.name}")
     directory = desc.directory(runs_root)
-    # Locked before the engine is built: a second process on this run fails in a moment.
-    with lock_run_dir(directory):
+    finishing.settle(directory)  # this run finishing in the background: first
+    background = finishing.active()
+    with contextlib.ExitStack() as held:
+        # Locked before the engine is built: a second process on this run fails in a moment.
+        held.enter_context(lock_run_dir(directory))
         check_inputs(directory, desc)
         mesh = mesh or make_mesh()
         steps = data_lib.steps_per_epoch(n_train, config.batch_size)
@@ -313,6 +317,7 @@ def train_run(
         if mask is not None:
             state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
         ckpt = Checkpointer(directory)
+        held.callback(ckpt.close)  # before the lock is released
         # A caller's own ``tx`` may follow another schedule than the config's: its runs log
         # the one it names, or none rather than a wrong one.
         schedule = (build_schedule(config.optimizer, config.epochs, steps)
@@ -336,9 +341,11 @@ def train_run(
                 progress=progress,
                 desc=desc.name,
                 learning_rate=schedule,
+                finish_in_background=background,
             )
         finally:
             if writer is not None:
                 writer.close()
-            ckpt.close()
+        if background:  # the last write, DONE.json, closing and unlocking: while the next trains
+            finishing.defer(directory, ckpt, held.pop_all())
     return RunResult(directory, state, summary)
