@@ -1,5 +1,8 @@
 """Shared fixtures: tiny synthetic params pytrees shaped like Flax models."""
 
+import errno
+import shutil
+
 from signticket import cpu_tuning
 
 cpu_tuning.apply()  # as the CLI does, before JAX starts its backend
@@ -72,3 +75,19 @@ def toy_mlp_loss(params, x):
     out = jnp.tanh(h) @ params["head"]["kernel"] + params["head"]["bias"]
     conv = sum(jnp.sum(jnp.sin(p)) for p in jax.tree.leaves(params))
     return jnp.sum(out**2) / 100.0 + conv
+
+
+def cut_short_background_write(checkpointer, step: int) -> None:
+    """Make ``checkpointer``'s background write of ``step`` fail as on a disk that filled
+    meanwhile: the write ends, its step directory is removed (cut short), and orbax's next
+    wait raises ENOSPC, once."""
+    manager = checkpointer.manager
+    manager.wait_until_finished()
+    shutil.rmtree(checkpointer.directory / "checkpoints" / str(step))
+    finished = manager.wait_until_finished
+
+    def fails_once():
+        manager.wait_until_finished = finished
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    manager.wait_until_finished = fails_once

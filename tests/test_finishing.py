@@ -3,15 +3,13 @@ overlaps the next run, and nothing a synchronous finish guarantees is lost: DONE
 after the last write, the run directory locked until then, a failed write raised (at most one
 run later) and resumed from, the same files and numbers."""
 
-import errno
 import json
-import shutil
 from pathlib import Path
 
 import chex
 import jax
 import pytest
-from conftest import synthetic_dataset
+from conftest import cut_short_background_write, synthetic_dataset
 from ml_collections import ConfigDict
 
 from signticket import finishing
@@ -108,15 +106,7 @@ def _last_write_fails(monkeypatch, directory_name: str) -> None:
 
     def wait_for_write(self):
         if self.directory.name == directory_name and self._pending == 2:
-            self.manager.wait_until_finished()
-            shutil.rmtree(self.directory / "checkpoints" / "2")
-            finished = self.manager.wait_until_finished
-
-            def fails_once():
-                self.manager.wait_until_finished = finished
-                raise OSError(errno.ENOSPC, "No space left on device")
-
-            self.manager.wait_until_finished = fails_once
+            cut_short_background_write(self, 2)
         return real(self)
 
     monkeypatch.setattr(Checkpointer, "_wait_for_write", wait_for_write)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import synthetic_dataset
+from conftest import cut_short_background_write, synthetic_dataset
 
 from signticket import optim
 from signticket.checkpoint import CORRUPT_PREFIX, Checkpointer, CheckpointSaveError
@@ -220,15 +220,7 @@ def test_background_write_failure_stops_the_run_one_epoch_later(reference, tmp_p
 
     def wait(self):
         if self._pending == 2:
-            self.manager.wait_until_finished()
-            shutil.rmtree(directory / "checkpoints" / "2")  # as a write cut short
-            finished = self.manager.wait_until_finished
-
-            def fails_once():
-                self.manager.wait_until_finished = finished
-                raise OSError(errno.ENOSPC, "No space left on device")
-
-            self.manager.wait_until_finished = fails_once
+            cut_short_background_write(self, 2)
         return real(self)
 
     monkeypatch.setattr(Checkpointer, "wait", wait)
