@@ -10,7 +10,8 @@ Rows (``--only`` names):
 * ``train_resnet20``, ``train_convnet``, ``train_vgg11``: img/s of signticket's engine train
   step (masked SGD, sharded jit, no augmentation; :mod:`bench.train_step`) vs the same model
   in eager PyTorch (:mod:`bench.torch_models`, run in a child process; the faster of
-  contiguous / channels_last). Goal >= 1x. Measured in ``--rounds`` alternating rounds
+  contiguous / channels_last). Goal >= 1.1x (issue 18: ahead of PyTorch, not level).
+  Measured in ``--rounds`` alternating rounds
   (default 3: ours, torch, ours, torch, ...), each side's median reported: the VM is noisy and
   a slow spell should hit both sides, not one.
 * ``onednn``: the ResNet-20 step again in a subprocess with ``SIGNTICKET_CONV=xla`` (XLA's own
@@ -64,6 +65,8 @@ from signticket.native import conv as native_conv
 GROUPS = ("train_resnet20", "train_convnet", "train_vgg11", "onednn", "xla_flag", "malloc", "bf16",
           "barrier", "matching", "seeds", "sign_in", "imp_round")
 LABELS = {"resnet20": "ResNet-20", "convnet": "convnet", "vgg11": "VGG-11"}
+#: Train step vs PyTorch (issue 18, goal 1).
+TRAIN_STEP_GOAL = 1.1
 
 
 class Suite:
@@ -137,7 +140,7 @@ class Suite:
                 rounds[-1]["torch"] = later[self._best_torch(later)]["img_per_s_median"]
         label = f"train step {LABELS[name]} b{w.batch} {'x'.join(map(str, w.image_shape))}"
         row = Row(f"train_{name}", f"{label} (img/s)", "img/s",
-                  float(np.median([r["signticket"] for r in rounds])), goal=1.0)
+                  float(np.median([r["signticket"] for r in rounds])), goal=TRAIN_STEP_GOAL)
         compile_row = Row(f"train_{name}_compile", f"  {LABELS[name]} step compile (s)", "s",
                           ours["compile_s"], higher_is_better=False)
         details = self.details[f"train_{name}"]
