@@ -9,6 +9,8 @@
 * ``in_background_save:N``: SIGKILL as ``save`` returns while epoch N's checkpoint is still
   being written in the background (``fit`` would train on meanwhile);
 * ``after_save:N``: SIGKILL right after epoch N's checkpoint is committed;
+* ``finishing``: SIGKILL as the run's finish goes to the background
+  (``signticket.finishing``): its last checkpoint still being written, ``DONE.json`` not yet;
 * ``sigint_after_metrics:N``: SIGINT (Ctrl-C) after epoch N's metrics record;
 * ``slow``: sleep 1.5 s after every epoch's record (keeps the run directory locked a while).
 
@@ -33,7 +35,7 @@ def _install(moment: str) -> None:
         # A Ctrl-C from a terminal: a process started in the background (``cmd &``, nohup)
         # inherits SIGINT ignored, and Python then keeps ignoring it.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    write, save = MetricsWriter.write, Checkpointer.save
+    write, save, mark_done = MetricsWriter.write, Checkpointer.save, Checkpointer.mark_done
 
     def metrics_write(self, record):
         if kind == "before_metrics" and record.get("epoch") == epoch:
@@ -58,8 +60,22 @@ def _install(moment: str) -> None:
             self.wait()
             os.kill(os.getpid(), sig)
 
+    def checkpoint_mark_done(self, summary, *, wait=True):
+        if kind == "finishing" and not wait:
+            write_done = self._write_done
+
+            def later(record):  # the kill always lands before DONE.json
+                time.sleep(5)
+                write_done(record)
+
+            self._write_done = later
+        mark_done(self, summary, wait=wait)
+        if kind == "finishing" and not wait:
+            os.kill(os.getpid(), sig)  # the last write under way in the background
+
     MetricsWriter.write = metrics_write
     Checkpointer.save = checkpoint_save
+    Checkpointer.mark_done = checkpoint_mark_done
 
 
 if __name__ == "__main__":

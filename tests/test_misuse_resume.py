@@ -61,6 +61,7 @@ MOMENTS = {
     "mid_save:2": "while orbax writes epoch 2's checkpoint",
     "in_background_save:2": "while epoch 2's checkpoint is written and epoch 3 trains",
     "after_save:3": "right after epoch 3's checkpoint is committed",
+    "finishing": "the run's last write under way in the background, DONE.json not yet",
     "sigint_after_metrics:2": "Ctrl-C after epoch 2's record",
 }
 
