@@ -3,7 +3,7 @@ checkpoint is written.
 
 A run's epochs overlap their checkpoint writes with the next epoch, but its last write had
 nothing to overlap: ``DONE.json`` waits for it, so every one-epoch run (an IMP round) waited a
-whole write (~0.1-0.2 s for the AWS convnet). Inside :func:`background_finishes` (the CLI's
+whole write (what that costs: ``docs/performance.md``). Inside :func:`background_finishes` (the CLI's
 commands and :func:`signticket.lottery.imp` enter it) :func:`signticket.runs.train_run`
 returns once the last write is started; a thread waits for it and then writes ``DONE.json``,
 and the run directory stays locked until then. The run's result (final state, test metrics)
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(eq=False)
 class _Finish:
     """A run whose last write (then ``DONE.json``) is under way: its checkpointer and what
-    closes the rest of it (the metric writers, the run directory's lock)."""
+    closes the rest of it (the run directory's lock)."""
 
     directory: Path
     checkpointer: Checkpointer
@@ -84,7 +84,9 @@ def defer(directory: Path, checkpointer: Checkpointer, rest: contextlib.ExitStac
     """Close ``checkpointer`` (after its background :meth:`~Checkpointer.mark_done`) and
     ``rest`` later: when the next run ends, when ``directory`` is trained again, or when the
     block is left. Earlier runs' finishes are closed first: each had a whole run to end."""
-    assert _pending is not None, "defer() outside background_finishes()"
+    if _pending is None:
+        raise RuntimeError("finishing.defer() needs an enclosing background_finishes() block "
+                           "(check finishing.active() first)")
     earlier, _pending[:] = list(_pending), [_Finish(Path(directory), checkpointer, rest)]
     _close(earlier, raise_first=True)
 
