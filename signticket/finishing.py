@@ -3,11 +3,12 @@ checkpoint is written.
 
 A run's epochs overlap their checkpoint writes with the next epoch, but its last write had
 nothing to overlap: ``DONE.json`` waits for it, so every one-epoch run (an IMP round) waited a
-whole write (what that costs: ``docs/performance.md``). Inside :func:`background_finishes` (the CLI's
-commands and :func:`signticket.lottery.imp` enter it) :func:`signticket.runs.train_run`
-returns once the last write is started; a thread waits for it and then writes ``DONE.json``,
-and the run directory stays locked until then. The run's result (final state, test metrics)
-is in memory already, and no pipeline reads a run it has just trained back from disk.
+whole write (what that costs: ``docs/performance.md``). Inside :func:`background_finishes`
+(the CLI's commands and :func:`signticket.lottery.imp` enter it)
+:func:`signticket.runs.train_run` returns once the last write is started; a thread waits for
+it and then writes ``DONE.json``, and the run directory stays locked until then. The run's
+result (final state, test metrics) is in memory already, and no pipeline reads a run it has
+just trained back from disk.
 
 What is kept:
 
