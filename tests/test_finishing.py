@@ -3,6 +3,7 @@ overlaps the next run, and nothing a synchronous finish guarantees is lost: DONE
 after the last write, the run directory locked until then, a failed write raised (at most one
 run later) and resumed from, the same files and numbers."""
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -155,3 +156,12 @@ def test_nested_blocks_are_the_outer_one(tmp_path):
         assert finishing.active() and _locked(res.directory)
     assert not finishing.active() and not _locked(res.directory)
     assert jax.process_count() == 1
+
+
+def test_defer_outside_the_block_names_the_block(tmp_path):
+    ckpt = Checkpointer(tmp_path / "run")
+    try:
+        with pytest.raises(RuntimeError, match=r"background_finishes\(\) block"):
+            finishing.defer(tmp_path / "run", ckpt, contextlib.ExitStack())
+    finally:
+        ckpt.close()
