@@ -92,13 +92,13 @@ def defer(directory: Path, checkpointer: Checkpointer, rest: contextlib.ExitStac
     _close(earlier, raise_first=True)
 
 
-def settle(directory: Path | None = None) -> None:
-    """Close the pending finishes (only ``directory``'s, when given), raising the first
-    failure after all are closed."""
+def settle(directory: Path) -> None:
+    """Close the pending finish of ``directory`` (a run about to be trained again), raising
+    its failure."""
     global _pending
     if not _pending:
         return
-    same = [f for f in _pending if directory is None or f.directory == Path(directory)]
+    same = [f for f in _pending if f.directory == Path(directory)]
     _pending = [f for f in _pending if f not in same]
     _close(same, raise_first=True)
 
