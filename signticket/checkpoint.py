@@ -111,9 +111,10 @@ def check_runs_root(root: str | os.PathLike) -> Path:
     return root
 
 
-#: Top-level config keys that do not name a run: how it is logged changes no result, so runs
-#: that differ only there share a directory (and a config without them keeps its old hash).
-UNHASHED_KEYS = ("logging",)
+#: Top-level config keys that do not name a run: how it is logged and how often it saves change
+#: no result, so runs that differ only there share a directory (and a config without them keeps
+#: its old hash).
+UNHASHED_KEYS = ("logging", "checkpoint_min_interval_s")
 
 
 def run_identity(config: Any) -> dict[str, Any]:

@@ -162,6 +162,8 @@ def _check_leaf(name: str, key: str, value) -> None:
         raise ConfigError(f"{name} must lie in [0, 1), got {value!r}")
     if key == "weight_decay" and not (_is_number(value) and value >= 0):
         raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    if key == "checkpoint_min_interval_s" and not (_is_number(value) and value >= 0):
+        raise ConfigError(f"{name} must be a finite number >= 0 (seconds), got {value!r}")
     if key == "gamma" and not (_is_number(value) and value > 0):
         raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
     if key == "milestones":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from tqdm.auto import tqdm
 
@@ -55,6 +57,7 @@ def fit(
     metrics: metrics_lib.MetricWriter | None = None,
     eval_every: int = 1,
     checkpoint_every: int = 1,
+    checkpoint_min_interval_s: float = 0.0,
     on_epoch_end: EpochHook | None = None,
     progress: bool = True,
     desc: str = "train",
@@ -76,6 +79,12 @@ def fit(
     any :class:`~signticket.data.Source` (a streamed ImageNet): epoch ``e``'s batches are a pure
     function of ``(data_seed, e)`` for both, which is what makes resuming exact.
 
+    Checkpoints are saved every ``checkpoint_every`` epochs and after the last one, but at
+    most once per ``checkpoint_min_interval_s`` seconds of the run (counted from its start or
+    resumption; the last epoch is always saved): short epochs skip saves that would cost more
+    than the work they keep (orbax's ``minimum_interval_secs``). A kill loses at most that long
+    of training, and the resumed run is still equal to an uninterrupted one.
+
     ``metrics`` is cut back to the epochs the restored checkpoint holds (to nothing when there
     is none), so epochs that are trained again are never recorded twice. Each epoch's record
     holds train and test loss/accuracy, the learning rate of its last step (``learning_rate``,
@@ -93,6 +102,7 @@ def fit(
         low = 0 if name == "epochs" else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+    cadence = SaveCadence(checkpoint_every, checkpoint_min_interval_s)
     start = 0
     if checkpointer is not None and checkpointer.latest_step() is not None:
         try:
@@ -158,10 +168,11 @@ def fit(
             if metrics is not None:
                 metrics.write(record)
             interrupts.check()
-            if checkpointer is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
+            if checkpointer is not None and cadence.due(epoch, epochs):
                 with phase("checkpointing"):
                     # Written while the next epoch trains.
                     checkpointer.save(epoch, state, wait=False)
+                cadence.saved()
     bar.close()
     if not test:
         with phase("evaluation"):
@@ -173,6 +184,37 @@ def fit(
                 checkpointer.save(epochs, state)
             checkpointer.mark_done({"epoch": epochs, **summary}, wait=not finish_in_background)
     return state, summary
+
+
+class SaveCadence:
+    """Which epochs ``fit`` saves: every ``every``-th and the last, at most one per
+    ``min_interval_s`` seconds (the last always)."""
+
+    def __init__(self, every: int, min_interval_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
+        if (not isinstance(min_interval_s, int | float) or isinstance(min_interval_s, bool)
+                or not math.isfinite(min_interval_s) or min_interval_s < 0):
+            raise UserError("checkpoint_min_interval_s must be a finite number >= 0, got "
+                            f"{min_interval_s!r}")
+        self.every, self.min_interval_s, self.clock = every, float(min_interval_s), clock
+        self.last = clock()
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        if epoch == epochs:
+            return True
+        if epoch % self.every:
+            return False
+        if self.min_interval_s == 0:
+            return True
+        ready = self.clock() - self.last >= self.min_interval_s
+        if jax.process_count() > 1:  # all processes take part in a save: process 0 decides
+            from jax.experimental import multihost_utils
+
+            ready = bool(multihost_utils.broadcast_one_to_all(np.bool_(ready)))
+        return ready
+
+    def saved(self) -> None:
+        self.last = self.clock()
 
 
 def _timing(seconds: float, n_steps: int, batch_size: int) -> dict[str, float]:

@@ -121,9 +121,10 @@ def check_run_config(config: ConfigDict, runs_root: str | os.PathLike | None = N
 
 
 #: What every train run takes from its pipeline's config; a stage sets the rest (seed, data
-#: order, optimizer, epochs) and adds what names it. "logging" (the metric writers) is copied
-#: but names no run: see ``checkpoint.UNHASHED_KEYS``.
-TRAIN_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every", "logging")
+#: order, optimizer, epochs) and adds what names it. "logging" (the metric writers) and
+#: "checkpoint_min_interval_s" are copied but name no run: see ``checkpoint.UNHASHED_KEYS``.
+TRAIN_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every",
+              "checkpoint_min_interval_s", "logging")
 
 
 def stage_config(config: ConfigDict, stage: str, *, seed: int, data_seed: int,
@@ -337,6 +338,7 @@ def train_run(
                 metrics=writer,
                 eval_every=config.get("eval_every", 1),
                 checkpoint_every=config.get("checkpoint_every", 1),
+                checkpoint_min_interval_s=config.get("checkpoint_min_interval_s", 0.0),
                 on_epoch_end=on_epoch_end,
                 progress=progress,
                 desc=desc.name,

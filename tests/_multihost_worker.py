@@ -10,6 +10,29 @@ import json
 import sys
 
 
+def _save_decisions() -> list[list[bool]]:
+    """Every process's ``SaveCadence`` decisions for epochs 1 and 2 of 3 when their clocks
+    disagree: process 0's finds the 10 s interval over at epoch 2 only, process 1's at epoch 1
+    only. All must follow process 0 (each takes part in every save), one row per process."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from signticket.fit import SaveCadence
+
+    now = [0.0]
+    cadence = SaveCadence(every=1, min_interval_s=10.0, clock=lambda: now[0])
+    times = (5.0, 20.0) if jax.process_index() == 0 else (20.0, 25.0)
+    decisions = []
+    for epoch, t in zip((1, 2), times, strict=True):
+        now[0] = t
+        decisions.append(cadence.due(epoch, 3))
+        if decisions[-1]:
+            cadence.saved()
+    rows = multihost_utils.process_allgather(np.asarray(decisions))
+    return np.asarray(rows).reshape(jax.process_count(), -1).tolist()
+
+
 def main(argv: list[str]) -> int:
     from signticket import cli, cpu_tuning
 
@@ -45,6 +68,7 @@ def main(argv: list[str]) -> int:
     curve = lmc.barrier_curve(model, dataset.preprocess, variables[0], variables[1], dataset,
                               alphas=np.linspace(0, 1, 3), bn_batches=2, batch_size=64)
     out = {
+        "save_decisions": _save_decisions(),
         "processes": jax.process_count(),
         "devices": jax.device_count(),
         "train": run.summary,

@@ -211,7 +211,7 @@ def test_ticket_start_registry():
     assert "retrain" in lottery.NO_FRESH_INIT and "sign_transfer" not in lottery.NO_FRESH_INIT
 
 
-def test_stage_configs_carry_logging_outside_the_run_identity(tmp_path):
+def test_stage_configs_carry_logging_and_save_pace_outside_the_run_identity(tmp_path):
     from signticket.checkpoint import run_dir
     from signticket.experiments import composed
     from signticket.experiments.configs import composed_cpu
@@ -219,9 +219,12 @@ def test_stage_configs_carry_logging_outside_the_run_identity(tmp_path):
 
     base = ConfigDict({"seed": 0, "data_seed": 0, "model": {"name": "mlp"}, "batch_size": 8,
                        "optimizer": {"name": "sgd"}})
-    logged = ConfigDict({**base.to_dict(), "logging": {"writers": ("jsonl", "csv")}})
+    logged = ConfigDict({**base.to_dict(), "logging": {"writers": ("jsonl", "csv")},
+                         "checkpoint_min_interval_s": 30.0})
     stage = lottery._stage_config(logged, "imp", round=0)
-    assert tuple(stage.logging.writers) == ("jsonl", "csv")  # every stage run writes them
+    # Every stage run writes them and saves at that pace ...
+    assert tuple(stage.logging.writers) == ("jsonl", "csv")
+    assert stage.checkpoint_min_interval_s == 30.0
     assert "logging" not in lottery._stage_config(base, "imp", round=0)
     # ... and the run directory is the same with or without them
     assert run_dir(tmp_path, stage) == run_dir(tmp_path, lottery._stage_config(base, "imp",
@@ -229,9 +232,12 @@ def test_stage_configs_carry_logging_outside_the_run_identity(tmp_path):
     sparse = procedure.stage_config(logged, "sparse", seed=0, optimizer=ConfigDict(),
                                     epochs=1, data_seed=0)
     assert tuple(sparse.logging.writers) == ("jsonl", "csv")
+    assert sparse.checkpoint_min_interval_s == 30.0
     c = composed_cpu.get_config()
     c.logging = ConfigDict({"writers": ("jsonl",)})
-    assert "logging" in composed.aws_config(c, 0) and "logging" in composed.permuted_config(c)
+    c.checkpoint_min_interval_s = 30.0
+    for arm in (composed.aws_config(c, 0), composed.permuted_config(c)):
+        assert "logging" in arm and arm.checkpoint_min_interval_s == 30.0
 
 
 def test_killed_pipeline_resumes_at_its_round(tmp_path, monkeypatch):

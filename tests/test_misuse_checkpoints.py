@@ -19,7 +19,8 @@ from conftest import cut_short_background_write, synthetic_dataset
 
 from signticket import optim
 from signticket.checkpoint import CORRUPT_PREFIX, Checkpointer, CheckpointSaveError
-from signticket.fit import fit
+from signticket.errors import UserError
+from signticket.fit import SaveCadence, fit
 from signticket.metrics import MetricsWriter
 from signticket.sharding import make_mesh
 from signticket.train import Engine
@@ -30,8 +31,10 @@ from _engine_run import TinyNet
 EPOCHS = 4
 
 
-def _run(directory: Path, epochs: int = EPOCHS, checkpoint_every: int = 1):
-    """Fit the tiny net; returns (state, summary, epochs trained in this call)."""
+def _run(directory: Path, epochs: int = EPOCHS, checkpoint_every: int = 1, stop_after=None,
+         **fit_kwargs):
+    """Fit the tiny net; returns (state, summary, epochs trained in this call). ``stop_after``:
+    the epoch after which a simulated kill (KeyboardInterrupt) stops it."""
     ds = synthetic_dataset(96, 40, flip=True)
     engine = Engine(TinyNet(), optim.masked_updates(optim.sgd(0.05, 0.9, 5e-4)), ds.preprocess,
                     make_mesh())
@@ -40,13 +43,16 @@ def _run(directory: Path, epochs: int = EPOCHS, checkpoint_every: int = 1):
 
     def hook(epoch, s):
         trained.append(epoch)
+        if epoch == stop_after:
+            raise KeyboardInterrupt
         return s
 
     ckpt = Checkpointer(directory)
     try:
         state, summary = fit(engine, state, ds, epochs=epochs, batch_size=16, data_seed=3,
                              checkpointer=ckpt, metrics=MetricsWriter(directory / "metrics.jsonl"),
-                             checkpoint_every=checkpoint_every, on_epoch_end=hook, progress=False)
+                             checkpoint_every=checkpoint_every, on_epoch_end=hook, progress=False,
+                             **fit_kwargs)
     finally:
         ckpt.close()
     return state, summary, trained
@@ -280,3 +286,66 @@ def test_metrics_untouched_when_nothing_to_drop(tmp_path):
     before = writer.path.stat().st_mtime_ns, writer.path.read_bytes()
     writer.truncate_after(1)
     assert (writer.path.stat().st_mtime_ns, writer.path.read_bytes()) == before
+
+
+# --- how often fit saves -------------------------------------------------------------------------
+
+
+def _saved_steps(monkeypatch) -> list[int]:
+    steps: list[int] = []
+    real_save = Checkpointer.save
+
+    def spy(self, step, *args, **kwargs):
+        steps.append(step)
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "save", spy)
+    return steps
+
+
+def test_min_interval_skips_saves_and_changes_no_result(reference, tmp_path, monkeypatch):
+    """A run that saves only its last epoch ends equal to the reference, which saved each."""
+    saved = _saved_steps(monkeypatch)
+    state, summary, trained = _run(tmp_path / "run", checkpoint_min_interval_s=3600.0)
+    assert trained == [1, 2, 3, 4] and saved == [4]
+    chex.assert_trees_all_equal(state.params, reference[1].params)
+    assert summary == reference[2]
+    assert MetricsWriter(tmp_path / "run" / "metrics.jsonl").read() == \
+        MetricsWriter(reference[0] / "metrics.jsonl").read()
+
+
+def test_kill_before_the_interval_resumes_from_scratch_equal(reference, tmp_path):
+    """Killed after epoch 3 with no save yet: the re-run trains from epoch 1, records each epoch
+    once and ends equal to the uninterrupted reference."""
+    directory = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _run(directory, stop_after=3, checkpoint_min_interval_s=3600.0)
+    assert _metrics_epochs(directory) == [1, 2]  # epoch 3's record comes after its hook
+    assert Checkpointer(directory).latest_step() is None
+    state, summary, trained = _run(directory, checkpoint_min_interval_s=3600.0)
+    assert trained == [1, 2, 3, 4]
+    assert _metrics_epochs(directory) == [1, 2, 3, 4]
+    chex.assert_trees_all_equal(state.params, reference[1].params)
+    assert summary == reference[2]
+
+
+def test_save_cadence_waits_out_the_interval_and_always_saves_the_last():
+    now = [0.0]
+    cadence = SaveCadence(every=2, min_interval_s=10.0, clock=lambda: now[0])
+    due = []
+    for epoch, t in zip(range(1, 9), (3, 6, 9, 12, 15, 18, 21, 24), strict=True):
+        now[0] = t
+        if cadence.due(epoch, 8):
+            due.append(epoch)
+            cadence.saved()
+    # Epoch 2 (6 s) is too soon; 4 (12 s) is due; 6 (18 s, 6 s after) too soon; 8 is the last.
+    assert due == [4, 8]
+    every = SaveCadence(every=3)
+    assert [e for e in range(1, 8) if every.due(e, 7)] == [3, 6, 7]
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "60", True])
+def test_bad_min_interval_is_one_clear_error(tmp_path, bad):
+    with pytest.raises(UserError, match="checkpoint_min_interval_s must be a finite number"):
+        _run(tmp_path / "run", checkpoint_min_interval_s=bad)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -130,6 +130,7 @@ def _one_line_error(code, err, *needles):
 BAD_VALUES = {
     "--config.eval_every=0": "eval_every",
     "--config.checkpoint_every=0": "checkpoint_every",
+    "--config.checkpoint_min_interval_s=-1.0": "checkpoint_min_interval_s",
     "--config.model.kwargs.channels=(16,0,64)": "model.kwargs.channels",
     "--config.optimizer.momentum=-0.9": "optimizer.momentum",
     "--config.optimizer.weight_decay=-1e-4": "optimizer.weight_decay",

@@ -50,6 +50,9 @@ def test_two_processes_match_one(tmp_path):
     two, silent = _result(pair[0]), _result(pair[1])
     assert silent is None  # only process 0 reports (and writes)
     assert (one["processes"], two["processes"], two["devices"]) == (1, 2, 2)
+    # Clocks that disagree on whether a save is due: both processes follow process 0's.
+    assert one["save_decisions"] == [[False, True]]
+    assert two["save_decisions"] == [[False, True], [False, True]]
     # Same data order, same masks, same metrics: the global batch is the same batch whether
     # one process or two feed it; only the order of float reductions differs.
     assert two["remaining"] == one["remaining"] and two["mask_kept"] == one["mask_kept"]

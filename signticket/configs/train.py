@@ -25,6 +25,9 @@ def get_config() -> ConfigDict:
     c.batch_size = 128
     c.eval_every = 1
     c.checkpoint_every = 1
+    # At most one save per this many seconds (the last epoch always): a kill loses at most that
+    # long of training. Not part of the run's identity (signticket.checkpoint.UNHASHED_KEYS).
+    c.checkpoint_min_interval_s = 0.0
     # Where metrics go: any of "jsonl", "tensorboard", "wandb". Not part of the run's identity
     # (signticket.checkpoint.UNHASHED_KEYS): changing it reuses the same run directory.
     c.logging = ConfigDict({"writers": ("jsonl",), "wandb_project": ""})

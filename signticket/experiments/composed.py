@@ -67,7 +67,8 @@ TITLE = "Composed methods"
 
 #: Top-level keys shared by the AWS pipeline, the permuted-mask pipeline and every arm
 #: (``logging``, where present, chooses metric writers and names no run).
-SHARED_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every", "logging")
+SHARED_KEYS = ("model", "data", "batch_size", "eval_every", "checkpoint_every",
+               "checkpoint_min_interval_s", "logging")
 
 
 @dataclasses.dataclass(frozen=True)
