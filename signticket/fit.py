@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -97,35 +98,173 @@ def fit(
     ``DONE.json`` is written after it in the background, and ``checkpointer.close()`` (or
     ``wait()``) ends that and raises its failure (:mod:`signticket.finishing`).
     """
+    member = Member(state, data_seed, checkpointer, metrics, on_epoch_end, desc, learning_rate)
+    [(state, summary)] = fit_lockstep(
+        engine, [member], dataset, epochs=epochs, batch_size=batch_size, eval_every=eval_every,
+        checkpoint_every=checkpoint_every, checkpoint_min_interval_s=checkpoint_min_interval_s,
+        progress=progress, finish_in_background=finish_in_background)
+    return state, summary
+
+
+@dataclasses.dataclass
+class Member:
+    """One run of :func:`fit_lockstep`: its state and everything else that is its own."""
+
+    state: TrainState
+    data_seed: int = 0
+    checkpointer: Checkpointer | None = None
+    metrics: metrics_lib.MetricWriter | None = None
+    on_epoch_end: EpochHook | None = None
+    desc: str = "train"
+    learning_rate: optax.ScalarOrSchedule | None = None
+
+
+def fit_lockstep(
+    engine: Engine,
+    members: Sequence[Member],
+    dataset: data_lib.Dataset | data_lib.Source,
+    *,
+    epochs: int,
+    batch_size: int,
+    eval_every: int = 1,
+    checkpoint_every: int = 1,
+    checkpoint_min_interval_s: float = 0.0,
+    progress: bool = True,
+    finish_in_background: bool = False,
+) -> list[tuple[TrainState, dict[str, float]]]:
+    """:func:`fit` of several runs of one ``engine`` side by side; ``(state, summary)`` per
+    member, in order.
+
+    The members train epoch by epoch together: each step is one program for all of them
+    (:meth:`~signticket.train.Engine.lockstep_train_step`), and members with the same
+    ``data_seed`` share its batches. Everything else stays each member's own: its checkpoints
+    and their cadence, resumption, metrics, hook, evaluation and ``DONE.json``. Each ends
+    bit-identical to :func:`fit` of it alone (what a small model gains is the cores one run
+    leaves idle and one dispatch per step instead of one per run). A finished member is
+    restored, not trained; members restored to different epochs train in groups of equal start,
+    one group after another. A NaN/inf loss in any member stops them all before that epoch is
+    recorded; each keeps its last checkpoint. The epoch time each records is the group's.
+    """
     for name, value in (("epochs", epochs), ("batch_size", batch_size),
                         ("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
         low = 0 if name == "epochs" else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
-    cadence = SaveCadence(checkpoint_every, checkpoint_min_interval_s)
-    start = 0
-    if checkpointer is not None and checkpointer.latest_step() is not None:
+    if not members:
+        raise UserError("fit_lockstep: no members to train")
+    runs = [_Run(m, SaveCadence(checkpoint_every, checkpoint_min_interval_s)) for m in members]
+    groups: dict[int, list[_Run]] = {}
+    for run in runs:
+        start = run.resume(epochs)
+        if run.summary is None:
+            groups.setdefault(start, []).append(run)
+    source = data_lib.as_source(dataset)  # one device copy of an in-memory dataset
+    for start, group in sorted(groups.items()):
+        _train_group(engine, group, source, start=start, epochs=epochs, batch_size=batch_size,
+                     eval_every=eval_every, progress=progress,
+                     finish_in_background=finish_in_background)
+    return [(run.member.state, run.summary) for run in runs]
+
+
+@dataclasses.dataclass(eq=False)
+class _Run:
+    """A member while it trains: its cadence, sums of the epoch, last test metrics, summary."""
+
+    member: Member
+    cadence: SaveCadence
+    test: dict[str, float] = dataclasses.field(default_factory=dict)
+    summary: dict[str, float] | None = None
+
+    def resume(self, epochs: int) -> int:
+        """Restore the newest checkpoint; returns the epoch to continue after (a finished run
+        gets its ``summary``)."""
+        ckpt = self.member.checkpointer
+        if ckpt is None or ckpt.latest_step() is None:
+            return 0
         try:
-            start, state = checkpointer.restore(state)
+            start, self.member.state = ckpt.restore(self.member.state)
         except NoIntactCheckpointError as e:
             log.warning("%s; training from the start", e)
+            return 0
+        done = ckpt.done()
+        if done is not None and start >= epochs:
+            provenance.check_reuse(ckpt.directory, done)
+            self.summary = {k: v for k, v in done.items() if k.startswith("test_")}
         else:
-            done = checkpointer.done()
-            if done is not None and start >= epochs:
-                provenance.check_reuse(checkpointer.directory, done)
-                return state, {k: v for k, v in done.items() if k.startswith("test_")}
-            log.info("resuming %s at epoch %d", checkpointer.directory, start + 1)
-    if metrics is not None:
-        # Records past the restored state (a kill between the metrics write and the checkpoint
-        # commit, a removed or damaged checkpoint) describe epochs about to be redone.
-        metrics.truncate_after(start)
-    source = data_lib.as_source(dataset)  # one device copy of an in-memory dataset
+            log.info("resuming %s at epoch %d", ckpt.directory, start + 1)
+        return start
+
+    def end_epoch(self, engine: Engine, source: data_lib.Source, epoch: int, epochs: int,
+                  train: dict[str, float], eval_every: int, timing: dict[str, float],
+                  progress: bool, bar: tqdm) -> None:
+        """Hook, evaluation, metrics record and checkpoint of this run after ``epoch``."""
+        m = self.member
+        in_use = _schedule_and_mask(m.state, m.learning_rate)  # before a hook changes the mask
+        if m.on_epoch_end is not None:
+            with phase("epoch hooks"):
+                m.state = m.on_epoch_end(epoch, m.state)
+        record = {
+            "epoch": epoch,
+            "step": int(m.state.step),
+            **{f"train_{k}": v for k, v in train.items()},
+            **in_use,
+        }
+        if epoch % eval_every == 0 or epoch == epochs:
+            with phase("evaluation"):
+                self.test = evaluate(engine, m.state, source)
+            record.update({f"test_{k}": v for k, v in self.test.items()})
+        bar.set_postfix(loss=f"{train['loss']:.3f}",
+                        test_acc=f"{self.test.get('accuracy', 0):.3f}")
+        record.update(timing)
+        if not progress:
+            log.info(metrics_lib.format_epoch(m.desc, record, epochs))
+        if m.metrics is not None:
+            m.metrics.write(record)
+        interrupts.check()
+        if m.checkpointer is not None and self.cadence.due(epoch, epochs):
+            with phase("checkpointing"):
+                # Written while the next epoch trains.
+                m.checkpointer.save(epoch, m.state, wait=False)
+            self.cadence.saved()
+
+    def finish(self, engine: Engine, source: data_lib.Source, epochs: int,
+               in_background: bool) -> None:
+        """Final evaluation (if the last epoch had none), last save and ``DONE.json``."""
+        m = self.member
+        if not self.test:
+            with phase("evaluation"):
+                self.test = evaluate(engine, m.state, source)
+        self.summary = {f"test_{k}": v for k, v in self.test.items()}
+        if m.checkpointer is not None:
+            with phase("checkpointing"):
+                if m.checkpointer.latest_step() is None:
+                    m.checkpointer.save(epochs, m.state)
+                m.checkpointer.mark_done({"epoch": epochs, **self.summary},
+                                         wait=not in_background)
+
+
+#: One dispatch adds every member's step metrics to its epoch sums.
+_add_metrics = jax.jit(lambda sums, metrics: jax.tree.map(jnp.add, sums, metrics))
+
+
+def _train_group(engine: Engine, runs: list[_Run], source: data_lib.Source, *, start: int,
+                 epochs: int, batch_size: int, eval_every: int, progress: bool,
+                 finish_in_background: bool) -> None:
+    """Train ``runs`` (all restored to epoch ``start``) from there to ``epochs`` together."""
+    for run in runs:
+        if run.member.metrics is not None:
+            # Records past the restored state (a kill between the metrics write and the
+            # checkpoint commit, a removed or damaged checkpoint) describe epochs about to be
+            # redone.
+            run.member.metrics.truncate_after(start)
     n_steps = data_lib.steps_per_epoch(source.num_train, batch_size)
-    test: dict[str, float] = {}
+    seeds = list(dict.fromkeys(run.member.data_seed for run in runs))
+    slots = [seeds.index(run.member.data_seed) for run in runs]
+    label = runs[0].member.desc + (f" x{len(runs)}" if len(runs) > 1 else "")
     bar = tqdm(
         total=epochs * n_steps,
         initial=start * n_steps,
-        desc=desc,
+        desc=label,
         disable=not progress,
         leave=False,
         dynamic_ncols=True,
@@ -134,56 +273,56 @@ def fit(
         for epoch in range(start + 1, epochs + 1):
             started = time.perf_counter()
             with phase("training"):
-                sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
-                taken = 0
-                for batch in source.train_epoch(epoch, batch_size, data_seed, engine.mesh):
-                    state, m = engine.train_step(state, batch)
-                    interrupts.check()
-                    sums = jax.tree.map(jnp.add, sums, m)
-                    taken += 1
-                    bar.update()
+                trains, taken = _train_epoch(engine, runs, source, epoch, batch_size, seeds, slots,
+                                             bar)
                 if taken == 0:
                     raise UserError(f"epoch {epoch}: the data source gave no batch of {batch_size}")
-                train = {k: float(v) / taken for k, v in sums.items()}  # the epoch's one host sync
             seconds = time.perf_counter() - started
-            check_finite(train, f"epoch {epoch}")
-            in_use = _schedule_and_mask(state, learning_rate)  # before a hook changes the mask
-            if on_epoch_end is not None:
-                with phase("epoch hooks"):
-                    state = on_epoch_end(epoch, state)
-            record = {
-                "epoch": epoch,
-                "step": int(state.step),
-                **{f"train_{k}": v for k, v in train.items()},
-                **in_use,
-            }
-            if epoch % eval_every == 0 or epoch == epochs:
-                with phase("evaluation"):
-                    test = evaluate(engine, state, source)
-                record.update({f"test_{k}": v for k, v in test.items()})
-            bar.set_postfix(loss=f"{train['loss']:.3f}", test_acc=f"{test.get('accuracy', 0):.3f}")
-            record.update(_timing(seconds, taken, batch_size))
-            if not progress:
-                log.info(metrics_lib.format_epoch(desc, record, epochs))
-            if metrics is not None:
-                metrics.write(record)
-            interrupts.check()
-            if checkpointer is not None and cadence.due(epoch, epochs):
-                with phase("checkpointing"):
-                    # Written while the next epoch trains.
-                    checkpointer.save(epoch, state, wait=False)
-                cadence.saved()
+            for run, train in zip(runs, trains, strict=True):
+                check_finite(train, f"epoch {epoch}" + (
+                    f" of {run.member.desc}" if len(runs) > 1 else ""))
+            for run, train in zip(runs, trains, strict=True):
+                run.end_epoch(engine, source, epoch, epochs, train, eval_every,
+                              _timing(seconds, taken, batch_size), progress, bar)
     bar.close()
-    if not test:
-        with phase("evaluation"):
-            test = evaluate(engine, state, source)
-    summary = {f"test_{k}": v for k, v in test.items()}
-    if checkpointer is not None:
-        with phase("checkpointing"):
-            if checkpointer.latest_step() is None:
-                checkpointer.save(epochs, state)
-            checkpointer.mark_done({"epoch": epochs, **summary}, wait=not finish_in_background)
-    return state, summary
+    for run in runs:
+        run.finish(engine, source, epochs, finish_in_background)
+
+
+def _train_epoch(engine: Engine, runs: list[_Run], source: data_lib.Source, epoch: int,
+                 batch_size: int, seeds: list[int], slots: list[int], bar: tqdm
+                 ) -> tuple[list[dict[str, float]], int]:
+    """One epoch of every run's steps; each run's mean train metrics and the step count."""
+    epoch_batches = zip(*(source.train_epoch(epoch, batch_size, seed, engine.mesh)
+                          for seed in seeds), strict=True)
+    if len(runs) == 1:
+        [run] = runs
+        sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
+        taken = 0
+        for (batch,) in epoch_batches:
+            run.member.state, m = engine.train_step(run.member.state, batch)
+            interrupts.check()
+            sums = jax.tree.map(jnp.add, sums, m)
+            taken += 1
+            bar.update()
+        all_sums = [sums]
+    else:
+        step = engine.lockstep_train_step(len(runs))
+        states = [run.member.state for run in runs]
+        all_sums = [{"loss": jnp.zeros(()), "accuracy": jnp.zeros(())} for _ in runs]
+        taken = 0
+        try:
+            for batches in epoch_batches:
+                states, ms = step(states, [batches[slot] for slot in slots])
+                interrupts.check()
+                all_sums = _add_metrics(all_sums, ms)
+                taken += 1
+                bar.update()
+        finally:  # the donated states are gone: the members hold the newest ones
+            for run, state in zip(runs, states, strict=True):
+                run.member.state = state
+    # The epoch's one host sync.
+    return [{k: float(v) / max(taken, 1) for k, v in sums.items()} for sums in all_sums], taken
 
 
 class SaveCadence:

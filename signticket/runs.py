@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from signticket.checkpoint import (
     lock_run_dir,
 )
 from signticket.errors import UserError
-from signticket.fit import EpochHook, fit
+from signticket.fit import EpochHook, Member, fit_lockstep
 from signticket.metrics import make_writer, writer_names
 from signticket.optim import make_optimizer, masked
 from signticket.phases import phase
@@ -250,7 +251,6 @@ class RunResult:
     summary: dict[str, float]
 
 
-@phase("run setup")  # what fit does inside is counted as its own phases
 def train_run(
     desc: RunDesc | ConfigDict,
     dataset: data_lib.Dataset | data_lib.Source,
@@ -280,74 +280,167 @@ def train_run(
     The learning rate they record is ``config.optimizer``'s schedule, or with a ``tx`` of the
     caller's, ``learning_rate`` (the schedule that ``tx`` follows; none recorded if omitted).
     """
-    from signticket.optim import set_mask
+    [result] = train_runs([as_desc(desc, name)], dataset, runs_root=runs_root,
+                          on_epoch_end=[on_epoch_end], progress=progress, mesh=mesh,
+                          learning_rate=learning_rate)
+    return result
 
-    desc = as_desc(desc, name)
+
+@phase("run setup")  # what fit does inside is counted as its own phases
+def train_runs(
+    descs: Sequence[RunDesc | ConfigDict],
+    dataset: data_lib.Dataset | data_lib.Source,
+    *,
+    runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
+    on_epoch_end: Sequence[EpochHook | None] | None = None,
+    progress: bool = True,
+    mesh=None,
+    learning_rate: optax.ScalarOrSchedule | None = None,
+    lockstep: int = 1,
+) -> list[RunResult]:
+    """:func:`train_run` of each of ``descs`` (and its ``on_epoch_end`` hook), up to
+    ``lockstep`` of them side by side (:func:`~signticket.fit.fit_lockstep`): one program
+    steps them together, which is faster for models too small to fill the cores. Each run
+    ends as :func:`train_run` of it alone leaves it: same directory, files and numbers, bit for
+    bit. Runs train side by side when they share the engine (model, optimizer config, epochs,
+    batch size, pre-forward hook, no ``tx`` of the caller's) and the loop's settings; the rest
+    train one after another. Every config is checked before any directory is made."""
+    descs = [as_desc(d) for d in descs]
+    hooks = list(on_epoch_end) if on_epoch_end is not None else [None] * len(descs)
+    if len(hooks) != len(descs):
+        raise UserError(f"train_runs: {len(descs)} runs but {len(hooks)} on_epoch_end hooks")
+    if not isinstance(lockstep, int) or isinstance(lockstep, bool) or lockstep < 1:
+        raise UserError(f"lockstep must be an integer >= 1, got {lockstep!r}")
+    for desc in descs:
+        _check_run(desc, dataset, runs_root)
+    directories = [d.directory(runs_root) for d in descs]
+    if len(set(directories)) < len(directories):
+        raise UserError("train_runs: the same run twice ("
+                        f"{next(str(d) for d in directories if directories.count(d) > 1)})")
+    mesh = mesh or make_mesh()
+    groups: list[list[int]] = []  # in the order of their first run
+    filling: dict[tuple, list[int]] = {}
+    for i, desc in enumerate(descs):
+        key = _lockstep_key(desc) if lockstep > 1 else (i,)
+        group = filling.get(key)
+        if group is None or len(group) == lockstep:
+            group = filling[key] = []
+            groups.append(group)
+        group.append(i)
+    results: list[RunResult | None] = [None] * len(descs)
+    for group in groups:
+        for i, result in zip(group, _train_together(
+                [descs[i] for i in group], [directories[i] for i in group],
+                [hooks[i] for i in group], dataset, progress, mesh, learning_rate), strict=True):
+            results[i] = result
+    return results
+
+
+def _check_run(desc: RunDesc, dataset: data_lib.Dataset | data_lib.Source,
+               runs_root: str | os.PathLike) -> None:
+    """Every check of a run that needs no directory: a bad value fails before any is made."""
     config = desc.config
-    init_params, mask = desc.value("init_params"), desc.value("mask")
-    tx, pre_forward = desc.value("tx"), desc.pre_forward
-    # Every check that needs no data first: a bad value fails before any directory is made.
     check_run_config(config, runs_root)
-    build_model(config.model, dataset.num_classes)  # unknown model keywords: before any dir
+    build_model(config.model, dataset.num_classes)  # unknown model keywords
     n_train = data_lib.num_train(dataset)
     if config.batch_size > n_train:
         raise UserError(f"batch_size {config.batch_size} is larger than the "
                         f"{n_train} training examples of {dataset.name}")
-    directory = desc.directory(runs_root)
-    finishing.settle(directory)  # this run finishing in the background: first
+
+
+def _lockstep_key(desc: RunDesc) -> tuple:
+    """What runs trained side by side must share (one engine, one loop)."""
+    c = desc.config
+    if desc.value("tx") is not None:
+        return (id(desc),)  # a caller's own optimizer: an engine of its own
+    return (canonical_json(c.model), canonical_json(c.optimizer), c.epochs, c.batch_size,
+            desc.pre_forward, c.get("eval_every", 1), c.get("checkpoint_every", 1),
+            c.get("checkpoint_min_interval_s", 0.0))
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A run ready to train: its locked directory, engine, first state and writers."""
+
+    directory: Path
+    config: ConfigDict
+    engine: Engine
+    member: Member
+    checkpointer: Checkpointer
+    held: contextlib.ExitStack
+
+
+def _prepare(desc: RunDesc, directory: Path, hook: EpochHook | None, dataset, mesh,
+             learning_rate, held: contextlib.ExitStack) -> _Prepared:
+    from signticket.optim import set_mask
+
+    config = desc.config
+    init_params, mask = desc.value("init_params"), desc.value("mask")
+    tx, pre_forward = desc.value("tx"), desc.pre_forward
+    # Locked before the engine is built: a second process on this run fails in a moment.
+    held.enter_context(lock_run_dir(directory))
+    check_inputs(directory, desc)
+    steps = data_lib.steps_per_epoch(data_lib.num_train(dataset), config.batch_size)
+    if tx is None:
+        engine = _cached_engine(config, dataset, steps, pre_forward, mesh)
+    else:
+        model = build_model(config.model, dataset.num_classes)
+        engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward,
+                        compute_dtype=compute_dtype(config))
+    state = engine.init_state(
+        jax.random.PRNGKey(config.seed),
+        data_lib.sample_images(dataset),
+        params=init_params,
+        batch_stats=desc.value("init_batch_stats"),
+        hook_state=desc.value("hook_state"),
+    )
+    if mask is not None:
+        state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
+    ckpt = Checkpointer(directory)
+    held.callback(ckpt.close)  # before the lock is released
+    # A caller's own ``tx`` may follow another schedule than the config's: its runs log
+    # the one it names, or none rather than a wrong one.
+    schedule = (build_schedule(config.optimizer, config.epochs, steps)
+                if tx is None else learning_rate)
+    # One history per run: process 0 writes it (all processes see the same numbers).
+    writer = (make_writer(directory, _logging_config(config), config=desc.identity())
+              if is_primary() else None)
+    member = Member(state, config.data_seed, ckpt, writer, hook, desc.name, schedule)
+    return _Prepared(directory, config, engine, member, ckpt, held)
+
+
+def _train_together(descs: list[RunDesc], directories: list[Path], hooks: list, dataset,
+                    progress: bool, mesh, learning_rate) -> list[RunResult]:
+    """Train ``descs`` (one engine and loop, :func:`_lockstep_key`) in one lockstep fit."""
+    for directory in directories:
+        finishing.settle(directory)  # these runs finishing in the background
     background = finishing.active()
-    with contextlib.ExitStack() as held:
-        # Locked before the engine is built: a second process on this run fails in a moment.
-        held.enter_context(lock_run_dir(directory))
-        check_inputs(directory, desc)
-        mesh = mesh or make_mesh()
-        steps = data_lib.steps_per_epoch(n_train, config.batch_size)
-        if tx is None:
-            engine = _cached_engine(config, dataset, steps, pre_forward, mesh)
-        else:
-            model = build_model(config.model, dataset.num_classes)
-            engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward,
-                            compute_dtype=compute_dtype(config))
-        state = engine.init_state(
-            jax.random.PRNGKey(config.seed),
-            data_lib.sample_images(dataset),
-            params=init_params,
-            batch_stats=desc.value("init_batch_stats"),
-            hook_state=desc.value("hook_state"),
-        )
-        if mask is not None:
-            state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
-        ckpt = Checkpointer(directory)
-        held.callback(ckpt.close)  # before the lock is released
-        # A caller's own ``tx`` may follow another schedule than the config's: its runs log
-        # the one it names, or none rather than a wrong one.
-        schedule = (build_schedule(config.optimizer, config.epochs, steps)
-                    if tx is None else learning_rate)
-        # One history per run: process 0 writes it (all processes see the same numbers).
-        writer = (make_writer(directory, _logging_config(config), config=desc.identity())
-                  if is_primary() else None)
+    with contextlib.ExitStack() as outer:
+        runs = []
+        for desc, directory, hook in zip(descs, directories, hooks, strict=True):
+            held = outer.enter_context(contextlib.ExitStack())
+            runs.append(_prepare(desc, directory, hook, dataset, mesh, learning_rate, held))
+        config = runs[0].config
         try:
-            state, summary = fit(
-                engine,
-                state,
+            fitted = fit_lockstep(
+                runs[0].engine,
+                [run.member for run in runs],
                 dataset,
                 epochs=config.epochs,
                 batch_size=config.batch_size,
-                data_seed=config.data_seed,
-                checkpointer=ckpt,
-                metrics=writer,
                 eval_every=config.get("eval_every", 1),
                 checkpoint_every=config.get("checkpoint_every", 1),
                 checkpoint_min_interval_s=config.get("checkpoint_min_interval_s", 0.0),
-                on_epoch_end=on_epoch_end,
                 progress=progress,
-                desc=desc.name,
-                learning_rate=schedule,
                 finish_in_background=background,
             )
         finally:
-            if writer is not None:
-                writer.close()
-        if background:  # the last write, DONE.json, closing and unlocking: while the next trains
-            finishing.defer(directory, ckpt, held.pop_all())
-    return RunResult(directory, state, summary)
+            for run in runs:
+                if run.member.metrics is not None:
+                    run.member.metrics.close()
+        results = []
+        for run, (state, summary) in zip(runs, fitted, strict=True):
+            if background:  # the last write, DONE.json, closing, unlocking: while the next trains
+                finishing.defer(run.directory, run.checkpointer, run.held.pop_all())
+            results.append(RunResult(run.directory, state, summary))
+    return results
