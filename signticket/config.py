@@ -134,7 +134,8 @@ def load(
 # --- Validation: every value a run reads, checked before any data is loaded or directory made.
 
 # Integer settings that must be at least 1 wherever they appear.
-_AT_LEAST_ONE = ("epochs", "batch_size", "eval_every", "checkpoint_every", "epochs_per_round")
+_AT_LEAST_ONE = ("epochs", "batch_size", "eval_every", "checkpoint_every", "epochs_per_round",
+                 "lockstep")
 # Integer settings that must be at least 0.
 _AT_LEAST_ZERO = ("train_subset", "test_subset", "warmup_epochs", "rewind_epoch", "rounds")
 # Model widths: a zero-width layer has no weights to train (and fails deep inside Flax).

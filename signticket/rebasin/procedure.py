@@ -57,7 +57,7 @@ from signticket.runs import (
     check_run_config,
     initial_variables,
     stage_config,
-    train_run,
+    train_runs,
 )
 from signticket.sharding import make_mesh
 from signticket.train import TrainState
@@ -119,6 +119,21 @@ def dense_run(config: ConfigDict, dataset: data_lib.Dataset, *, seed: int, name:
               runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT, progress: bool = True) -> DenseRun:
     """Dense training from init ``seed`` (data order ``seed``) for ``config.dense_epochs``,
     keeping the variables at each rewind point ``k`` in ``config.rewind_epochs``."""
+    [run] = dense_runs(config, dataset, seeds=[seed], name=name, runs_root=runs_root,
+                       progress=progress)
+    return run
+
+
+def lockstep(config: ConfigDict) -> int:
+    """How many of a pipeline's runs train side by side (``experiment.lockstep``, default 1):
+    bit-identical to one after another, faster for a model too small to fill the cores."""
+    return int(config.get("experiment", {}).get("lockstep", 1))
+
+
+def dense_runs(config: ConfigDict, dataset: data_lib.Dataset, *, seeds: Sequence[int],
+               name: str, runs_root: str | os.PathLike = DEFAULT_RUNS_ROOT,
+               progress: bool = True) -> list[DenseRun]:
+    """:func:`dense_run` of each of ``seeds``, side by side (:func:`lockstep`)."""
     rewinds = sorted({int(k) for k in config.rewind_epochs})
     if any(k < 0 or k >= config.dense_epochs for k in rewinds):
         raise UserError(
@@ -126,24 +141,30 @@ def dense_run(config: ConfigDict, dataset: data_lib.Dataset, *, seed: int, name:
             "sparse runs train for dense_epochs - k epochs"
         )
     saved = sorted({e for k in rewinds if (e := rewind_epoch(config, k)) > 0})
-    cfg = stage_config(config, "dense", seed=seed, optimizer=config.optimizer,
-                       epochs=config.dense_epochs, data_seed=seed, save_epochs=saved)
-    check_run_config(cfg, runs_root)  # before any directory exists
-    directory = run_dir(runs_root, cfg, name)
-    res = train_run(cfg, dataset, name=name, runs_root=runs_root,
-                    on_epoch_end=_save_rewind_points(directory, saved), progress=progress)
-    final = _variables(res.state)
-    points = {}
-    for k in rewinds:
-        e = rewind_epoch(config, k)
-        if e == 0:
-            points[k] = initial_variables(cfg, dataset)
-            continue
-        path = _rewind_file(res.directory, e)
-        if not path.exists():
-            raise UserError(f"{path} is missing; delete {res.directory} to retrain it")
-        points[k] = flax.serialization.from_bytes(final, path.read_bytes())
-    return DenseRun(res.directory, final, points, res.summary)
+    cfgs = [stage_config(config, "dense", seed=seed, optimizer=config.optimizer,
+                         epochs=config.dense_epochs, data_seed=seed, save_epochs=saved)
+            for seed in seeds]
+    for cfg in cfgs:
+        check_run_config(cfg, runs_root)  # before any directory exists
+    hooks = [_save_rewind_points(run_dir(runs_root, cfg, name), saved) for cfg in cfgs]
+    results = train_runs([RunDesc(cfg, name=name) for cfg in cfgs], dataset,
+                         runs_root=runs_root, on_epoch_end=hooks, progress=progress,
+                         lockstep=lockstep(config))
+    out = []
+    for cfg, res in zip(cfgs, results, strict=True):
+        final = _variables(res.state)
+        points = {}
+        for k in rewinds:
+            e = rewind_epoch(config, k)
+            if e == 0:
+                points[k] = initial_variables(cfg, dataset)
+                continue
+            path = _rewind_file(res.directory, e)
+            if not path.exists():
+                raise UserError(f"{path} is missing; delete {res.directory} to retrain it")
+            points[k] = flax.serialization.from_bytes(final, path.read_bytes())
+        out.append(DenseRun(res.directory, final, points, res.summary))
+    return out
 
 
 # -- iterative magnitude pruning to exact target sparsities -------------------------------------
@@ -371,10 +392,8 @@ def run_seed(config: ConfigDict, dataset: data_lib.Dataset, seed: int, *,
     accuracies, matching info and (with ``barrier_fn(a_vars, b_vars, ids) -> dict``) the dense
     barriers A–B and A–pi^-1(B)."""
     exp = config.experiment
-    a = dense_run(config, dataset, seed=seed, name="pm-dense", runs_root=runs_root,
-                  progress=progress)
-    b = dense_run(config, dataset, seed=seed + exp.seed_b_offset, name="pm-dense",
-                  runs_root=runs_root, progress=progress)
+    a, b = dense_runs(config, dataset, seeds=[seed, seed + exp.seed_b_offset], name="pm-dense",
+                      runs_root=runs_root, progress=progress)
     spec = permutation_spec(config, a.final)
     imp = imp_masks(config, dataset, a, exp.sparsities, seed=seed, runs_root=runs_root,
                     progress=progress)
@@ -396,30 +415,40 @@ def run_seed(config: ConfigDict, dataset: data_lib.Dataset, seed: int, *,
         s = float(s)
         for k in config.rewind_epochs:
             k = int(k)
-            for method in exp.methods:
-                params, stats, mask = sparse_init(method, a, b, k, imp.masks[s], pi, rho, spec)
-                cfg = stage_config(
-                    config, "sparse", seed=seed, optimizer=config.sparse.optimizer,
-                    epochs=config.dense_epochs - k, data_seed=seed, method=method,
-                    sparsity=s, rewind=k, rewind_after=rewind_epoch(config, k),
-                    mask_from=imp.sources[s],
-                    init_from=(a if method == "lth" else b).directory.name,
-                    matching=config.matching.to_dict() if method == "permuted" else "none",
-                    control_seed=seed + exp.control_seed_offset if method == "random" else -1,
-                )
-                source = f"sparse_init({method}, {cfg.init_from} at rewind {k}"
-                mask_source = f"cut({imp.sources[s]}, {s})" + {
-                    "permuted": f" permuted by {config_hash(info)}",
-                    "random": f" permuted at random (seed {cfg.control_seed})"}.get(method, "")
-                desc = RunDesc(cfg, name=f"pm-sparse-{method}",
-                               init_params=Input(params, f"{source}) * {mask_source}"),
-                               init_batch_stats=Input(stats, f"{source})"),
-                               mask=Input(mask, mask_source))
-                res = train_run(desc, dataset, runs_root=runs_root, progress=progress)
+            descs = [_sparse_desc(config, method, seed, s, k, a, b, imp, pi, rho, spec, info)
+                     for method in exp.methods]
+            # One data order (the seed's) for the methods' runs: side by side they share it.
+            runs = train_runs(descs, dataset, runs_root=runs_root, progress=progress,
+                              lockstep=lockstep(config))
+            for method, res in zip(exp.methods, runs, strict=True):
                 result["sparse"].setdefault(f"{s}", {}).setdefault(f"{k}", {})[method] = (
-                    res.summary["test_accuracy"]
-                )
+                    res.summary["test_accuracy"])
     return result
+
+
+def _sparse_desc(config: ConfigDict, method: str, seed: int, s: float, k: int, a: DenseRun,
+                 b: DenseRun, imp, pi: Perms, rho: Perms, spec: PermutationSpec,
+                 info: dict) -> RunDesc:
+    """The sparse run of ``method`` at sparsity ``s`` from rewind point ``k``."""
+    exp = config.experiment
+    params, stats, mask = sparse_init(method, a, b, k, imp.masks[s], pi, rho, spec)
+    cfg = stage_config(
+        config, "sparse", seed=seed, optimizer=config.sparse.optimizer,
+        epochs=config.dense_epochs - k, data_seed=seed, method=method,
+        sparsity=s, rewind=k, rewind_after=rewind_epoch(config, k),
+        mask_from=imp.sources[s],
+        init_from=(a if method == "lth" else b).directory.name,
+        matching=config.matching.to_dict() if method == "permuted" else "none",
+        control_seed=seed + exp.control_seed_offset if method == "random" else -1,
+    )
+    source = f"sparse_init({method}, {cfg.init_from} at rewind {k}"
+    mask_source = f"cut({imp.sources[s]}, {s})" + {
+        "permuted": f" permuted by {config_hash(info)}",
+        "random": f" permuted at random (seed {cfg.control_seed})"}.get(method, "")
+    return RunDesc(cfg, name=f"pm-sparse-{method}",
+                   init_params=Input(params, f"{source}) * {mask_source}"),
+                   init_batch_stats=Input(stats, f"{source})"),
+                   mask=Input(mask, mask_source))
 
 
 def save_result(path: Path, result: dict) -> None:

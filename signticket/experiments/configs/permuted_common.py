@@ -29,7 +29,7 @@ def base(*, model: str, dataset: str, optimizer: ConfigDict, dense_epochs: int,
          rewind_epochs, ft_optimizer: ConfigDict, ft_epochs: int, sparse_optimizer: ConfigDict,
          sparsities, seeds, batch_size: int = 128, model_kwargs=None, train_subset: int = 0,
          matching: str = "activation", imp_mode: str = "ft",
-         rewind_convention: str = "exact", paper_key: str = "") -> ConfigDict:
+         rewind_convention: str = "exact", paper_key: str = "", lockstep: int = 1) -> ConfigDict:
     c = ConfigDict()
     c.model = ConfigDict({"name": model, "kwargs": ConfigDict(model_kwargs or {})})
     c.data = ConfigDict({"name": dataset, "train_subset": train_subset, "test_subset": 0})
@@ -73,5 +73,8 @@ def base(*, model: str, dataset: str, optimizer: ConfigDict, dense_epochs: int,
         "barrier_batch_size": 500,
         # Row key into experiments/paper_numbers/permuted_masks.json ("" = no paper numbers).
         "paper_key": paper_key,
+        # Runs trained side by side in one program (dense A and B; a cell's sparse runs): the
+        # same numbers bit for bit, faster for a model that leaves the cores idle (the MLP).
+        "lockstep": lockstep,
     })
     return c

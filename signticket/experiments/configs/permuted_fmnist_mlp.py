@@ -9,4 +9,5 @@ def get_config():
         optimizer=sgd(0.05, 5e-4), dense_epochs=5, rewind_epochs=(1, 2),
         ft_optimizer=imp_ft_sgd(0.01, 1), ft_epochs=1, sparse_optimizer=sgd(0.05, 5e-4),
         sparsities=(0.95, 0.98), seeds=(0, 1, 2),
+        lockstep=4,  # one MLP run leaves the cores idle (docs/performance.md)
     )

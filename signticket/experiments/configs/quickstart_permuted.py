@@ -11,6 +11,7 @@ def get_config():
         train_subset=20_000, optimizer=sgd(0.05, 5e-4), dense_epochs=4, rewind_epochs=(1,),
         ft_optimizer=imp_ft_sgd(0.01, 1), ft_epochs=1, sparse_optimizer=sgd(0.05, 5e-4),
         sparsities=(0.9,), seeds=(0,), matching="weight",
+        lockstep=4,  # one MLP run leaves the cores idle (docs/performance.md)
     )
     c.data.test_subset = 5_000
     # Runs of seconds: save each run's last epoch only (a kill loses at most 30 s; the resumed
