@@ -19,7 +19,7 @@ import sys
 import warnings
 
 from signticket._host_malloc import keep_freed_memory
-from signticket._xla_flags import apply_cpu_defaults
+from signticket._xla_flags import apply_cpu_defaults, conv_free_options
 
 
 def _backend_started() -> bool:
@@ -35,3 +35,16 @@ def apply() -> dict[str, bool]:
                       "flags reach only backends created later; call it before any JAX "
                       "computation", RuntimeWarning, stacklevel=2)
     return {"xla_flags": apply_cpu_defaults(), "host_malloc": keep_freed_memory()}
+
+
+def program_options(variables) -> dict[str, str]:
+    """XLA compiler options for the train and eval programs of a model with ``variables``
+    (arrays or shapes): for a model with no convolution kernel (no param of rank > 2) on the
+    CPU backend, :func:`signticket._xla_flags.conv_free_options`; else none."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return {}
+    if any(len(x.shape) > 2 for x in jax.tree.leaves(variables.get("params", variables))):
+        return {}
+    return conv_free_options()

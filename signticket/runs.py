@@ -15,8 +15,8 @@ import optax
 from ml_collections import ConfigDict
 
 from signticket import config as config_lib
+from signticket import cpu_tuning, finishing, models
 from signticket import data as data_lib
-from signticket import finishing, models
 from signticket.checkpoint import (
     Checkpointer,
     canonical_json,
@@ -210,6 +210,16 @@ def compute_dtype(config: ConfigDict):
 _ENGINES: dict = {}
 
 
+def _program_options(model, dataset: data_lib.Dataset | data_lib.Source) -> dict[str, Any]:
+    """:func:`signticket.cpu_tuning.program_options` from the model's variable shapes (the
+    trace is the one ``init_state`` reuses)."""
+    from signticket.train import _init_model
+
+    x = dataset.preprocess(jnp.asarray(data_lib.sample_images(dataset)[:1]), None, False)
+    shapes = jax.eval_shape(_init_model, model, jax.random.PRNGKey(0), x)
+    return cpu_tuning.program_options(shapes)
+
+
 def _cached_engine(config: ConfigDict, dataset: data_lib.Dataset | data_lib.Source, steps: int,
                    pre_forward: PreForward | None, mesh) -> Engine:
     """One engine (so one compiled step) per distinct model/optimizer/schedule: the runs of a
@@ -225,7 +235,8 @@ def _cached_engine(config: ConfigDict, dataset: data_lib.Dataset | data_lib.Sour
         model = build_model(config.model, dataset.num_classes)
         tx = build_optimizer(config.optimizer, config.epochs, steps)
         _ENGINES[key] = Engine(model, tx, dataset.preprocess, mesh, pre_forward,
-                               compute_dtype=compute_dtype(config))
+                               compute_dtype=compute_dtype(config),
+                               compiler_options=_program_options(model, dataset))
     return _ENGINES[key]
 
 

@@ -79,6 +79,9 @@ class Engine:
     mesh: Mesh = dataclasses.field(default_factory=make_mesh)
     pre_forward: PreForward | None = None
     compute_dtype: Any = None
+    #: XLA options for the engine's programs (``jax.jit(compiler_options=...)``), e.g.
+    #: :func:`signticket.cpu_tuning.program_options`; None: the process's flags alone.
+    compiler_options: dict[str, Any] | None = None
 
     def __post_init__(self):
         if self.compute_dtype is not None and not jnp.issubdtype(self.compute_dtype, jnp.floating):
@@ -199,6 +202,7 @@ class Engine:
                 in_shardings=(rep, data),
                 out_shardings=(rep, rep),
                 donate_argnums=(0,),
+                compiler_options=self.compiler_options,
             )
             object.__setattr__(self, "_train_step_jit", fn)
         return self.__dict__["_train_step_jit"]
@@ -225,7 +229,7 @@ class Engine:
                 return [o[0] for o in outs], [o[1] for o in outs]
 
             cache[members] = jax.jit(steps, in_shardings=(rep, data), out_shardings=(rep, rep),
-                                     donate_argnums=(0,))
+                                     donate_argnums=(0,), compiler_options=self.compiler_options)
         return cache[members]
 
     @property
@@ -233,7 +237,8 @@ class Engine:
         """The jit-compiled, sharded eval step: weighted sums of loss and correct predictions."""
         if "_eval_step_jit" not in self.__dict__:
             rep, data = replicated(self.mesh), batch_sharded(self.mesh)
-            fn = jax.jit(self._eval_step, in_shardings=(rep, data), out_shardings=rep)
+            fn = jax.jit(self._eval_step, in_shardings=(rep, data), out_shardings=rep,
+                         compiler_options=self.compiler_options)
             object.__setattr__(self, "_eval_step_jit", fn)
         return self.__dict__["_eval_step_jit"]
 

@@ -231,3 +231,25 @@ def test_matching_batches_are_one_epoch_with_the_last_partial_batch_dropped():
     assert len(batches) == 64 // 24 and all(b.shape[0] == 24 for b in batches)
     config.matching.batches = 1
     assert len(list(proc._matching_batches(config, dataset, seed=0))) == 1
+
+
+def test_run_seed_side_by_side_equals_one_after_another_with_stable_run_names(tmp_path):
+    """experiment.lockstep trains dense A and B, and a cell's four sparse runs, side by side:
+    every accuracy is bit-identical to training them one after another, and both roots hold
+    the same run directories (the permuted runs are named by the matching's inputs, not by
+    how long it took)."""
+    config = _config(rewind_epochs=(1,))
+    config.experiment.sparsities = (0.9,)
+    dataset = _dataset()
+    results, names = [], []
+    for lockstep in (1, 4):
+        config.experiment.lockstep = lockstep
+        root = tmp_path / f"lockstep{lockstep}"
+        result = proc.run_seed(config, dataset, 0, runs_root=root, progress=False)
+        assert result["matching"].pop("seconds") >= 0
+        results.append(result)
+        names.append(sorted(p.name for p in root.iterdir()))
+    assert results[0] == results[1]
+    assert set(results[0]["sparse"]["0.9"]["1"]) == {"lth", "naive", "permuted", "random"}
+    assert names[0] == names[1]
+    assert any(n.startswith("pm-sparse-permuted") for n in names[0])

@@ -57,3 +57,38 @@ def test_onednn_convs_are_not_expected_when_opted_out_or_with_several_devices(mo
     assert not _xla_flags.onednn_convs_expected("--xla_force_host_platform_device_count=8")
     monkeypatch.setenv("SIGNTICKET_CONV", "xla")
     assert not _xla_flags.onednn_convs_expected("")
+
+
+DOT, REDUCE = "LIBRARY_FUSION_TYPE_DOT", "LIBRARY_FUSION_TYPE_REDUCE"
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (f"--x=1 {_xla_flags.YNN_FLAG}={DOT},{REDUCE}", {_xla_flags.YNN_FLAG[2:]: REDUCE}),
+    (f"{_xla_flags.YNN_FLAG}={DOT}", {_xla_flags.YNN_FLAG[2:]: ""}),
+    (f"{_xla_flags.YNN_FLAG}={REDUCE}", {}),  # no dots to take out
+    ("--xla_force_host_platform_device_count=2", {}),
+])
+def test_conv_free_programs_take_dots_out_of_the_ynn_flag(monkeypatch, flags, expected):
+    monkeypatch.delenv("SIGNTICKET_XLA_DEFAULTS", raising=False)
+    assert _xla_flags.conv_free_options(flags) == expected
+    monkeypatch.setenv("SIGNTICKET_XLA_DEFAULTS", "0")
+    assert _xla_flags.conv_free_options(flags) == {}
+
+
+def test_program_options_apply_to_models_without_convolutions_only(monkeypatch):
+    import jax
+    import numpy as np
+
+    from signticket import cpu_tuning, models
+
+    monkeypatch.delenv("SIGNTICKET_XLA_DEFAULTS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", f"{_xla_flags.YNN_FLAG}={DOT},{REDUCE}")
+    x = np.zeros((1, 28, 28, 1), np.float32)
+
+    def shapes(name, **kw):
+        model = models.get(name, num_classes=10, **kw)
+        return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+
+    assert cpu_tuning.program_options(shapes("mlp", widths=(8,))) == {
+        _xla_flags.YNN_FLAG[2:]: REDUCE}
+    assert cpu_tuning.program_options(shapes("convnet", channels=(4, 4, 4))) == {}

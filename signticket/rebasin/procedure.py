@@ -350,7 +350,7 @@ def match(config: ConfigDict, dataset: data_lib.Dataset, spec: PermutationSpec,
             info = json.loads(str(f["__info__"]))
             perms = {p: jnp.asarray(f[p], jnp.int32) for p in f.files if p != "__info__"}
         check_perms(spec, perms)  # a stale cache of another spec fails loudly
-        return perms, info
+        return perms, {**info, "id": path.stem}
     start = time.perf_counter()
     if m.method == "weight":
         perms = weight_matching(jax.random.PRNGKey(seed), spec, reference.final["params"],
@@ -366,7 +366,9 @@ def match(config: ConfigDict, dataset: data_lib.Dataset, spec: PermutationSpec,
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, __info__=json.dumps(info), **{p: np.asarray(v) for p, v in perms.items()})
     os.replace(tmp, path)
-    return perms, info
+    # What names runs that start from ``pi``: its cache key (the inputs that determine it),
+    # never ``seconds``, which would rename them whenever the matching is computed again.
+    return perms, {**info, "id": path.stem}
 
 
 # -- the sparse runs -----------------------------------------------------------------------------
@@ -410,7 +412,7 @@ def run_seed(config: ConfigDict, dataset: data_lib.Dataset, seed: int, *,
         b_in_a = {c: apply_permutation(spec, invert(pi), t) for c, t in b.final.items()}
         ids = [a.directory.name, b.directory.name]
         result["barrier_ab"] = barrier_fn(a.final, b.final, ids)
-        result["barrier_a_pib"] = barrier_fn(a.final, b_in_a, [*ids, config_hash(info)])
+        result["barrier_a_pib"] = barrier_fn(a.final, b_in_a, [*ids, info["id"]])
     for s in exp.sparsities:
         s = float(s)
         for k in config.rewind_epochs:
@@ -443,7 +445,7 @@ def _sparse_desc(config: ConfigDict, method: str, seed: int, s: float, k: int, a
     )
     source = f"sparse_init({method}, {cfg.init_from} at rewind {k}"
     mask_source = f"cut({imp.sources[s]}, {s})" + {
-        "permuted": f" permuted by {config_hash(info)}",
+        "permuted": f" permuted by {info['id']}",
         "random": f" permuted at random (seed {cfg.control_seed})"}.get(method, "")
     return RunDesc(cfg, name=f"pm-sparse-{method}",
                    init_params=Input(params, f"{source}) * {mask_source}"),
