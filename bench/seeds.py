@@ -14,9 +14,15 @@ donated in both variants.
 Baseline: the same ``train_step`` jitted for one seed, called once per seed per step. A third
 variant, ``unrolled``, jits the N seeds' steps side by side into one program without vmap: the
 same per-seed ops as the baseline (bit-identical to it, which vmap is not: its batched matmuls
-round differently), one dispatch per step. Figure: total images/s over all seeds (median over
-repeats, compile timed apart), and how far each variant's params are from the sequential ones
-after a few steps (``max_abs_diff_vs_sequential``; 0.0 means bit-identical).
+round differently), one dispatch per step: what ``fit_lockstep`` runs. Figure: total images/s
+over all seeds (median over repeats, compile timed apart), and how far each variant's params are
+from the sequential ones after a few steps (``max_abs_diff_vs_sequential``; 0.0 means
+bit-identical).
+
+Every variant is compiled with the XLA options the engine gives the model
+(:func:`signticket.cpu_tuning.program_options`: for the conv-free MLP, dots off YNNPACK); the
+sequential rate under the process's flags alone (the engine before those options) is recorded
+beside it as ``sequential_process_flags_img_per_s``.
 """
 
 from __future__ import annotations
@@ -29,8 +35,8 @@ import jax.numpy as jnp
 import optax
 
 from bench import timing, workloads
+from signticket import cpu_tuning, models, optim
 from signticket import data as data_lib
-from signticket import models, optim
 from signticket.train import cross_entropy
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -102,7 +108,7 @@ def _max_diff_vs_sequential(states, images, labels, single, batched, unrolled,
 
 
 def _measure(n: int, model, tx, single, batched, unrolled, batch: int, steps: int,
-             repeats: int) -> dict[str, Any]:
+             repeats: int, single_process_flags=None) -> dict[str, Any]:
     variables = [workloads.init_variables(model, IMAGE_SHAPE, s) for s in range(n)]
     data = [workloads.synthetic_batch(batch, IMAGE_SHAPE, seed=s) for s in range(n)]
     states = [[v["params"], v["batch_stats"], tx.init(v["params"])] for v in variables]
@@ -112,10 +118,10 @@ def _measure(n: int, model, tx, single, batched, unrolled, batch: int, steps: in
     seq, vec, unr = _private_copies(states)
     all_images, all_labels = jnp.stack(images), jnp.stack(labels)
 
-    def sequential():
+    def sequential(step=single):
         losses = []
         for i in range(n):
-            *seq[i], loss = single(*seq[i], images[i], labels[i])
+            *seq[i], loss = step(*seq[i], images[i], labels[i])
             losses.append(loss)
         return losses
 
@@ -132,10 +138,16 @@ def _measure(n: int, model, tx, single, batched, unrolled, batch: int, steps: in
     t_seq = timing.time_calls(sequential, repeats=repeats, number=steps)
     t_vec = timing.time_calls(vmapped, repeats=repeats, number=steps)
     t_unr = timing.time_calls(side_by_side, repeats=repeats, number=steps)
+    flags_only = {}
+    if single_process_flags is not None:
+        t_flags = timing.time_calls(functools.partial(sequential, single_process_flags),
+                                    repeats=repeats, number=steps)
+        flags_only = {"sequential_process_flags_img_per_s": round(t_flags.rate(n * batch), 1)}
     return {
         "vmapped_img_per_s": round(t_vec.rate(n * batch), 1),
         "sequential_img_per_s": round(t_seq.rate(n * batch), 1),
         "unrolled_img_per_s": round(t_unr.rate(n * batch), 1),
+        **flags_only,
         "speedup": round(t_seq.median_s / t_vec.median_s, 3),
         "unrolled_speedup": round(t_seq.median_s / t_unr.median_s, 3),
         "max_abs_diff_vs_sequential": diffs,
@@ -161,9 +173,10 @@ def run(tiny: bool = False, model: str = "mlp") -> dict[str, Any]:
     tx = optim.masked_updates(optim.sgd(0.05, 0.9, 5e-4))
     pre = data_lib.Preprocess(mean=(0.5,), std=(0.25,))
     step = make_train_step(net, tx, pre)
-    single = jax.jit(step, donate_argnums=(0, 1, 2))
-    batched = jax.jit(jax.vmap(step), donate_argnums=(0, 1, 2))
-    unrolled = jax.jit(unrolled_step(step), donate_argnums=(0, 1, 2))
+    options = cpu_tuning.program_options(workloads.init_variables(net, IMAGE_SHAPE, 0))
+    jit = functools.partial(jax.jit, donate_argnums=(0, 1, 2), compiler_options=options or None)
+    single, batched, unrolled = jit(step), jit(jax.vmap(step)), jit(unrolled_step(step))
+    single_process_flags = jax.jit(step, donate_argnums=(0, 1, 2)) if options else None
     # The MLP's step is ~2 ms: more steps per sample keep the clock's resolution out of it.
     batch, steps, repeats, seeds = (16, 1, 1, (2,)) if tiny else (
         128, 20 if model == "mlp" else 5, 7 if model == "mlp" else 5, (4, 8))
@@ -171,7 +184,8 @@ def run(tiny: bool = False, model: str = "mlp") -> dict[str, Any]:
         "model": label,
         "batch_per_seed": batch,
         "image_shape": list(IMAGE_SHAPE),
+        "compiler_options": options,
         "by_seeds": {str(n): _measure(n, net, tx, single, batched, unrolled, batch, steps,
-                                      repeats)
+                                      repeats, single_process_flags)
                      for n in seeds},
     }

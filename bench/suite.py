@@ -268,6 +268,12 @@ class Suite:
                         "(bit-identical) vs sequential (img/s)", "img/s",
                         v["unrolled_img_per_s"], v["sequential_img_per_s"], goal=goal),
                 ]
+                if "sequential_process_flags_img_per_s" in v:  # the model got its own options
+                    rows.append(Row(
+                        f"seeds_unrolled_vs_flags_{model}_{n}", f"{what}, one program unrolled "
+                        "vs sequential under the process's XLA flags alone (img/s)", "img/s",
+                        v["unrolled_img_per_s"], v["sequential_process_flags_img_per_s"],
+                        goal=goal))
         return rows
 
     def sign_in(self) -> list[Row]:
