@@ -144,6 +144,7 @@ def fit_lockstep(
     restored, not trained; members restored to different epochs train in groups of equal start,
     one group after another. A NaN/inf loss in any member stops them all before that epoch is
     recorded; each keeps its last checkpoint. The epoch time each records is the group's.
+    Each member's ``state`` is donated to the steps (``member.state`` follows the newest one).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size),
                         ("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):

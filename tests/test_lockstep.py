@@ -18,6 +18,7 @@ from signticket.checkpoint import DONE_FILE, Checkpointer
 from signticket.errors import UserError
 from signticket.fit import Member, fit, fit_lockstep
 from signticket.metrics import MetricsWriter
+from signticket.run_desc import Input, RunDesc
 from signticket.runs import train_run, train_runs
 from signticket.sharding import make_mesh
 from signticket.train import Engine, NonFiniteLossError
@@ -133,6 +134,12 @@ def test_lockstep_groups_hold_at_most_lockstep_runs(tmp_path, monkeypatch):
     sizes.clear()
     train_runs([_config(s, epochs=1) for s in range(5, 7)], ds, runs_root=tmp_path,
                progress=False)  # the default: one after another
+    assert sizes == [1, 1]
+    sizes.clear()
+    # A caller's own optimizer builds an engine of its own: never side by side.
+    tx = optim.masked_updates(optim.sgd(0.05, 0.9, 5e-4))
+    own = [RunDesc(_config(s, epochs=1), name="own", tx=Input(tx, "test sgd")) for s in (7, 8)]
+    train_runs(own, ds, runs_root=tmp_path, progress=False, lockstep=2)
     assert sizes == [1, 1]
 
 
