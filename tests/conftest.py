@@ -91,3 +91,15 @@ def cut_short_background_write(checkpointer, step: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     manager.wait_until_finished = fails_once
+
+
+def restored(directory, like):
+    """``(step, state)`` of the newest checkpoint in ``directory`` (a checkpointer opened and
+    closed for it), shaped like ``like``."""
+    from signticket.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(directory)
+    try:
+        return ckpt.restore(like)
+    finally:
+        ckpt.close()

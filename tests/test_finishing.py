@@ -10,7 +10,7 @@ from pathlib import Path
 import chex
 import jax
 import pytest
-from conftest import cut_short_background_write, synthetic_dataset
+from conftest import cut_short_background_write, restored, synthetic_dataset
 from ml_collections import ConfigDict
 
 from signticket import finishing
@@ -52,14 +52,6 @@ def _locked(directory: Path) -> bool:
         return True
 
 
-def _restored(directory: Path, state):
-    ckpt = Checkpointer(directory)
-    try:
-        return ckpt.restore(state)
-    finally:
-        ckpt.close()
-
-
 def test_runs_finished_in_the_background_equal_runs_finished_in_place(tmp_path):
     """Inside the block a run returns with its directory still locked (its last write and
     DONE.json under way); the next run's end closes it. Files and numbers equal runs that
@@ -78,8 +70,8 @@ def test_runs_finished_in_the_background_equal_runs_finished_in_place(tmp_path):
         assert a.directory.name == b.directory.name
         assert _done(a.directory) == _done(b.directory) and a.summary == b.summary
         chex.assert_trees_all_equal(a.state.params, b.state.params)
-        step_a, restored_a = _restored(a.directory, a.state)
-        step_b, restored_b = _restored(b.directory, b.state)
+        step_a, restored_a = restored(a.directory, a.state)
+        step_b, restored_b = restored(b.directory, b.state)
         assert step_a == step_b == 2
         chex.assert_trees_all_equal(restored_a.params, restored_b.params)
 

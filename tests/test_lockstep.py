@@ -10,7 +10,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from conftest import synthetic_dataset
+from conftest import restored, synthetic_dataset
 from ml_collections import ConfigDict
 
 from signticket import finishing, optim
@@ -91,14 +91,6 @@ def _files(directory: Path) -> dict:
             "config": (directory / "config.json").read_text()}
 
 
-def _restored(directory: Path, like):
-    ckpt = Checkpointer(directory)
-    try:
-        return ckpt.restore(like)
-    finally:
-        ckpt.close()
-
-
 def test_train_runs_side_by_side_leave_the_files_of_runs_trained_alone(tmp_path):
     """Same directory names, metrics.jsonl, DONE.json and final checkpoint, with and without
     lockstep; a run of another engine (other epochs) trains on its own in the same call."""
@@ -112,8 +104,8 @@ def test_train_runs_side_by_side_leave_the_files_of_runs_trained_alone(tmp_path)
         assert _files(a.directory) == _files(t.directory)
         assert a.summary == t.summary
         chex.assert_trees_all_equal(a.state, t.state)
-        chex.assert_trees_all_equal(_restored(a.directory, a.state),
-                                    _restored(t.directory, t.state))
+        chex.assert_trees_all_equal(restored(a.directory, a.state),
+                                    restored(t.directory, t.state))
 
 
 def test_lockstep_groups_hold_at_most_lockstep_runs(tmp_path, monkeypatch):
