@@ -383,8 +383,6 @@ class _Prepared:
 
 def _prepare(desc: RunDesc, directory: Path, hook: EpochHook | None, dataset, mesh,
              learning_rate, held: contextlib.ExitStack) -> _Prepared:
-    from signticket.optim import set_mask
-
     config = desc.config
     init_params, mask = desc.value("init_params"), desc.value("mask")
     tx, pre_forward = desc.value("tx"), desc.pre_forward
@@ -404,9 +402,8 @@ def _prepare(desc: RunDesc, directory: Path, hook: EpochHook | None, dataset, me
         params=init_params,
         batch_stats=desc.value("init_batch_stats"),
         hook_state=desc.value("hook_state"),
+        mask=mask,
     )
-    if mask is not None:
-        state = engine.place(state.replace(opt_state=set_mask(state.opt_state, mask)))
     ckpt = Checkpointer(directory)
     held.callback(ckpt.close)  # before the lock is released
     # A caller's own ``tx`` may follow another schedule than the config's: its runs log

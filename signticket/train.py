@@ -95,9 +95,12 @@ class Engine:
         params: PyTree | None = None,
         batch_stats: PyTree | None = None,
         hook_state: PyTree | None = None,
+        mask: PyTree | None = None,
     ) -> TrainState:
         """Fresh state: model init from ``key`` (unless ``params`` are given), optimizer init,
-        step 0. ``sample_images`` is a small uint8 batch giving the input shape."""
+        step 0. ``sample_images`` is a small uint8 batch giving the input shape. ``mask`` goes
+        into the optimizer's state (:func:`signticket.optim.set_mask`) before the one copy
+        :meth:`place` makes."""
         init_key, rng = jax.random.split(key)
         variables = (
             self.init_variables(init_key, sample_images)
@@ -114,6 +117,10 @@ class Engine:
             rng=rng,
             hook_state={} if hook_state is None else hook_state,
         )
+        if mask is not None:
+            from signticket.optim import set_mask  # optim imports nothing of the engine's
+
+            state = state.replace(opt_state=set_mask(state.opt_state, mask))
         return self.place(state)
 
     def place(self, state: TrainState) -> TrainState:

@@ -63,6 +63,29 @@ def _batch(mesh, seed=0, n=16):
     )
 
 
+def test_init_state_with_a_mask_equals_setting_it_after_and_never_donates_the_callers():
+    """``init_state(mask=m)`` places once what ``set_mask`` on a placed state then ``place``
+    again gave; the steps donate that state, never the caller's mask or init params."""
+    from signticket.masks import full_mask, magnitude_prune
+
+    engine = _engine()
+    batch = _batch(engine.mesh)
+    fresh = engine.init_state(jax.random.PRNGKey(0), batch["image"])
+    params = jax.tree.map(jnp.copy, fresh.params)
+    mask = magnitude_prune(params, full_mask(params), 0.5, keep_dense=())
+    before = engine.place(fresh.replace(opt_state=optim.set_mask(fresh.opt_state, mask)))
+    now = engine.init_state(jax.random.PRNGKey(0), batch["image"], params=params,
+                            batch_stats=fresh.batch_stats, mask=mask)
+    chex.assert_trees_all_equal(before, now)
+    for _ in range(2):
+        before, _ = engine.train_step(before, batch)
+        now, _ = engine.train_step(now, batch)
+    chex.assert_trees_all_equal(before, now)
+    for leaf in jax.tree.leaves((mask, params)):  # still the caller's: not donated
+        assert not leaf.is_deleted()
+        np.asarray(leaf)
+
+
 def test_train_step_reduces_loss_and_updates_bn_stats():
     engine = _engine()
     batch = _batch(engine.mesh)
