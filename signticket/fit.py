@@ -296,32 +296,29 @@ def _train_epoch(engine: Engine, runs: list[_Run], source: data_lib.Source, epoc
     """One epoch of every run's steps; each run's mean train metrics and the step count."""
     epoch_batches = zip(*(source.train_epoch(epoch, batch_size, seed, engine.mesh)
                           for seed in seeds), strict=True)
-    if len(runs) == 1:
-        [run] = runs
-        sums = {"loss": jnp.zeros(()), "accuracy": jnp.zeros(())}
-        taken = 0
-        for (batch,) in epoch_batches:
-            run.member.state, m = engine.train_step(run.member.state, batch)
+    if len(runs) == 1:  # the one-run program and eager metric sums, as fit has always run
+
+        def step(states, batches):
+            state, m = engine.train_step(states[0], batches[0])
+            return [state], [m]
+
+        def add(all_sums, ms):
+            return [jax.tree.map(jnp.add, all_sums[0], ms[0])]
+    else:
+        step, add = engine.lockstep_train_step(len(runs)), _add_metrics
+    states = [run.member.state for run in runs]
+    all_sums = [{"loss": jnp.zeros(()), "accuracy": jnp.zeros(())} for _ in runs]
+    taken = 0
+    try:
+        for batches in epoch_batches:
+            states, ms = step(states, [batches[slot] for slot in slots])
             interrupts.check()
-            sums = jax.tree.map(jnp.add, sums, m)
+            all_sums = add(all_sums, ms)
             taken += 1
             bar.update()
-        all_sums = [sums]
-    else:
-        step = engine.lockstep_train_step(len(runs))
-        states = [run.member.state for run in runs]
-        all_sums = [{"loss": jnp.zeros(()), "accuracy": jnp.zeros(())} for _ in runs]
-        taken = 0
-        try:
-            for batches in epoch_batches:
-                states, ms = step(states, [batches[slot] for slot in slots])
-                interrupts.check()
-                all_sums = _add_metrics(all_sums, ms)
-                taken += 1
-                bar.update()
-        finally:  # the donated states are gone: the members hold the newest ones
-            for run, state in zip(runs, states, strict=True):
-                run.member.state = state
+    finally:  # the donated states are gone: the members hold the newest ones
+        for run, state in zip(runs, states, strict=True):
+            run.member.state = state
     # The epoch's one host sync.
     return [{k: float(v) / max(taken, 1) for k, v in sums.items()} for sums in all_sums], taken
 

@@ -377,7 +377,6 @@ class _Prepared:
     config: ConfigDict
     engine: Engine
     member: Member
-    checkpointer: Checkpointer
     held: contextlib.ExitStack
 
 
@@ -414,7 +413,7 @@ def _prepare(desc: RunDesc, directory: Path, hook: EpochHook | None, dataset, me
     writer = (make_writer(directory, _logging_config(config), config=desc.identity())
               if is_primary() else None)
     member = Member(state, config.data_seed, ckpt, writer, hook, desc.name, schedule)
-    return _Prepared(directory, config, engine, member, ckpt, held)
+    return _Prepared(directory, config, engine, member, held)
 
 
 def _train_together(descs: list[RunDesc], directories: list[Path], hooks: list, dataset,
@@ -449,6 +448,6 @@ def _train_together(descs: list[RunDesc], directories: list[Path], hooks: list, 
         results = []
         for run, (state, summary) in zip(runs, fitted, strict=True):
             if background:  # the last write, DONE.json, closing, unlocking: while the next trains
-                finishing.defer(run.directory, run.checkpointer, run.held.pop_all())
+                finishing.defer(run.directory, run.member.checkpointer, run.held.pop_all())
             results.append(RunResult(run.directory, state, summary))
     return results
