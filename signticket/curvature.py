@@ -3,6 +3,7 @@ products (never forming the Hessian), optionally restricted to the unmasked weig
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -34,6 +35,18 @@ def _scale(a: PyTree, s: jax.Array) -> PyTree:
     return jax.tree.map(lambda x: x * s.astype(x.dtype), a)
 
 
+def _standard_normal_like(key: jax.Array, tree: PyTree) -> PyTree:
+    """A standard normal draw shaped like ``tree``: one draw of all its elements, cut into its
+    leaves. (A draw per leaf puts one random-number kernel per leaf shape into the program:
+    5 of the 9.5 s compiling the convnet's power iteration, 16 of 32 s for ResNet-18's.)"""
+    leaves, treedef = jax.tree.flatten(tree)
+    ends = list(itertools.accumulate(int(jnp.size(x)) for x in leaves))
+    flat = jax.random.normal(key, (ends[-1] if ends else 0,), jnp.float32)
+    parts = jnp.split(flat, ends[:-1]) if leaves else []
+    return jax.tree.unflatten(treedef, [p.reshape(jnp.shape(x)).astype(jnp.result_type(x))
+                                        for p, x in zip(parts, leaves, strict=True)])
+
+
 def top_hessian_eigenvalue(
     loss_fn: Callable[[PyTree], jax.Array],
     params: PyTree,
@@ -43,7 +56,8 @@ def top_hessian_eigenvalue(
     num_iters: int = 20,
 ) -> HessianEig:
     """Dominant eigenvalue of the Hessian of ``loss_fn`` at ``params`` by power iteration:
-    ``v <- M H M v / |M H M v|`` from a random ``v``, ``value = v^T H v``.
+    ``v <- M H M v / |M H M v|`` from ``M v0`` normalized, ``v0`` one standard normal draw
+    of all the params' elements (``key``), ``value = v^T H v``.
 
     With ``mask`` the Hessian is restricted to the unmasked coordinates (pruned weights are
     not free parameters of a sparse network). Power iteration finds the eigenvalue of largest
@@ -65,11 +79,7 @@ def top_hessian_eigenvalue(
     def normalize(t):
         return _scale(t, 1.0 / jnp.maximum(jnp.sqrt(_vdot(t, t)), 1e-30))
 
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    v = jax.tree.unflatten(treedef, [jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
-                                     for k, x in zip(keys, leaves, strict=True)])
-    v = normalize(restrict(v))
+    v = normalize(restrict(_standard_normal_like(key, params)))
     op = lambda t: restrict(hvp(loss_fn, params, t))
     v = jax.lax.fori_loop(0, int(num_iters), lambda _, t: normalize(op(t)), v)
     hv = op(v)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from signticket.curvature import hvp, top_hessian_eigenvalue
+from signticket.curvature import _standard_normal_like, hvp, top_hessian_eigenvalue
 
 
 def _spd(n, seed, top=None):
@@ -61,6 +61,28 @@ def test_mask_restricts_to_the_unmasked_subspace():
     eig = top_hessian_eigenvalue(_loss, ZERO, jax.random.PRNGKey(2), mask=mask, num_iters=300)
     sub = np.asarray(A)[np.ix_(keep, keep)]
     assert float(eig.value) == pytest.approx(np.linalg.eigvalsh(sub)[-1], rel=1e-3)
+
+
+def test_start_vector_is_one_draw_cut_into_the_leaves():
+    params = {"a": jnp.zeros((3, 4)),
+              "b": {"c": jnp.zeros(5, jnp.bfloat16), "d": jnp.zeros((2, 2))}}
+    key = jax.random.PRNGKey(3)
+    v = _standard_normal_like(key, params)
+    flat = jax.random.normal(key, (21,), jnp.float32)
+    chex.assert_trees_all_equal_shapes_and_dtypes(v, params)
+    np.testing.assert_array_equal(v["a"], flat[:12].reshape(3, 4))
+    np.testing.assert_array_equal(v["b"]["c"], flat[12:17].astype(jnp.bfloat16))
+    np.testing.assert_array_equal(v["b"]["d"], flat[17:].reshape(2, 2))
+    assert _standard_normal_like(key, {}) == {}
+
+
+def test_power_iteration_program_draws_its_start_once_whatever_the_leaf_shapes():
+    # one random-normal kernel, not one per leaf shape (each is seconds of compiling)
+    params = {"a": jnp.zeros(7), "b": {"k": jnp.zeros(3)}, "c": jnp.zeros((2, 5))}
+    loss = lambda p: sum(jnp.sum(jnp.cos(x)) for x in jax.tree.leaves(p))
+    text = jax.jit(lambda p: top_hessian_eigenvalue(loss, p, jax.random.PRNGKey(0),
+                                                    num_iters=2).value).lower(p=params).as_text()
+    assert text.count("erf_inv") == 1
 
 
 def test_bad_input():
