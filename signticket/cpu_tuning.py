@@ -19,7 +19,7 @@ import sys
 import warnings
 
 from signticket._host_malloc import keep_freed_memory
-from signticket._xla_flags import apply_cpu_defaults, conv_free_options
+from signticket._xla_flags import apply_cpu_defaults, conv_free_options, init_options
 
 
 def _backend_started() -> bool:
@@ -48,3 +48,12 @@ def program_options(variables) -> dict[str, str]:
     if any(len(x.shape) > 2 for x in jax.tree.leaves(variables.get("params", variables))):
         return {}
     return conv_free_options()
+
+
+def init_program_options() -> dict[str, int]:
+    """XLA compiler options for a model's init program: on the CPU backend,
+    :func:`signticket._xla_flags.init_options` (same variables, a fraction of the compile);
+    else none."""
+    import jax
+
+    return init_options() if jax.default_backend() == "cpu" else {}

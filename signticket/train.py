@@ -9,6 +9,7 @@ transforms params before the forward pass (AWS interpolates norm params there) u
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from signticket import cpu_tuning
 from signticket.losses import cross_entropy
 from signticket.sharding import batch_sharded, make_mesh, replicated
 from signticket.tree import PyTree
@@ -45,9 +47,22 @@ class TrainState:
     hook_state: PyTree = dataclasses.field(default_factory=dict)
 
 
-# One compile per model and input shape for the whole process (a lambda per call would compile
-# again for every run; flax modules hash by their attributes).
-_init_model = jax.jit(lambda model, key, x: model.init(key, x, train=False), static_argnums=0)
+@functools.cache
+def _init_program(options: tuple[tuple[str, Any], ...]) -> Callable:
+    # One compile per model and input shape for the whole process (a lambda per call would
+    # compile again for every run; flax modules hash by their attributes).
+    return jax.jit(lambda model, key, x: model.init(key, x, train=False), static_argnums=0,
+                   compiler_options=dict(options) or None)
+
+
+def _init_jit() -> Callable:
+    """``(model, key, x) -> model.init(key, x, train=False)`` jitted (``model`` static), with
+    the init's compiler options (:func:`signticket.cpu_tuning.init_program_options`)."""
+    return _init_program(tuple(sorted(cpu_tuning.init_program_options().items())))
+
+
+def _init_model(model: nn.Module, key: jax.Array, x: jax.Array) -> dict[str, PyTree]:
+    return _init_jit()(model, key, x)
 
 
 def _identity_preprocess(images, rng, train):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench import conv_ops, suite, torch_models, train_step
+from bench import conv_ops, init_compile, suite, torch_models, train_step
 from signticket import _xla_flags
 from signticket.native import conv as native_conv
 
@@ -98,3 +98,13 @@ def test_suite_reports_missing_torch(tmp_path, monkeypatch):
 def test_suite_rejects_unknown_rows(tmp_path):
     with pytest.raises(SystemExit):
         suite.main(["--only", "nope", "--out", str(tmp_path / "s.json")])
+
+
+def test_init_compile_bench_checks_the_init_options_keep_every_bit(tmp_path):
+    out = tmp_path / "init.json"
+    result = init_compile.main(["--models", "mlp", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row == result["rows"][0] and row["model"] == "mlp" and row["input"] == [1, 28, 28, 1]
+    assert row["bit_identical"] is True and row["default_compile_s"] > 0
+    with pytest.raises(SystemExit):
+        init_compile.main(["--models", "mlp,nope"])

@@ -92,3 +92,36 @@ def test_program_options_apply_to_models_without_convolutions_only(monkeypatch):
     assert cpu_tuning.program_options(shapes("mlp", widths=(8,))) == {
         _xla_flags.YNN_FLAG[2:]: REDUCE}
     assert cpu_tuning.program_options(shapes("convnet", channels=(4, 4, 4))) == {}
+
+
+def test_init_options_are_llvm_o1_unless_opted_out(monkeypatch):
+    from signticket import cpu_tuning
+
+    monkeypatch.delenv("SIGNTICKET_XLA_DEFAULTS", raising=False)
+    assert _xla_flags.init_options() == {"xla_backend_optimization_level": 1}
+    assert cpu_tuning.init_program_options() == _xla_flags.init_options()  # the CPU backend
+    monkeypatch.setenv("SIGNTICKET_XLA_DEFAULTS", "0")
+    assert _xla_flags.init_options() == {} == cpu_tuning.init_program_options()
+
+
+def test_the_engines_init_is_bit_identical_to_a_default_compile():
+    # A run's init is one of its inputs: options that moved a bit would orphan every run made
+    # before them. ``python -m bench.init_compile`` checks every registered model.
+    import jax
+    import numpy as np
+    import optax
+
+    from signticket import models
+    from signticket.train import Engine
+
+    model = models.get("convnet", num_classes=10)
+    images = np.zeros((1, 28, 28, 1), np.uint8)
+    engine = Engine(model, optax.sgd(0.1))
+    default = jax.jit(lambda k, x: model.init(k, x, train=False))
+    for seed in (0, 3):
+        key = jax.random.PRNGKey(seed)
+        ours = engine.init_variables(key, images)
+        theirs = default(key, engine.preprocess(jax.numpy.asarray(images), None, False))
+        np.testing.assert_equal(jax.device_get(ours),
+                                jax.device_get({"params": theirs["params"],
+                                                "batch_stats": theirs["batch_stats"]}))

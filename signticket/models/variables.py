@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from signticket import cpu_tuning
+
 
 def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> dict[str, Any]:
     """``{'params': ..., 'batch_stats': ...}`` of ``model`` initialized on zeros of
@@ -20,6 +22,7 @@ def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int])
     far longer than one compile of the whole init on deep models.
     """
     shape = tuple(input_shape)
-    init = jax.jit(lambda k: model.init(k, jnp.zeros(shape, jnp.float32), train=False))
+    init = jax.jit(lambda k: model.init(k, jnp.zeros(shape, jnp.float32), train=False),
+                   compiler_options=cpu_tuning.init_program_options() or None)
     variables = flax.core.unfreeze(init(key))
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
