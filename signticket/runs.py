@@ -213,10 +213,10 @@ _ENGINES: dict = {}
 def _program_options(model, dataset: data_lib.Dataset | data_lib.Source) -> dict[str, Any]:
     """:func:`signticket.cpu_tuning.program_options` from the model's variable shapes (the
     trace is the one ``init_state`` reuses)."""
-    from signticket.train import _init_jit
+    from signticket.models.variables import init_program
 
     x = dataset.preprocess(jnp.asarray(data_lib.sample_images(dataset)[:1]), None, False)
-    shapes = _init_jit().eval_shape(model, jax.random.PRNGKey(0), x)
+    shapes = init_program().eval_shape(model, jax.random.PRNGKey(0), x)
     return cpu_tuning.program_options(shapes)
 
 

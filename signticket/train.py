@@ -9,7 +9,6 @@ transforms params before the forward pass (AWS interpolates norm params there) u
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +19,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from signticket import cpu_tuning
 from signticket.losses import cross_entropy
+from signticket.models.variables import apply_init
 from signticket.sharding import batch_sharded, make_mesh, replicated
 from signticket.tree import PyTree
 
@@ -45,24 +44,6 @@ class TrainState:
     opt_state: optax.OptState
     rng: jax.Array
     hook_state: PyTree = dataclasses.field(default_factory=dict)
-
-
-@functools.cache
-def _init_program(options: tuple[tuple[str, Any], ...]) -> Callable:
-    # One compile per model and input shape for the whole process (a lambda per call would
-    # compile again for every run; flax modules hash by their attributes).
-    return jax.jit(lambda model, key, x: model.init(key, x, train=False), static_argnums=0,
-                   compiler_options=dict(options) or None)
-
-
-def _init_jit() -> Callable:
-    """``(model, key, x) -> model.init(key, x, train=False)`` jitted (``model`` static), with
-    the init's compiler options (:func:`signticket.cpu_tuning.init_program_options`)."""
-    return _init_program(tuple(sorted(cpu_tuning.init_program_options().items())))
-
-
-def _init_model(model: nn.Module, key: jax.Array, x: jax.Array) -> dict[str, PyTree]:
-    return _init_jit()(model, key, x)
 
 
 def _identity_preprocess(images, rng, train):
@@ -151,7 +132,7 @@ class Engine:
         """``{"params", "batch_stats"}`` of a fresh model (jitted: one compile, not one per
         layer). ``init_state(key)`` uses ``init_key = jax.random.split(key)[0]``."""
         x = self.preprocess(jnp.asarray(sample_images[:1]), None, False)
-        variables = _init_model(self.model, init_key, x)
+        variables = apply_init(self.model, init_key, x)
         return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
     def reset_optimizer(self, state: TrainState) -> TrainState:

@@ -125,3 +125,19 @@ def test_the_engines_init_is_bit_identical_to_a_default_compile():
         np.testing.assert_equal(jax.device_get(ours),
                                 jax.device_get({"params": theirs["params"],
                                                 "batch_stats": theirs["batch_stats"]}))
+
+
+def test_init_inside_another_trace_runs_without_the_options():
+    # a nested program cannot carry compiler options: eval_shape / jit of an init still work
+    import jax
+    import numpy as np
+
+    from signticket import models
+
+    model = models.get("mlp", num_classes=10, widths=(8,))
+    key = jax.random.PRNGKey(0)  # concrete: the trace, not the argument, must decide
+    abstract = jax.eval_shape(lambda: models.init_variables(model, key, (1, 28, 28, 1)))
+    assert abstract["params"]["head"]["kernel"].shape == (8, 10)
+    traced = jax.jit(lambda k: models.init_variables(model, k, (1, 28, 28, 1)))(key)
+    np.testing.assert_equal(jax.device_get(traced),
+                            jax.device_get(models.init_variables(model, key, (1, 28, 28, 1))))
