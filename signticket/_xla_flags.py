@@ -112,11 +112,10 @@ def conv_free_options(xla_flags: str | None = None) -> dict[str, str]:
 
 def init_options() -> dict[str, int]:
     """Per-program XLA options for a model's init: LLVM at -O1. The init program is mostly
-    the initializers' random-number kernels, one per parameter shape, whose -O2 loop passes
-    made it 2-4x slower to compile (ResNet-20 13 -> 5 s, the quickstart convnet 4 -> 1 s) for
-    a program run once per run; the variables are bit-identical (``python -m
-    bench.init_compile`` checks every registered model). Empty with
-    ``SIGNTICKET_XLA_DEFAULTS=0``."""
+    the initializers' random-number kernels, one per parameter shape, and -O2's loop passes
+    are most of its compile, for a program run once per run. The variables are bit-identical
+    (``python -m bench.init_compile`` checks every registered model; figures in
+    ``docs/performance.md``). Empty with ``SIGNTICKET_XLA_DEFAULTS=0``."""
     if os.environ.get("SIGNTICKET_XLA_DEFAULTS", "1") == "0":
         return {}
     return {"xla_backend_optimization_level": 1}

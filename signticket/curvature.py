@@ -37,8 +37,8 @@ def _scale(a: PyTree, s: jax.Array) -> PyTree:
 
 def _standard_normal_like(key: jax.Array, tree: PyTree) -> PyTree:
     """A standard normal draw shaped like ``tree``: one draw of all its elements, cut into its
-    leaves. (A draw per leaf puts one random-number kernel per leaf shape into the program:
-    5 of the 9.5 s compiling the convnet's power iteration, 16 of 32 s for ResNet-18's.)"""
+    leaves. (A draw per leaf puts one random-number kernel per leaf shape into the program,
+    about half of its compile: ``docs/performance.md``.)"""
     leaves, treedef = jax.tree.flatten(tree)
     ends = list(itertools.accumulate(int(jnp.size(x)) for x in leaves))
     flat = jax.random.normal(key, (ends[-1] if ends else 0,), jnp.float32)
