@@ -1,10 +1,11 @@
 """Compiling a model's init: XLA's defaults against the init's own options, per registered model.
 
 What is measured: for each model of ``signticket.models.registry`` (or ``--models``), the
-wall time of ``jax.jit(model.init).lower(key, x).compile()`` twice, with XLA's default options
-and with :func:`signticket.cpu_tuning.init_program_options` (what ``Engine.init_variables``
-uses), and whether the two programs give bit-identical variables for several seeds. ``x`` is
-the first of 28x28x1, 32x32x3 and 224x224x3 the model accepts. The compilation cache is off,
+wall time of compiling the library's init program (``signticket.models.variables``) twice,
+with XLA's default options and with :func:`signticket.cpu_tuning.init_program_options` (what
+``Engine.init_variables`` and ``models.init_variables`` use), and whether the two programs
+give bit-identical variables for several seeds. ``x`` is the first of 28x28x1, 32x32x3 and
+224x224x3 the model accepts. The compilation cache is off,
 so every figure is a real compile.
 
 The claim the options rest on is the identity column: a run's init is part of its inputs
@@ -24,6 +25,7 @@ import numpy as np
 
 from bench import report
 from signticket import cpu_tuning
+from signticket.models import variables
 
 SHAPES = ((1, 28, 28, 1), (1, 32, 32, 3), (1, 224, 224, 3))
 
@@ -47,10 +49,11 @@ def measure(name: str, seeds: tuple[int, ...] = (0, 1, 7)) -> dict[str, Any]:
     x = _input_for(model)
     row: dict[str, Any] = {"model": name, "input": list(x.shape)}
     outputs = []
-    for label, options in (("default", None), ("init", cpu_tuning.init_program_options())):
-        fn = jax.jit(lambda k, x: model.init(k, x, train=False), compiler_options=options or None)
+    # the library's own init program, with the options and without them
+    for label, program in (("default", variables._init_program(())),
+                           ("init", variables.init_program())):
         start = time.perf_counter()
-        compiled = fn.lower(jax.random.PRNGKey(0), x).compile()
+        compiled = program.lower(model, jax.random.PRNGKey(0), x).compile()
         row[f"{label}_compile_s"] = round(time.perf_counter() - start, 3)
         outputs.append([jax.device_get(compiled(jax.random.PRNGKey(s), x)) for s in seeds])
     row["bit_identical"] = all(
