@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from bench import timing, workloads  # bench/__init__ imports signticket (XLA flags) first
-from signticket import _host_malloc, models, optim
+from signticket import _host_malloc, cpu_tuning, models, optim
 from signticket import data as data_lib
 from signticket._xla_flags import YNN_FLAG
 from signticket.native import conv as native_conv
@@ -67,6 +67,7 @@ def measure_engine(
     make_tx: TxFactory = masked_sgd,
     seed: int = 0,
     compute_dtype: Any = None,
+    compiler_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Time ``Engine(model, make_tx(mask)).train_step`` on a fixed random uint8 batch.
 
@@ -75,6 +76,8 @@ def measure_engine(
     ``sparsity = 0`` the optimizer still masks (all True).
     ``augment`` adds random crops (padding 4, 32x32 inputs) and flips inside the step.
     ``compute_dtype`` (e.g. ``"bfloat16"``) is the engine's mixed-precision policy.
+    ``compiler_options``: the step's XLA options; None (default) gives the ones experiments
+    use (:func:`signticket.cpu_tuning.program_options`), ``{}`` the process's flags alone.
     Returns compile time, img/s, seconds per step and the bytes of params + optimizer state.
     """
     mesh = make_mesh()
@@ -90,7 +93,10 @@ def measure_engine(
     mask = workloads.random_mask(params, sparsity, seed=1) if sparsity > 0 else None
     if mask is not None:
         params = jax.tree.map(lambda p, m: jnp.asarray(np.where(m, p, 0)), params, mask)
-    engine = Engine(model, make_tx(mask), pre, mesh, compute_dtype=compute_dtype)
+    if compiler_options is None:
+        compiler_options = cpu_tuning.program_options(variables)
+    engine = Engine(model, make_tx(mask), pre, mesh, compute_dtype=compute_dtype,
+                    compiler_options=compiler_options or None)
     batch = workloads.synthetic_batch(batch_size, image_shape)
     state = engine.init_state(jax.random.PRNGKey(seed), batch["image"][:1], params=params,
                               batch_stats=variables["batch_stats"])
@@ -117,6 +123,7 @@ def measure_engine(
         "img_per_s_median": round(t.rate(batch_size), 1),
         "img_per_s_all": [round(batch_size / s, 1) for s in t.samples_s],
         "step_ms_median": round(1000 * t.median_s, 2),
+        "compiler_options": compiler_options,
         "state_bytes": {**state_bytes, "total": sum(state_bytes.values())},
         "timing": t.to_json(),
         **xla_flag_state(),

@@ -110,12 +110,22 @@ def conv_free_options(xla_flags: str | None = None) -> dict[str, str]:
     return {YNN_FLAG.lstrip("-"): rest}
 
 
-def init_options() -> dict[str, int]:
-    """Per-program XLA options for a model's init: LLVM at -O1. The init program is mostly
-    the initializers' random-number kernels, one per parameter shape, and -O2's loop passes
-    are most of its compile, for a program run once per run. The variables are bit-identical
-    (``python -m bench.init_compile`` checks every registered model; figures in
-    ``docs/performance.md``). Empty with ``SIGNTICKET_XLA_DEFAULTS=0``."""
+def llvm_o1_options() -> dict[str, int]:
+    """Per-program XLA options: LLVM at -O1 (XLA's default is -O3).
+
+    * A model's init (mostly the initializers' random-number kernels, one per parameter shape,
+      where -O3's loop passes are most of the compile of a program run once per run): the
+      variables are bit-identical to the default's (``python -m bench.init_compile`` checks
+      every registered model), so run directories made before stay valid.
+    * The train and eval steps (:func:`signticket.cpu_tuning.program_options`): their convs
+      and dots run in oneDNN / YNNPACK either way; what LLVM compiles (BatchNorm, ReLU,
+      pooling, the optimizer) runs faster at -O1 on the convnet and no slower elsewhere
+      (``python -m bench.step_options``). Unlike the init, the numbers are not the default's
+      bit for bit: -O3 rounds some results differently (max |diff| ~3e-8 after a step; -O1
+      and -O2 agree bit for bit), as a CPU with another vector width would. Every program of a
+      run gets the same options, so resumed, grouped and single runs still agree exactly.
+
+    Figures in ``docs/performance.md``. Empty with ``SIGNTICKET_XLA_DEFAULTS=0``."""
     if os.environ.get("SIGNTICKET_XLA_DEFAULTS", "1") == "0":
         return {}
     return {"xla_backend_optimization_level": 1}

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import Any
 
 from signticket._host_malloc import keep_freed_memory
-from signticket._xla_flags import apply_cpu_defaults, conv_free_options, init_options
+from signticket._xla_flags import apply_cpu_defaults, conv_free_options, llvm_o1_options
 
 
 def _backend_started() -> bool:
@@ -37,23 +38,24 @@ def apply() -> dict[str, bool]:
     return {"xla_flags": apply_cpu_defaults(), "host_malloc": keep_freed_memory()}
 
 
-def program_options(variables) -> dict[str, str]:
+def program_options(variables) -> dict[str, Any]:
     """XLA compiler options for the train and eval programs of a model with ``variables``
-    (arrays or shapes): for a model with no convolution kernel (no param of rank > 2) on the
-    CPU backend, :func:`signticket._xla_flags.conv_free_options`; else none."""
+    (arrays or shapes), on the CPU backend (else none):
+    :func:`signticket._xla_flags.llvm_o1_options`, and for a model with no convolution kernel
+    (no param of rank > 2) :func:`signticket._xla_flags.conv_free_options` too."""
     import jax
 
     if jax.default_backend() != "cpu":
         return {}
     if any(len(x.shape) > 2 for x in jax.tree.leaves(variables.get("params", variables))):
-        return {}
-    return conv_free_options()
+        return llvm_o1_options()
+    return {**llvm_o1_options(), **conv_free_options()}
 
 
 def init_program_options() -> dict[str, int]:
     """XLA compiler options for a model's init program: on the CPU backend,
-    :func:`signticket._xla_flags.init_options` (same variables, a fraction of the compile);
-    else none."""
+    :func:`signticket._xla_flags.llvm_o1_options` (same variables, a fraction of the
+    compile); else none."""
     import jax
 
-    return init_options() if jax.default_backend() == "cpu" else {}
+    return llvm_o1_options() if jax.default_backend() == "cpu" else {}

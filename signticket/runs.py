@@ -394,7 +394,8 @@ def _prepare(desc: RunDesc, directory: Path, hook: EpochHook | None, dataset, me
     else:
         model = build_model(config.model, dataset.num_classes)
         engine = Engine(model, tx, dataset.preprocess, mesh, pre_forward,
-                        compute_dtype=compute_dtype(config))
+                        compute_dtype=compute_dtype(config),
+                        compiler_options=_program_options(model, dataset))
     state = engine.init_state(
         jax.random.PRNGKey(config.seed),
         data_lib.sample_images(dataset),

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from bench import conv_ops, init_compile, suite, torch_models, train_step
-from signticket import _xla_flags
+from bench import conv_ops, init_compile, step_options, suite, torch_models, train_step, workloads
+from signticket import _xla_flags, cpu_tuning
 from signticket.native import conv as native_conv
 
 
@@ -108,3 +108,21 @@ def test_init_compile_bench_checks_the_init_options_keep_every_bit(tmp_path):
     assert row["bit_identical"] is True and row["default_compile_s"] > 0
     with pytest.raises(SystemExit):
         init_compile.main(["--models", "mlp,nope"])
+
+
+def test_step_options_bench_times_both_sides_in_one_process(tmp_path):
+    out = tmp_path / "steps.json"
+    result = step_options.main(["--models", "convnet,mlp", "--blocks", "3", "--tiny",
+                                "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert rows == result["rows"] and [r["model"][:7] for r in rows] == ["convnet", "mlp (pe"]
+    for name, row in zip(("convnet", "mlp"), rows, strict=True):
+        w = step_options._workload(name, True)[0]
+        assert row["options"] == cpu_tuning.program_options(
+            workloads.init_variables(w.model, w.image_shape, 0))
+        assert row["options_step_ms_median"] > 0 and row["default_level_step_ms_median"] > 0
+        assert 0 <= row["blocks_options_faster"] <= 3
+        assert isinstance(row["sides_bit_identical"], bool)
+    for bad in (["--models", "convnet,nope"], ["--blocks", "0"], ["--models", ""]):
+        with pytest.raises(SystemExit):
+            step_options.main(bad)

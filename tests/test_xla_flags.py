@@ -2,6 +2,7 @@
 
 import os
 
+import chex
 import pytest
 
 from signticket import _xla_flags
@@ -89,8 +90,12 @@ def test_program_options_apply_to_models_without_convolutions_only(monkeypatch):
         model = models.get(name, num_classes=10, **kw)
         return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
 
+    o1 = {"xla_backend_optimization_level": 1}
     assert cpu_tuning.program_options(shapes("mlp", widths=(8,))) == {
-        _xla_flags.YNN_FLAG[2:]: REDUCE}
+        _xla_flags.YNN_FLAG[2:]: REDUCE, **o1}
+    assert cpu_tuning.program_options(shapes("convnet", channels=(4, 4, 4))) == o1
+    monkeypatch.setenv("SIGNTICKET_XLA_DEFAULTS", "0")
+    assert cpu_tuning.program_options(shapes("mlp", widths=(8,))) == {}
     assert cpu_tuning.program_options(shapes("convnet", channels=(4, 4, 4))) == {}
 
 
@@ -98,10 +103,46 @@ def test_init_options_are_llvm_o1_unless_opted_out(monkeypatch):
     from signticket import cpu_tuning
 
     monkeypatch.delenv("SIGNTICKET_XLA_DEFAULTS", raising=False)
-    assert _xla_flags.init_options() == {"xla_backend_optimization_level": 1}
-    assert cpu_tuning.init_program_options() == _xla_flags.init_options()  # the CPU backend
+    assert _xla_flags.llvm_o1_options() == {"xla_backend_optimization_level": 1}
+    assert cpu_tuning.init_program_options() == _xla_flags.llvm_o1_options()  # the CPU backend
     monkeypatch.setenv("SIGNTICKET_XLA_DEFAULTS", "0")
-    assert _xla_flags.init_options() == {} == cpu_tuning.init_program_options()
+    assert _xla_flags.llvm_o1_options() == {} == cpu_tuning.init_program_options()
+
+
+@pytest.mark.parametrize("name, kwargs", [("convnet", {"channels": (8, 8, 16)}),
+                                          ("mlp", {"widths": (32, 32)})])
+def test_steps_at_o1_are_deterministic_and_round_like_o2(name, kwargs):
+    # Experiments compile their steps at LLVM -O1 for speed. What that may change is rounding
+    # only: two compiles agree bit for bit, -O2 agrees bit for bit, and XLA's default (-O3)
+    # to float32 rounding.
+    import jax
+    import numpy as np
+    import optax
+
+    from signticket import cpu_tuning, data, models
+    from signticket.train import Engine
+
+    model = models.get(name, num_classes=10, **kwargs)
+    pre = data.Preprocess(mean=(0.3,), std=(0.3,), crop_padding=2, flip=True)
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.integers(0, 256, (16, 28, 28, 1), np.uint8),
+                "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(3)]
+    variables = models.init_variables(model, jax.random.PRNGKey(0), (1, 28, 28, 1))
+    options = cpu_tuning.program_options(variables)
+    assert options["xla_backend_optimization_level"] == 1
+
+    def train(opts):
+        engine = Engine(model, optax.sgd(0.1, momentum=0.9), pre, compiler_options=opts)
+        state = engine.init_state(jax.random.PRNGKey(1), batches[0]["image"][:1])
+        for batch in batches:
+            state, metrics = engine.train_step(state, batch)
+        return jax.device_get((state, metrics, engine.eval_step(state, batches[0])))
+
+    ours = train(options)
+    chex.assert_trees_all_equal(ours, train(dict(options)))
+    chex.assert_trees_all_equal(ours, train({**options, "xla_backend_optimization_level": 2}))
+    default = train({k: v for k, v in options.items() if k != "xla_backend_optimization_level"})
+    chex.assert_trees_all_close(ours, default, rtol=1e-4, atol=1e-5)
 
 
 def test_the_engines_init_is_bit_identical_to_a_default_compile():

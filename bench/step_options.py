@@ -1,0 +1,129 @@
+"""The train step under the experiments' XLA options against XLA's default optimization level.
+
+    python -m bench.step_options                       # convnet, ResNet-20, VGG-11, MLP
+    python -m bench.step_options --models convnet --blocks 60 --out result.json
+
+What is measured: the suite's train-step workloads (plus the permuted-masks MLP) as
+``Engine.train_step`` with masked SGD on one fixed uint8 batch, compiled twice in one process:
+with the options experiments use (:func:`signticket.cpu_tuning.program_options`) and with the
+same options less the LLVM level (XLA's default, -O3). The two steps then run in alternating
+blocks of a few steps (which goes first alternates too), so a slow spell of this noisy
+machine lands on both; reported are the median seconds per step of each side, how many blocks
+the options won, and whether both sides' params are bit-identical after all their steps.
+The compilation cache is off, so both compiles are real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from bench import report, train_step, workloads
+from signticket import cpu_tuning, models
+from signticket import data as data_lib
+from signticket.train import Engine
+
+#: the permuted-masks tables' MLP on Fashion-MNIST, beside the suite's conv workloads
+MLP = workloads.Workload("mlp", models.get("mlp", num_classes=10), (28, 28, 1), 128,
+                         "mlp (permuted-masks tables)")
+WORKLOADS = ("convnet", "resnet20", "vgg11", "mlp")
+LEVEL = "xla_backend_optimization_level"
+
+
+def _workload(name: str, tiny: bool) -> tuple[workloads.Workload, int]:
+    """The workload and its steps per block."""
+    if name == "mlp":
+        return MLP, 1 if tiny else 20
+    steps, _ = workloads.train_steps(name, tiny)
+    return workloads.train_workload(name, tiny), max(1, steps // 2)
+
+
+def _digest(params: Any) -> str:
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(params)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def measure(name: str, blocks: int, tiny: bool = False) -> dict[str, Any]:
+    """Both sides of one workload over ``blocks`` alternating blocks each."""
+    w, per_block = _workload(name, tiny)
+    variables = workloads.init_variables(w.model, w.image_shape, 0)
+    options = cpu_tuning.program_options(variables)
+    sides = {"options": options, "default_level": {k: v for k, v in options.items()
+                                                   if k != LEVEL}}
+    channels = w.image_shape[-1]
+    pre = data_lib.Preprocess(mean=(0.5,) * channels, std=(0.25,) * channels)
+    batch = jax.device_put(workloads.synthetic_batch(w.batch, w.image_shape))
+    state, engines, seconds, compile_s = {}, {}, {}, {}
+    for side, opts in sides.items():
+        engines[side] = Engine(w.model, train_step.masked_sgd(None), pre,
+                               compiler_options=opts or None)
+        state[side] = engines[side].init_state(
+            jax.random.PRNGKey(0), batch["image"][:1], params=variables["params"],
+            batch_stats=variables["batch_stats"])
+        start = time.perf_counter()
+        state[side], _ = engines[side].train_step(state[side], batch)
+        jax.block_until_ready(state[side])
+        compile_s[side], seconds[side] = round(time.perf_counter() - start, 2), []
+    for block in range(blocks):
+        for side in (sides if block % 2 == 0 else reversed(list(sides))):
+            start = time.perf_counter()
+            for _ in range(per_block):
+                state[side], _ = engines[side].train_step(state[side], batch)
+            jax.block_until_ready(state[side])
+            seconds[side].append((time.perf_counter() - start) / per_block)
+    median = {side: statistics.median(s) for side, s in seconds.items()}
+    return {
+        **w.describe(), "options": options, "blocks": blocks, "steps_per_block": per_block,
+        **{f"{side}_step_ms_median": round(1000 * m, 2) for side, m in median.items()},
+        **{f"{side}_compile_s": s for side, s in compile_s.items()},
+        "speedup": round(median["default_level"] / median["options"], 3),
+        "blocks_options_faster": sum(a < b for a, b in zip(
+            seconds["options"], seconds["default_level"], strict=True)),
+        "sides_bit_identical": _digest(state["options"].params)
+        == _digest(state["default_level"].params),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(WORKLOADS),
+                        help=f"comma-separated, of {', '.join(WORKLOADS)}")
+    parser.add_argument("--blocks", type=int, default=30, help="timed blocks per side")
+    parser.add_argument("--tiny", action="store_true", help="smoke run: tiny sizes, 1 step")
+    parser.add_argument("--out", default=None, help="write the result JSON here")
+    args = parser.parse_args(argv)
+    names = [n for n in args.models.split(",") if n]
+    unknown = sorted(set(names) - set(WORKLOADS))
+    if unknown or not names:
+        parser.error(f"unknown workload(s) {', '.join(unknown) or '(none given)'}; "
+                     f"available: {', '.join(WORKLOADS)}")
+    if args.blocks < 1:
+        parser.error(f"--blocks must be >= 1, got {args.blocks}")
+    cache = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    rows = []
+    try:
+        for name in names:
+            rows.append(measure(name, args.blocks, args.tiny))
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
+    result = {"machine": report.machine_info(), "rows": rows}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    cpu_tuning.apply()
+    main()
