@@ -122,8 +122,9 @@ def llvm_o1_options() -> dict[str, int]:
       pooling, the optimizer) runs faster at -O1 on the convnet and no slower elsewhere
       (``python -m bench.step_options``). Unlike the init, the numbers are not the default's
       bit for bit: -O3 rounds some results differently (max |diff| ~3e-8 after a step; -O1
-      and -O2 agree bit for bit), as a CPU with another vector width would. Every engine of a
-      model gets the same options, so resumed, grouped and single runs still agree exactly.
+      and -O2 agree bit for bit), as a CPU with another vector width would. The engines
+      of every run get them (``signticket.runs``), so resumed, grouped and single runs
+      still agree exactly.
 
     Figures in ``docs/performance.md``. Empty with ``SIGNTICKET_XLA_DEFAULTS=0``."""
     if os.environ.get("SIGNTICKET_XLA_DEFAULTS", "1") == "0":
