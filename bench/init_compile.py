@@ -15,7 +15,6 @@ The claim the options rest on is the identity column: a run's init is part of it
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
@@ -78,21 +77,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; available: "
                      f"{', '.join(registry.names())}")
-    rows = []
-    cache = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)  # every figure a real compile
-    try:
-        for name in names:
-            rows.append(measure(name))
-            print(json.dumps(rows[-1]), flush=True)
-    finally:
-        jax.config.update("jax_enable_compilation_cache", cache)
+    rows = report.uncached_rows(names, measure)
     result = {"machine": report.machine_info(), "options": cpu_tuning.init_program_options(),
               "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return report.write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import time
+from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -142,3 +144,26 @@ def machine_info() -> dict[str, Any]:
         **xla_flag_state(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def uncached_rows(names: Iterable[str], measure: Callable[[str], dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+    """``measure(name)`` for each name with JAX's compilation cache off, so every compile
+    timed is a real one; prints each row as JSON when it is ready."""
+    rows = []
+    cache = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        for name in names:
+            rows.append(measure(name))
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
+    return rows
+
+
+def write_result(result: dict[str, Any], out: str | os.PathLike | None) -> dict[str, Any]:
+    """Write ``result`` as JSON to ``out`` (when given); returns it."""
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result

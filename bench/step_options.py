@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import statistics
 import time
 from typing import Any
@@ -108,20 +107,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      f"available: {', '.join(WORKLOADS)}")
     if args.blocks < 1:
         parser.error(f"--blocks must be >= 1, got {args.blocks}")
-    cache = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    rows = []
-    try:
-        for name in names:
-            rows.append(measure(name, args.blocks, args.tiny))
-            print(json.dumps(rows[-1]), flush=True)
-    finally:
-        jax.config.update("jax_enable_compilation_cache", cache)
+    rows = report.uncached_rows(names, lambda n: measure(n, args.blocks, args.tiny))
     result = {"machine": report.machine_info(), "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return report.write_result(result, args.out)
 
 
 if __name__ == "__main__":
