@@ -39,8 +39,9 @@ EXPECTED_ROWS = [
     "barrier",
     "barrier_first_call", "matching", "matching_first_call", "matching_objective",
     "seeds_mlp_2", "seeds_convnet_2", "seeds_unrolled_mlp_2", "seeds_unrolled_convnet_2",
-    # The MLP's own XLA options against the process's flags alone: only where they differ.
-    *(["seeds_unrolled_vs_flags_mlp_2"] if _xla_flags.conv_free_options() else []),
+    # The models' own XLA options against the process's flags alone: only where there are any.
+    *(["seeds_unrolled_vs_flags_mlp_2", "seeds_unrolled_vs_flags_convnet_2"]
+      if _xla_flags.llvm_o1_options() else []),
     "sign_in_step", "sign_in_bytes", "imp",
     *(f"imp_{p}" for p in ("training", "evaluation", "checkpointing", "pruning", "epoch_hooks",
                            "run_setup", "other")),
@@ -53,7 +54,8 @@ BASELINE_ROWS = {"onednn", "onednn_compile", "xla_flag", "xla_flag_compile", "ma
                  "barrier", "barrier_first_call",
                  "matching", "matching_first_call", "matching_objective", "seeds_mlp_2",
                  "seeds_convnet_2", "seeds_unrolled_mlp_2", "seeds_unrolled_convnet_2",
-                 "seeds_unrolled_vs_flags_mlp_2", "sign_in_step", "sign_in_bytes"}
+                 "seeds_unrolled_vs_flags_mlp_2", "seeds_unrolled_vs_flags_convnet_2",
+                 "sign_in_step", "sign_in_bytes"}
 
 
 def test_suite_tiny_runs_every_row(tmp_path):
