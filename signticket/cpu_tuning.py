@@ -40,15 +40,19 @@ def apply() -> dict[str, bool]:
 
 def program_options(variables) -> dict[str, Any]:
     """XLA compiler options for the train and eval programs of a model with ``variables``
-    (arrays or shapes), on the CPU backend (else none):
-    :func:`signticket._xla_flags.llvm_o1_options`, and for a model with no convolution kernel
-    (no param of rank > 2) :func:`signticket._xla_flags.conv_free_options` too."""
+    (arrays or shapes): for a model with no convolution kernel (no param of rank > 2) on the
+    CPU backend, :func:`signticket._xla_flags.conv_free_options` and
+    :func:`signticket._xla_flags.llvm_o1_options`; else none.
+
+    Why conv models keep XLA's default LLVM level: -O1 made the convnet's step 1.09x faster
+    but MobileNetV2's 0.76x (its depthwise convs are shifted slices, which XLA's own loops
+    compute); ``python -m bench.step_options``, figures in ``docs/performance.md``."""
     import jax
 
     if jax.default_backend() != "cpu":
         return {}
     if any(len(x.shape) > 2 for x in jax.tree.leaves(variables.get("params", variables))):
-        return llvm_o1_options()
+        return {}
     return {**llvm_o1_options(), **conv_free_options()}
 
 

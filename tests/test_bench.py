@@ -39,9 +39,8 @@ EXPECTED_ROWS = [
     "barrier",
     "barrier_first_call", "matching", "matching_first_call", "matching_objective",
     "seeds_mlp_2", "seeds_convnet_2", "seeds_unrolled_mlp_2", "seeds_unrolled_convnet_2",
-    # The models' own XLA options against the process's flags alone: only where there are any.
-    *(["seeds_unrolled_vs_flags_mlp_2", "seeds_unrolled_vs_flags_convnet_2"]
-      if _xla_flags.llvm_o1_options() else []),
+    # The MLP's own XLA options against the process's flags alone: only where there are any.
+    *(["seeds_unrolled_vs_flags_mlp_2"] if _xla_flags.llvm_o1_options() else []),
     "sign_in_step", "sign_in_bytes", "imp",
     *(f"imp_{p}" for p in ("training", "evaluation", "checkpointing", "pruning", "epoch_hooks",
                            "run_setup", "other")),
@@ -122,8 +121,9 @@ def test_step_options_bench_times_both_sides_in_one_process(tmp_path):
         w = step_options._workload(name, True)[0]
         assert row["options"] == cpu_tuning.program_options(
             workloads.init_variables(w.model, w.image_shape, 0))
-        assert row["options_step_ms_median"] > 0 and row["default_level_step_ms_median"] > 0
-        assert 0 <= row["blocks_options_faster"] <= 3
+        assert row["o1_step_ms_median"] > 0 and row["default_level_step_ms_median"] > 0
+        assert 0 <= row["blocks_o1_faster"] <= 3
+        assert row["experiments_use_o1"] is (name == "mlp")
         assert isinstance(row["sides_bit_identical"], bool)
     for bad in (["--models", "convnet,nope"], ["--blocks", "0"], ["--models", ""]):
         with pytest.raises(SystemExit):
