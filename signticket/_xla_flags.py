@@ -118,7 +118,7 @@ def llvm_o1_options() -> dict[str, int]:
       variables are bit-identical to the default's (``python -m bench.init_compile`` checks
       every registered model), so run directories made before stay valid.
     * The train and eval steps of conv-free models (``cpu_tuning.program_options``): the
-      permuted-masks MLP's step 1.17x faster, bit-identical
+      permuted-masks MLP's step 1.01-1.17x faster in two runs, bit-identical
       (``python -m bench.step_options``). Not for conv models: the convnet gained 1.09x but
       MobileNetV2 lost (0.76x), and -O3 (the default) rounds some of the convnet's results
       differently (max |diff| ~3e-8 after a step; -O1 and -O2 agree bit for bit).

@@ -45,7 +45,7 @@ def program_options(variables) -> dict[str, Any]:
     :func:`signticket._xla_flags.llvm_o1_options`; else none.
 
     Why conv models keep XLA's default LLVM level: -O1 made the convnet's step 1.09x faster
-    but MobileNetV2's 0.76x (its depthwise convs are shifted slices, which XLA's own loops
+    but MobileNetV2's 0.76-0.94x (its depthwise convs are shifted slices, which XLA's own loops
     compute); ``python -m bench.step_options``, figures in ``docs/performance.md``."""
     import jax
 
