@@ -20,9 +20,9 @@ from the sequential ones after a few steps (``max_abs_diff_vs_sequential``; 0.0 
 bit-identical).
 
 Every variant is compiled with the XLA options the engine gives the model
-(:func:`signticket.cpu_tuning.program_options`: LLVM -O1, and for the conv-free MLP dots off
-YNNPACK); the sequential rate under the process's flags alone (the engine before those options)
-is recorded beside it as ``sequential_process_flags_img_per_s``.
+(:func:`signticket.cpu_tuning.program_options`: for the conv-free MLP, LLVM -O1 and dots off
+YNNPACK; none for the convnet); the sequential rate under the process's flags alone (the
+engine before those options) is recorded beside it as ``sequential_process_flags_img_per_s``.
 """
 
 from __future__ import annotations

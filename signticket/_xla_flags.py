@@ -117,11 +117,9 @@ def llvm_o1_options() -> dict[str, int]:
       where -O3's loop passes are most of the compile of a program run once per run): the
       variables are bit-identical to the default's (``python -m bench.init_compile`` checks
       every registered model), so run directories made before stay valid.
-    * The train and eval steps of conv-free models (``cpu_tuning.program_options``): the
-      permuted-masks MLP's step 1.01-1.17x faster in two runs, bit-identical
-      (``python -m bench.step_options``). Not for conv models: the convnet gained 1.09x but
-      MobileNetV2 lost (0.76x), and -O3 (the default) rounds some of the convnet's results
-      differently (max |diff| ~3e-8 after a step; -O1 and -O2 agree bit for bit).
+    * The train and eval steps of conv-free models: the permuted-masks MLP's step 1.01-1.17x
+      faster in two runs, bit-identical (``python -m bench.step_options``). Why not conv
+      models: :func:`signticket.cpu_tuning.program_options`.
 
     Figures in ``docs/performance.md``. Empty with ``SIGNTICKET_XLA_DEFAULTS=0``."""
     if os.environ.get("SIGNTICKET_XLA_DEFAULTS", "1") == "0":

@@ -44,9 +44,10 @@ def program_options(variables) -> dict[str, Any]:
     CPU backend, :func:`signticket._xla_flags.conv_free_options` and
     :func:`signticket._xla_flags.llvm_o1_options`; else none.
 
-    Why conv models keep XLA's default LLVM level: -O1 made the convnet's step 1.09x faster
-    but MobileNetV2's 0.76-0.94x (its depthwise convs are shifted slices, which XLA's own loops
-    compute); ``python -m bench.step_options``, figures in ``docs/performance.md``."""
+    Why conv models keep XLA's default LLVM level (-O3): -O1 made the convnet's step
+    1.04-1.10x faster but MobileNetV2's 0.76-0.94x (its depthwise convs are shifted slices,
+    which XLA's own loops compute), and it rounds some of the convnet's results differently
+    (~3e-8 after a step); ``python -m bench.step_options``, figures in ``docs/performance.md``."""
     import jax
 
     if jax.default_backend() != "cpu":

@@ -53,8 +53,7 @@ BASELINE_ROWS = {"onednn", "onednn_compile", "xla_flag", "xla_flag_compile", "ma
                  "barrier", "barrier_first_call",
                  "matching", "matching_first_call", "matching_objective", "seeds_mlp_2",
                  "seeds_convnet_2", "seeds_unrolled_mlp_2", "seeds_unrolled_convnet_2",
-                 "seeds_unrolled_vs_flags_mlp_2", "seeds_unrolled_vs_flags_convnet_2",
-                 "sign_in_step", "sign_in_bytes"}
+                 "seeds_unrolled_vs_flags_mlp_2", "sign_in_step", "sign_in_bytes"}
 
 
 def test_suite_tiny_runs_every_row(tmp_path):
