@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 
+from bench import isa
 from bench.train_step import xla_flag_state
 
 
@@ -142,6 +143,7 @@ def machine_info() -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "jax_compilation_cache_dir": jax.config.jax_compilation_cache_dir,
         **xla_flag_state(),
+        "isa_caps": isa.state(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

@@ -4,6 +4,7 @@
     python -m bench.suite --tiny                   # smoke sizes: checks it runs, claims nothing
     python -m bench.suite --only barrier,seeds     # some rows
     python -m bench.suite --out bench/results/suite.json
+    python -m bench.suite --isa avx2               # as an AVX2-only machine (bench/isa.py)
 
 Rows (``--only`` names):
 
@@ -56,7 +57,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from bench import barrier, imp_round, matching, seeds, sign_in, torch_models, train_step, workloads
+from bench import (
+    barrier,
+    imp_round,
+    isa,
+    matching,
+    seeds,
+    sign_in,
+    torch_models,
+    train_step,
+    workloads,
+)
 from bench.report import Row, format_table, machine_info
 from signticket import _host_malloc
 from signticket._xla_flags import YNN_FLAG
@@ -322,6 +333,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--only", default="", help=f"comma-separated rows: {', '.join(GROUPS)}")
     p.add_argument("--out", default="bench/results/suite.json")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    p.add_argument("--isa", choices=sorted(isa.CAPS), default=None,
+                   help="measure as a machine with this ISA would: caps oneDNN, ATen and XLA "
+                        "(bench/isa.py); on an AVX-512 machine, --isa avx2 gives the AVX2 table")
     p.add_argument("--rounds", type=int, default=3,
                    help="train-step rows: alternating signticket / torch measurements, median "
                         "of each side (1 with --tiny)")
@@ -331,9 +345,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown:
         p.error(f"unknown rows {unknown}; available: {', '.join(GROUPS)}")
 
-    machine = machine_info()
     if args.rounds < 1:
         p.error(f"--rounds must be >= 1, got {args.rounds}")
+    if args.isa and not isa.is_capped(args.isa, os.environ):
+        # the caps must be in the environment before the libraries start: a child measures
+        out = Path(args.out)
+        out.unlink(missing_ok=True)
+        rc = isa.run_capped(args.isa, "bench.suite", sys.argv[1:] if argv is None else argv)
+        if not out.exists():
+            return {"errors": {"isa": f"the capped child process exited with {rc}, no results"}}
+        return json.loads(out.read_text())
+    machine = machine_info()
     suite = Suite(args.tiny, torch_baseline=not args.no_torch, groups=groups,
                   rounds=1 if args.tiny else args.rounds)
     rows: list[Row] = []
@@ -357,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{machine['conv_backend']} convs, "
           f"YNN flag {'on' if machine['ynn_fusion_flag'] else 'off'}, "
           f"malloc defaults {'on' if machine['host_malloc_defaults'] else 'off'}, "
-          f"load {machine['load_average_at_start'][0]:.1f}")
+          f"load {machine['load_average_at_start'][0]:.1f}{isa.label()}")
     print(table)
     result = {
         "tiny": args.tiny,

@@ -1,10 +1,23 @@
 """The benchmark runs (tiny sizes; no timing assertions — timings live in bench/, not tests)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from bench import conv_ops, init_compile, step_options, suite, torch_models, train_step, workloads
+from bench import (
+    conv_ops,
+    init_compile,
+    isa,
+    step_options,
+    suite,
+    torch_models,
+    train_step,
+    workloads,
+)
 from signticket import _xla_flags, cpu_tuning
 from signticket.native import conv as native_conv
 
@@ -127,3 +140,38 @@ def test_step_options_bench_times_both_sides_in_one_process(tmp_path):
     for bad in (["--models", "convnet,nope"], ["--blocks", "0"], ["--models", ""]):
         with pytest.raises(SystemExit):
             step_options.main(bad)
+
+
+def test_isa_caps_replace_only_their_own_settings():
+    env = isa.capped_env("avx2", {"XLA_FLAGS": "--xla_cpu_max_isa=AVX512 --foo=1", "HOME": "/h"})
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and env["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert env["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
+    assert env["XLA_FLAGS"].split() == ["--foo=1", "--xla_cpu_max_isa=AVX2"] and env["HOME"] == "/h"
+    assert isa.is_capped("avx2", env) and not isa.is_capped("avx2", {"HOME": "/h"})
+    assert isa.label({}) == "" and "AVX2" in isa.label(env)
+    with pytest.raises(ValueError, match="unknown ISA cap 'avx9'"):
+        isa.capped_env("avx9", {})
+
+
+def test_suite_isa_cap_measures_in_a_capped_child(tmp_path):
+    before = dict(os.environ)
+    out = tmp_path / "s.json"
+    result = suite.main(["--tiny", "--isa", "avx2", "--only", "train_convnet", "--no-torch",
+                         "--out", str(out)])
+    assert result["errors"] == {} and result == json.loads(out.read_text())
+    assert result["machine"]["isa_caps"] == isa.CAPS["avx2"]
+    assert next(r for r in result["rows"] if r["key"] == "train_convnet")["signticket"] > 0
+    assert dict(os.environ) == before  # the caps stayed in the child
+
+
+@pytest.mark.skipif(not native_conv.enabled(), reason="no oneDNN convolutions here")
+def test_isa_cap_reaches_onednn():
+    """oneDNN itself reports the capped ISA (its verbose header), not just the environment."""
+    code = ("import jax.numpy as jnp; from signticket.native import conv;"
+            "print(float(conv.conv(jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8))).sum()))")
+    env = {**isa.capped_env("avx2", os.environ), "ONEDNN_VERBOSE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header = [line for line in proc.stdout.splitlines() if "isa:" in line]
+    assert header and all("AVX2" in line and "512" not in line for line in header), header
