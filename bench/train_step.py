@@ -19,7 +19,7 @@ import os
 import platform
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -55,21 +55,29 @@ def xla_flag_state() -> dict[str, Any]:
             "host_malloc_defaults": _host_malloc.applied()}
 
 
-def measure_engine(
+class EngineStep(NamedTuple):
+    """One workload's ready-to-call train step: ``step()`` advances the engine state held
+    inside by one step on the fixed batch and returns the step's metrics."""
+
+    step: Callable[[], dict[str, Any]]
+    params: PyTree
+    state_bytes: dict[str, int]
+    compiler_options: dict[str, Any]
+
+
+def engine_step(
     model: nn.Module,
     batch_size: int,
     image_shape: tuple[int, ...],
     *,
-    steps: int,
-    repeats: int,
     sparsity: float = 0.0,
     augment: bool = True,
     make_tx: TxFactory = masked_sgd,
     seed: int = 0,
     compute_dtype: Any = None,
     compiler_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Time ``Engine(model, make_tx(mask)).train_step`` on a fixed random uint8 batch.
+) -> EngineStep:
+    """``Engine(model, make_tx(mask)).train_step`` on a fixed random uint8 batch, not yet run.
 
     Params come from :func:`bench.workloads.init_variables`. ``sparsity > 0`` draws a uniform
     random mask (seed 1) over the prunable leaves and starts from the masked params; with
@@ -78,7 +86,6 @@ def measure_engine(
     ``compute_dtype`` (e.g. ``"bfloat16"``) is the engine's mixed-precision policy.
     ``compiler_options``: the step's XLA options; None (default) gives the ones experiments
     use (:func:`signticket.cpu_tuning.program_options`), ``{}`` the process's flags alone.
-    Returns compile time, img/s, seconds per step and the bytes of params + optimizer state.
     """
     mesh = make_mesh()
     channels = image_shape[-1]
@@ -105,11 +112,33 @@ def measure_engine(
     batch = jax.device_put(batch, batch_sharded(mesh))
     box = {"state": state}
 
-    def step():
+    def step() -> dict[str, Any]:
         box["state"], metrics = engine.train_step(box["state"], batch)
         return metrics
 
-    t = timing.time_calls(step, repeats=repeats, number=steps)
+    return EngineStep(step, params, state_bytes, compiler_options)
+
+
+def measure_engine(
+    model: nn.Module,
+    batch_size: int,
+    image_shape: tuple[int, ...],
+    *,
+    steps: int,
+    repeats: int,
+    sparsity: float = 0.0,
+    augment: bool = True,
+    make_tx: TxFactory = masked_sgd,
+    seed: int = 0,
+    compute_dtype: Any = None,
+    compiler_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Time the step of :func:`engine_step` (same arguments): compile time, img/s, seconds
+    per step and the bytes of params + optimizer state."""
+    built = engine_step(model, batch_size, image_shape, sparsity=sparsity, augment=augment,
+                        make_tx=make_tx, seed=seed, compute_dtype=compute_dtype,
+                        compiler_options=compiler_options)
+    t = timing.time_calls(built.step, repeats=repeats, number=steps)
     return {
         "batch_size": batch_size,
         "image_shape": list(image_shape),
@@ -118,13 +147,13 @@ def measure_engine(
         "compute_dtype": jnp.dtype(compute_dtype or jnp.float32).name,
         "devices": len(jax.devices()),
         "backend": jax.default_backend(),
-        "param_count": workloads.param_count(params),
+        "param_count": workloads.param_count(built.params),
         "compile_s": round(t.compile_s, 2),
         "img_per_s_median": round(t.rate(batch_size), 1),
         "img_per_s_all": [round(batch_size / s, 1) for s in t.samples_s],
         "step_ms_median": round(1000 * t.median_s, 2),
-        "compiler_options": compiler_options,
-        "state_bytes": {**state_bytes, "total": sum(state_bytes.values())},
+        "compiler_options": built.compiler_options,
+        "state_bytes": {**built.state_bytes, "total": sum(built.state_bytes.values())},
         "timing": t.to_json(),
         **xla_flag_state(),
     }

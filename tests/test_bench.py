@@ -12,6 +12,7 @@ from bench import (
     conv_ops,
     init_compile,
     isa,
+    profile_step,
     step_options,
     suite,
     torch_models,
@@ -175,3 +176,29 @@ def test_isa_cap_reaches_onednn():
     assert proc.returncode == 0, proc.stderr[-2000:]
     header = [line for line in proc.stdout.splitlines() if "isa:" in line]
     assert header and all("AVX2" in line and "512" not in line for line in header), header
+
+
+def test_profile_split_counts_overlap_once():
+    assert profile_step.union_seconds([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == 4
+    ops = [("signticket_onednn_conv.3", 0.0, 2.0),
+           ("signticket_onednn_conv_kernel_grad.1", 1.0, 3.0),
+           ("ynn_fusion.7", 2.5, 4.0), ("add_maximum_fusion.2", 4.0, 5.0)]
+    result = profile_step.split(ops, steps=2, wall_s=6.0)
+    assert result["step_ms"] == 3000 and result["busy_ms"] == 2500
+    assert result["conv_wall_ms"] == 1500  # forward and kernel gradient overlap 1 s of 3
+    assert result["thread_ms"]["oneDNN conv kernel gradient"] == 1000
+    assert result["wall_ms"]["YNNPACK fusions"] == 750
+    assert result["top_op_kinds_thread_ms"]["add_maximum_fusion"] == 500
+
+
+def test_profile_step_bench_splits_a_traced_step(tmp_path):
+    result = profile_step.main(["--model", "convnet", "--tiny", "--steps", "2",
+                                "--out", str(tmp_path / "p.json")])
+    assert json.loads((tmp_path / "p.json").read_text())["busy_ms"] == result["busy_ms"]
+    assert 0 < result["busy_ms"] <= result["step_ms"] * 1.01
+    assert result["thread_ms"]["XLA fusions and ops"] > 0
+    convs = [result["thread_ms"][c] for c in profile_step.CATEGORIES[:3]]
+    # where convs run on oneDNN, all three ops show up; elsewhere none
+    assert all(t > 0 for t in convs) if native_conv.enabled() else not any(convs)
+    with pytest.raises(SystemExit):
+        profile_step.main(["--model", "nope"])
