@@ -60,7 +60,8 @@ class EngineStep(NamedTuple):
     inside by one step on the fixed batch and returns the step's metrics."""
 
     step: Callable[[], dict[str, Any]]
-    params: PyTree
+    #: batch size, image shape, sparsity, augmentation, compute dtype, parameter count
+    setting: dict[str, Any]
     state_bytes: dict[str, int]
     compiler_options: dict[str, Any]
 
@@ -116,38 +117,22 @@ def engine_step(
         box["state"], metrics = engine.train_step(box["state"], batch)
         return metrics
 
-    return EngineStep(step, params, state_bytes, compiler_options)
+    setting = {"batch_size": batch_size, "image_shape": list(image_shape), "sparsity": sparsity,
+               "augment": augment, "compute_dtype": jnp.dtype(compute_dtype or jnp.float32).name,
+               "param_count": workloads.param_count(params)}
+    return EngineStep(step, setting, state_bytes, compiler_options)
 
 
-def measure_engine(
-    model: nn.Module,
-    batch_size: int,
-    image_shape: tuple[int, ...],
-    *,
-    steps: int,
-    repeats: int,
-    sparsity: float = 0.0,
-    augment: bool = True,
-    make_tx: TxFactory = masked_sgd,
-    seed: int = 0,
-    compute_dtype: Any = None,
-    compiler_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Time the step of :func:`engine_step` (same arguments): compile time, img/s, seconds
-    per step and the bytes of params + optimizer state."""
-    built = engine_step(model, batch_size, image_shape, sparsity=sparsity, augment=augment,
-                        make_tx=make_tx, seed=seed, compute_dtype=compute_dtype,
-                        compiler_options=compiler_options)
+def measure_engine(model: nn.Module, batch_size: int, image_shape: tuple[int, ...], *,
+                   steps: int, repeats: int, **step_options: Any) -> dict[str, Any]:
+    """Time the step of :func:`engine_step` (``step_options``: its keyword arguments): compile
+    time, img/s, seconds per step and the bytes of params + optimizer state."""
+    built = engine_step(model, batch_size, image_shape, **step_options)
     t = timing.time_calls(built.step, repeats=repeats, number=steps)
     return {
-        "batch_size": batch_size,
-        "image_shape": list(image_shape),
-        "sparsity": sparsity,
-        "augment": augment,
-        "compute_dtype": jnp.dtype(compute_dtype or jnp.float32).name,
+        **built.setting,
         "devices": len(jax.devices()),
         "backend": jax.default_backend(),
-        "param_count": workloads.param_count(built.params),
         "compile_s": round(t.compile_s, 2),
         "img_per_s_median": round(t.rate(batch_size), 1),
         "img_per_s_all": [round(batch_size / s, 1) for s in t.samples_s],
