@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default="bench/results/suite.json")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
     p.add_argument("--isa", choices=sorted(isa.CAPS), default=None,
-                   help="measure as a machine with this ISA would: caps oneDNN, ATen and XLA "
+                   help="measure as a machine with this ISA would: caps oneDNN, ATen, MKL and XLA "
                         "(bench/isa.py); on an AVX-512 machine, --isa avx2 gives the AVX2 table")
     p.add_argument("--rounds", type=int, default=3,
                    help="train-step rows: alternating signticket / torch measurements, median "
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{machine['conv_backend']} convs, "
           f"YNN flag {'on' if machine['ynn_fusion_flag'] else 'off'}, "
           f"malloc defaults {'on' if machine['host_malloc_defaults'] else 'off'}, "
-          f"load {machine['load_average_at_start'][0]:.1f}{isa.label()}")
+          f"load {machine['load_average_at_start'][0]:.1f}{isa.label(machine['isa_caps'])}")
     print(table)
     result = {
         "tiny": args.tiny,
