@@ -474,6 +474,48 @@ def test_conv_layer_equals_xla_conv_on_im2col_and_fallback_paths(
                                 jax.grad(loss(reference), argnums=(0, 1))(w, x), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "hw,kernel,strides,padding,dense",
+    [((2, 2), (3, 3), (1, 1), ((1, 1), (1, 1)), True),
+     ((1, 1), (3, 3), (1, 1), ((1, 1), (1, 1)), True),
+     ((2, 1), (3, 3), (1, 1), ((1, 1), (1, 1)), True),
+     ((2, 2), (3, 3), (2, 2), ((1, 1), (1, 1)), True),
+     ((2, 2), (2, 3), (1, 1), ((0, 1), (2, 0)), True),
+     ((2, 2), (2, 3), (1, 1), "SAME", True),
+     ((2, 2), (1, 1), (1, 1), ((0, 0), (0, 0)), False),  # the map would cost more products
+     ((3, 3), (3, 3), (1, 1), ((1, 1), (1, 1)), False)],
+)
+def test_tiny_image_convs_run_as_their_dense_map(hw, kernel, strides, padding, dense):
+    """Convs on images of <= 4 pixels (VGG's last stage) are one matmul by their dense linear
+    map, whatever conv backend is on: value, both gradients, a Hessian-vector product (forward
+    over reverse, as curvature.py runs it) and vmap equal ``lax.conv_general_dilated``."""
+    from signticket.models.layers import conv_general_dilated
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, *hw, 5))
+    w = jax.random.normal(jax.random.PRNGKey(1), (*kernel, 5, 4))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def ours(w_, x_):
+        return conv_general_dilated(x_, w_, strides, padding, dimension_numbers=dn)
+
+    def reference(w_, x_):
+        return jax.lax.conv_general_dilated(x_, w_, strides, padding, dimension_numbers=dn,
+                                            precision="highest")
+
+    jaxpr = str(jax.make_jaxpr(ours)(w, x))
+    assert ("conv_general_dilated" not in jaxpr and "onednn" not in jaxpr) == dense
+    chex.assert_trees_all_close(ours(w, x), reference(w, x), atol=1e-4)
+    loss = lambda f: lambda k, x_: jnp.sum(jnp.sin(f(k, x_)))
+    chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(w, x),
+                                jax.grad(loss(reference), argnums=(0, 1))(w, x), atol=1e-4)
+    v = jax.random.normal(jax.random.PRNGKey(2), w.shape)
+    hvp = lambda f: jax.jvp(jax.grad(lambda k: loss(f)(k, x)), (w,), (v,))[1]
+    chex.assert_trees_all_close(hvp(ours), hvp(reference), atol=1e-3)
+    ws = jnp.stack([w, -w])
+    chex.assert_trees_all_close(jax.vmap(ours, (0, None))(ws, x),
+                                jax.vmap(reference, (0, None))(ws, x), atol=1e-4)
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_batch_norm_equals_flax_batch_norm(train):
     """Our one-multiply-add BatchNorm has flax's variables, statistics, running-average update

@@ -44,15 +44,24 @@ def torch_default_bias(fan_in: int) -> nn.initializers.Initializer:
     return init
 
 
-# XLA's CPU convolution is pathological on tiny images: a 3x3 512->512 conv on a 128x2x2 batch
-# runs at ~1.4 GFLOP/s (3.4 s fwd+bwd) where the same layer on 4x4 runs at ~120 GFLOP/s. VGG's
-# last stage is exactly that shape. Below this many output pixels, ``conv_general_dilated``
-# computes the conv as one im2col matmul instead (77 ms for that layer; tests/test_models.py
-# checks it equals ``lax.conv_general_dilated``). So does a single-channel input (grayscale
-# images): with one input channel XLA's conv has nothing to vectorize over, and the matmul
-# halves the convnet's first layer on Fashion-MNIST (forward + kernel gradient 4.0 -> 2.3 ms,
-# batch 128). Everything else keeps XLA's conv, which beats im2col there (2-3x on ResNet-20).
+# XLA's CPU convolution is pathological on tiny outputs: a 3x3 512->512 conv on a 128x2x2 batch
+# runs at ~1.4 GFLOP/s (3.4 s fwd+bwd) where the same layer on 4x4 runs at ~120 GFLOP/s. Below
+# this many output pixels, ``conv_general_dilated`` computes the conv as one im2col matmul
+# instead (77 ms for that layer; tests/test_models.py checks it equals
+# ``lax.conv_general_dilated``). So does a single-channel input (grayscale images): with one
+# input channel XLA's conv has nothing to vectorize over, and the matmul halves the convnet's
+# first layer on Fashion-MNIST (forward + kernel gradient 4.0 -> 2.3 ms, batch 128). Everything
+# else keeps XLA's conv, which beats im2col there (2-3x on ResNet-20).
 IM2COL_MAX_OUTPUT_PIXELS = 4
+
+# A conv on an image of a few pixels is a small dense linear map, and one matmul computes it
+# with only the products that touch real pixels: on VGG's last stage (3x3, 2x2 images) every
+# output pixel sees 4 of its 9 taps, the rest is padding, which oneDNN's and XLA's convs
+# (and im2col) multiply anyway. Up to this many input pixels (and no more than the kernel has
+# taps, so the map never costs more products than the conv), ``conv_general_dilated`` builds
+# the map from the kernel's taps and multiplies; its gradients are two more matmuls and a sum
+# of the map's blocks per tap (plain ops: reverse and forward mode, vmap and sharding as usual).
+DENSE_MAP_MAX_INPUT_PIXELS = 4
 
 
 def conv_general_dilated(
@@ -68,45 +77,82 @@ def conv_general_dilated(
     precision=None,
     preferred_element_type=None,
 ) -> jax.Array:
-    """``lax.conv_general_dilated``, as one im2col matmul for plain NHWC/HWIO convs with at
-    most :data:`IM2COL_MAX_OUTPUT_PIXELS` output pixels or one input channel on the CPU backend:
-    ``y[n, p, o] = sum_{i, j, c} pad(x)[n, p + (i, j), c] * w[i, j, c, o]``."""
-    nhwc = lhs.ndim == 4 and dimension_numbers == lax.conv_dimension_numbers(
-        lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    undilated = all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
-    if (nhwc and undilated and feature_group_count == 1 and batch_group_count == 1
-            and preferred_element_type in (None, lhs.dtype) and native_conv.enabled()):
-        pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-                if isinstance(padding, str) else padding)
-        if native_conv.supports(lhs, rhs, pads):
-            return native_conv.conv(lhs, rhs, window_strides, pads)
+    """``lax.conv_general_dilated``, routed for NHWC/HWIO convs on the CPU backend: images of at
+    most :data:`DENSE_MAP_MAX_INPUT_PIXELS` pixels by their dense linear map
+    (:func:`dense_map_conv`); other ungrouped convs by oneDNN where it is enabled and supports
+    them; depthwise convs as shifted slices (:func:`depthwise_conv`); and otherwise, for
+    stride-1 convs with at most :data:`IM2COL_MAX_OUTPUT_PIXELS` output pixels or one input
+    channel, one im2col matmul: ``y[n, p, o] = sum_{i, j, c} pad(x)[n, p + (i, j), c] *
+    w[i, j, c, o]``. Everything else is XLA's conv."""
     kwargs = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
                   dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                   batch_group_count=batch_group_count, precision=precision,
                   preferred_element_type=preferred_element_type)
-    if (nhwc and undilated and batch_group_count == 1 and jax.default_backend() == "cpu"
-            and feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[2] == 1
-            and preferred_element_type in (None, lhs.dtype)):
-        pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-                if isinstance(padding, str) else padding)
-        return depthwise_conv(lhs, rhs, tuple(window_strides), tuple(map(tuple, pads)))
-    plain = (nhwc and undilated and not isinstance(padding, str)
-             and all(s == 1 for s in window_strides)
-             and feature_group_count == 1 and batch_group_count == 1)
-    if not plain or jax.default_backend() != "cpu":
+    nhwc = (lhs.ndim == 4 and dimension_numbers is not None
+            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
+    undilated = all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
+    if not (nhwc and undilated and batch_group_count == 1):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
-    (top, bottom), (left, right) = padding
+    strides = tuple(window_strides)
+    pads = tuple(map(tuple, lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+                     if isinstance(padding, str) else padding))
     kh, kw, cin, cout = rhs.shape
     n, h, w, _ = lhs.shape
-    ho, wo = h + top + bottom - kh + 1, w + left + right - kw + 1
-    if ho * wo > IM2COL_MAX_OUTPUT_PIXELS and cin > 1:
+    ho, wo = _conv_output_hw((h, w), (kh, kw), strides, pads)
+    on_cpu = jax.default_backend() == "cpu"
+    native_dtype = preferred_element_type in (None, lhs.dtype)
+    if feature_group_count == 1:
+        if on_cpu and h * w <= min(DENSE_MAP_MAX_INPUT_PIXELS, kh * kw) and ho >= 1 and wo >= 1:
+            return dense_map_conv(lhs, rhs, strides, pads, precision=precision,
+                                  preferred_element_type=preferred_element_type)
+        if native_dtype and native_conv.enabled() and native_conv.supports(lhs, rhs, pads):
+            return native_conv.conv(lhs, rhs, strides, pads)
+    elif (on_cpu and native_dtype and feature_group_count == lhs.shape[-1] == cout
+          and cin == 1):
+        return depthwise_conv(lhs, rhs, strides, pads)
+    if (not on_cpu or feature_group_count != 1 or any(s != 1 for s in strides)
+            or (ho * wo > IM2COL_MAX_OUTPUT_PIXELS and cin > 1)):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+    (top, bottom), (left, right) = pads
     x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
     cols = jnp.concatenate(
         [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
     out = jnp.dot(cols.reshape(n * ho * wo, kh * kw * cin), rhs.reshape(kh * kw * cin, cout),
                   precision=precision, preferred_element_type=preferred_element_type)
     return out.reshape(n, ho, wo, cout)
+
+
+def _conv_output_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:
+    return tuple((size + lo + hi - k) // s + 1
+                 for size, k, s, (lo, hi) in zip(in_hw, kernel_hw, strides, pads, strict=True))
+
+
+def dense_map_conv(x: jax.Array, w: jax.Array, strides: tuple[int, int],
+                   pads: tuple[tuple[int, int], tuple[int, int]], precision=None,
+                   preferred_element_type=None) -> jax.Array:
+    """NHWC conv with HWIO kernel as one matmul by the conv's dense linear map:
+    ``y[n, q, o] = sum_{p, c} x[n, p, c] * M[(p, c), (q, o)]`` over input pixels ``p`` and
+    output pixels ``q``, where block ``(p, q)`` of ``M`` is the kernel tap linking them (zero
+    where none does). ``M`` has ``(H * W * C) x (OH * OW * O)`` entries: for tiny images only."""
+    (top, _), (left, _) = pads
+    n, h, wd, cin = x.shape
+    kh, kw, _, cout = w.shape
+    oh, ow = _conv_output_hw((h, wd), (kh, kw), strides, pads)
+    # Split (not indexed) taps: the kernel gradient is then one concatenate of per-tap sums.
+    taps = [t.reshape(cin, cout) for t in jnp.split(w.reshape(kh * kw, cin, cout), kh * kw)]
+    zero = jnp.zeros((cin, cout), w.dtype)
+
+    def tap(i: int, j: int) -> jax.Array:
+        return taps[i * kw + j] if 0 <= i < kh and 0 <= j < kw else zero
+
+    rows = [jnp.concatenate([tap(ih - qh * strides[0] + top, iw - qw * strides[1] + left)
+                             for qh in range(oh) for qw in range(ow)], axis=1)
+            for ih in range(h) for iw in range(wd)]
+    dense_map = jnp.concatenate(rows, axis=0)
+    y = jnp.dot(x.reshape(n, h * wd * cin), dense_map, precision=precision,
+                preferred_element_type=preferred_element_type)
+    return y.reshape(n, oh, ow, cout)
 
 
 # XLA's CPU depthwise convolution (feature_group_count = channels) runs its forward and both
