@@ -1,13 +1,14 @@
 """Each convolution's three ops on their own: signticket (oneDNN), XLA and PyTorch.
 
-    python -m bench.conv_ops                  # the convnet's and ResNet-20's conv shapes, batch 128
+    python -m bench.conv_ops                  # the CPU workloads' conv shapes, batch 128
     python -m bench.conv_ops --tiny           # smoke run (CI): tiny sizes, no figures claimed
 
-For every 3x3 stride-1 conv shape of the two CPU workloads, times the forward pass, the input
-gradient and the kernel gradient, each jitted on its own (signticket's conv entry point and its
-VJPs, NHWC/HWIO: oneDNN where :mod:`signticket.native.conv` is enabled) and the same entry
-point with ``SIGNTICKET_CONV=xla`` (XLA's conv, or the im2col matmul for single-channel inputs),
-against
+For every 3x3 stride-1 conv shape of the convnet and ResNet-20, and VGG-11's last stage, times
+the forward pass, the input gradient and the kernel gradient, each jitted on its own
+(signticket's conv entry point and its VJPs, NHWC/HWIO: oneDNN where
+:mod:`signticket.native.conv` is enabled, the dense linear map on 2x2 images whatever the
+backend) and the same entry point with ``SIGNTICKET_CONV=xla`` (XLA's conv, or the im2col
+matmul for single-channel inputs), against
 ``torch.nn.functional.conv2d`` and ``aten.convolution_backward`` (channels_last) when torch is
 installed. Milliseconds, median over repeats (:mod:`bench.timing`). Writes the figures as JSON.
 """
@@ -26,8 +27,8 @@ from bench import report, timing, torch_models
 from signticket.models import layers
 from signticket.native import conv as native_conv
 
-# (name, batch, height, width, in channels, out channels): the convnet (16, 32, 64) on 28x28x1
-# and ResNet-20's three stages on 32x32x3.
+# (name, batch, height, width, in channels, out channels): the convnet (16, 32, 64) on 28x28x1,
+# ResNet-20's three stages on 32x32x3 and VGG-11's last stage (2x2 images: the dense-map route).
 SHAPES = [
     ("convnet conv0", 128, 28, 28, 1, 16),
     ("convnet conv1", 128, 14, 14, 16, 32),
@@ -35,6 +36,7 @@ SHAPES = [
     ("resnet20 stage0", 128, 32, 32, 16, 16),
     ("resnet20 stage1", 128, 16, 16, 32, 32),
     ("resnet20 stage2", 128, 8, 8, 64, 64),
+    ("vgg11 stage4", 128, 2, 2, 512, 512),
 ]
 OPS = ("forward", "input_grad", "kernel_grad")
 
@@ -104,8 +106,10 @@ def measure(shapes: list[tuple], repeats: int, with_torch: bool) -> list[dict[st
     (optionally) torch."""
     results = []
     for name, *dims in shapes:
-        row: dict[str, Any] = {"conv": name, "shape_nhwc_cin_cout": dims,
-                               "signticket_conv": "onednn" if native_conv.enabled() else "xla"}
+        _, h, w, *_ = dims
+        route = ("dense map" if h * w <= layers.DENSE_MAP_MAX_INPUT_PIXELS
+                 else "onednn" if native_conv.enabled() else "xla")
+        row: dict[str, Any] = {"conv": name, "shape_nhwc_cin_cout": dims, "signticket_conv": route}
         impls = {"signticket": _jax_ops_on("auto", dims), "xla": _jax_ops_on("xla", dims)}
         if with_torch:
             impls["torch"] = torch_ops(*dims)
@@ -146,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with_torch = not args.no_torch and torch_models.torch_available()
     results = measure(shapes, args.repeats, with_torch)
     print(format_rows(results))
-    print(f"ours = signticket's conv ({results[0]['signticket_conv']}); "
+    routes = ", ".join(f"{r['conv']}: {r['signticket_conv']}" for r in results)
+    print(f"ours = signticket's conv ({routes}); "
           "ratio = torch ms / ours ms (above 1: signticket is faster)")
     out = {"machine": report.machine_info(), "tiny": args.tiny, "rows": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
