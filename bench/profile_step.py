@@ -6,7 +6,7 @@
 
 What is measured: the suite's train-step workload (:func:`bench.train_step.engine_step`, the
 options experiments use), warmed up, then ``--steps`` steps under ``jax.profiler.trace``. The
-trace's XLA worker threads are read back (the ``XSpace`` protobuf, with TensorFlow's bindings)
+trace's XLA threads are read back (the ``XSpace`` protobuf, with TensorFlow's bindings)
 and every op executed there is put in one category: oneDNN convolution forward / input
 gradient / kernel gradient (:mod:`signticket.native.conv`), YNNPACK fusions (dots, BatchNorm
 reductions) and XLA's own fusions and ops. Per step: each category's thread time (ops on both
@@ -29,8 +29,10 @@ import jax
 
 from bench import report, train_step, workloads
 
-#: XLA:CPU's intra-op worker threads: where a program's ops (and the custom calls) run
-WORKER_THREAD = "tf_XLAEigen"
+#: the threads a program's ops (and the custom calls) run on: XLA:CPU's intra-op workers, and
+#: the PjRt client's threads, which run a program's first ops themselves (most of an
+#: evaluation's, whose ops form one chain)
+WORKER_THREADS = ("tf_XLAEigen", "tf_XLAPjRtCpuClient")
 #: trace events that are bookkeeping around the ops, not ops
 _NOT_OPS = ("ThreadpoolListener", "ThunkExecutor", "end: ", "SlinkyThreadPool")
 CATEGORIES = ("oneDNN conv forward", "oneDNN conv input gradient", "oneDNN conv kernel gradient",
@@ -65,7 +67,8 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
 
 
 def worker_ops(xplane_file: Path) -> list[tuple[str, float, float]]:
-    """``(op, start_s, end_s)`` of every op on XLA's worker threads in an ``*.xplane.pb``."""
+    """``(op, start_s, end_s)`` of every op on XLA's threads (:data:`WORKER_THREADS`) in an
+    ``*.xplane.pb``."""
     try:
         from tensorflow.tsl.profiler.protobuf import xplane_pb2
     except ImportError as e:
@@ -77,7 +80,7 @@ def worker_ops(xplane_file: Path) -> list[tuple[str, float, float]]:
     for plane in space.planes:
         names = {k: m.name for k, m in plane.event_metadata.items()}
         for line in plane.lines:
-            if not (line.name or line.display_name).startswith(WORKER_THREAD):
+            if not (line.name or line.display_name).startswith(WORKER_THREADS):
                 continue
             for event in line.events:
                 name = names.get(event.metadata_id, "")
@@ -128,8 +131,9 @@ def profile(name: str, steps: int, tiny: bool = False) -> dict[str, Any]:
             raise RuntimeError(f"jax.profiler.trace wrote no *.xplane.pb under {tmp}")
         ops = worker_ops(files[-1])
     if not ops:
-        raise RuntimeError(f"no ops on threads named {WORKER_THREAD}* in the trace: this "
-                           "backend's threads are named otherwise (CPU only)")
+        names = " or ".join(f"{t}*" for t in WORKER_THREADS)
+        raise RuntimeError(f"no ops on threads named {names} in the trace: this backend's "
+                           "threads are named otherwise (CPU only)")
     return {**w.describe(), **split(ops, steps, wall)}
 
 
