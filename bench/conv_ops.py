@@ -107,7 +107,7 @@ def measure(shapes: list[tuple], repeats: int, with_torch: bool) -> list[dict[st
     results = []
     for name, *dims in shapes:
         _, h, w, *_ = dims
-        route = ("dense map" if h * w <= layers.DENSE_MAP_MAX_INPUT_PIXELS
+        route = ("dense map" if layers.takes_dense_map((h, w), (3, 3))
                  else "onednn" if native_conv.enabled() else "xla")
         row: dict[str, Any] = {"conv": name, "shape_nhwc_cin_cout": dims, "signticket_conv": route}
         impls = {"signticket": _jax_ops_on("auto", dims), "xla": _jax_ops_on("xla", dims)}

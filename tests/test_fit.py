@@ -39,7 +39,7 @@ class Killed(Exception):
     pass
 
 
-def _fit(directory, epochs=4, kill_at=None, tx=None):
+def _fit(directory, epochs=4, kill_at=None, tx=None, eval_every=1):
     ds, engine = _dataset(), _engine(tx)
     state = engine.init_state(jax.random.PRNGKey(0), ds.train_images)
 
@@ -60,6 +60,7 @@ def _fit(directory, epochs=4, kill_at=None, tx=None):
             checkpointer=ckpt,
             metrics=MetricsWriter(directory / "metrics.jsonl"),
             on_epoch_end=hook,
+            eval_every=eval_every,
             progress=False,
         )
     finally:
@@ -77,6 +78,17 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     assert full == pytest.approx(resumed, abs=1e-6)
     epochs = [r["epoch"] for r in MetricsWriter(tmp_path / "killed" / "metrics.jsonl").read()]
     assert epochs == [1, 2, 3, 4]
+
+
+def test_sparse_evaluation_still_tests_the_last_epoch_and_changes_no_weight(tmp_path):
+    """``eval_every`` beyond the run's length (the quickstart's AWS runs) tests only the last
+    epoch, with the same final state and test figures as testing every epoch."""
+    every_state, every = _fit(tmp_path / "every")
+    once_state, once = _fit(tmp_path / "once", eval_every=10)
+    chex.assert_trees_all_equal(every_state.params, once_state.params)
+    assert once == every
+    records = MetricsWriter(tmp_path / "once" / "metrics.jsonl").read()
+    assert [r["epoch"] for r in records if "test_accuracy" in r] == [4]
 
 
 def test_finished_run_is_reused_not_retrained(tmp_path):

@@ -103,7 +103,7 @@ def conv_general_dilated(
     on_cpu = jax.default_backend() == "cpu"
     native_dtype = preferred_element_type in (None, lhs.dtype)
     if feature_group_count == 1:
-        if on_cpu and h * w <= min(DENSE_MAP_MAX_INPUT_PIXELS, kh * kw) and ho >= 1 and wo >= 1:
+        if on_cpu and takes_dense_map((h, w), (kh, kw)) and ho >= 1 and wo >= 1:
             return dense_map_conv(lhs, rhs, strides, pads, precision=precision,
                                   preferred_element_type=preferred_element_type)
         if native_dtype and native_conv.enabled() and native_conv.supports(lhs, rhs, pads):
@@ -121,6 +121,13 @@ def conv_general_dilated(
     out = jnp.dot(cols.reshape(n * ho * wo, kh * kw * cin), rhs.reshape(kh * kw * cin, cout),
                   precision=precision, preferred_element_type=preferred_element_type)
     return out.reshape(n, ho, wo, cout)
+
+
+def takes_dense_map(image_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
+    """Whether an ungrouped CPU conv of this image and kernel size runs as its dense linear map
+    (:data:`DENSE_MAP_MAX_INPUT_PIXELS`)."""
+    pixels = image_hw[0] * image_hw[1]
+    return pixels <= min(DENSE_MAP_MAX_INPUT_PIXELS, kernel_hw[0] * kernel_hw[1])
 
 
 def _conv_output_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:
