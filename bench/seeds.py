@@ -15,7 +15,9 @@ Baseline: the same ``train_step`` jitted for one seed, called once per seed per 
 variant, ``unrolled``, jits the N seeds' steps side by side into one program without vmap: the
 same per-seed ops as the baseline (bit-identical to it, which vmap is not: its batched matmuls
 round differently), one dispatch per step: what ``fit_lockstep`` runs. Figure: total images/s
-over all seeds (median over repeats, compile timed apart), and how far each variant's params are
+over all seeds (median over repeats, compile timed apart; the variants' samples are taken in
+turn, :func:`bench.timing.time_alternating`, so a slow spell of the machine hits all of them),
+and how far each variant's params are
 from the sequential ones after a few steps (``max_abs_diff_vs_sequential``; 0.0 means
 bit-identical).
 
@@ -135,25 +137,27 @@ def _measure(n: int, model, tx, single, batched, unrolled, batch: int, steps: in
         unr[:] = [params, stats, opt_state]
         return loss
 
-    t_seq = timing.time_calls(sequential, repeats=repeats, number=steps)
-    t_vec = timing.time_calls(vmapped, repeats=repeats, number=steps)
-    t_unr = timing.time_calls(side_by_side, repeats=repeats, number=steps)
+    calls = {"sequential": sequential, "vmapped": vmapped, "unrolled": side_by_side}
+    if single_process_flags is not None:
+        calls["sequential_process_flags"] = functools.partial(sequential, single_process_flags)
+    t = timing.time_alternating(calls, repeats=repeats, number=steps)
     flags_only = {}
     if single_process_flags is not None:
-        t_flags = timing.time_calls(functools.partial(sequential, single_process_flags),
-                                    repeats=repeats, number=steps)
-        flags_only = {"sequential_process_flags_img_per_s": round(t_flags.rate(n * batch), 1)}
+        flags_only = {"sequential_process_flags_img_per_s":
+                      round(t["sequential_process_flags"].rate(n * batch), 1)}
     return {
-        "vmapped_img_per_s": round(t_vec.rate(n * batch), 1),
-        "sequential_img_per_s": round(t_seq.rate(n * batch), 1),
-        "unrolled_img_per_s": round(t_unr.rate(n * batch), 1),
+        "vmapped_img_per_s": round(t["vmapped"].rate(n * batch), 1),
+        "sequential_img_per_s": round(t["sequential"].rate(n * batch), 1),
+        "unrolled_img_per_s": round(t["unrolled"].rate(n * batch), 1),
         **flags_only,
-        "speedup": round(t_seq.median_s / t_vec.median_s, 3),
-        "unrolled_speedup": round(t_seq.median_s / t_unr.median_s, 3),
+        "speedup": round(t["sequential"].median_s / t["vmapped"].median_s, 3),
+        "unrolled_speedup": round(t["sequential"].median_s / t["unrolled"].median_s, 3),
+        # the same, as the median of each round's ratio (samples taken in turn)
+        "speedup_paired": round(timing.paired_speedup(t["sequential"], t["vmapped"]), 3),
+        "unrolled_speedup_paired": round(
+            timing.paired_speedup(t["sequential"], t["unrolled"]), 3),
         "max_abs_diff_vs_sequential": diffs,
-        "vmapped": t_vec.to_json(),
-        "sequential": t_seq.to_json(),
-        "unrolled": t_unr.to_json(),
+        **{name: samples.to_json() for name, samples in t.items()},
     }
 
 
@@ -179,7 +183,7 @@ def run(tiny: bool = False, model: str = "mlp") -> dict[str, Any]:
     single_process_flags = jax.jit(step, donate_argnums=(0, 1, 2)) if options else None
     # The MLP's step is ~2 ms: more steps per sample keep the clock's resolution out of it.
     batch, steps, repeats, seeds = (16, 1, 1, (2,)) if tiny else (
-        128, 20 if model == "mlp" else 5, 7 if model == "mlp" else 5, (4, 8))
+        128, 20 if model == "mlp" else 5, 15 if model == "mlp" else 5, (4, 8))
     return {
         "model": label,
         "batch_per_seed": batch,

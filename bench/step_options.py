@@ -8,8 +8,9 @@ MLP) as ``Engine.train_step`` with masked SGD on one fixed uint8 batch, compiled
 process with the model's options (:func:`signticket.cpu_tuning.program_options`): once at
 LLVM -O1 (:func:`signticket._xla_flags.llvm_o1_options`) and once at XLA's default level.
 The two steps then run in alternating blocks of a few steps (which goes first alternates
-too), so a slow spell of this noisy machine lands on both; reported are the median seconds per
-step of each side, how many blocks -O1 won, whether both sides' params are bit-identical after
+too: :func:`bench.timing.time_alternating`), so a slow spell of this noisy machine lands on
+both; reported are the median seconds per step of each side, how many blocks -O1 won, whether
+both sides' params are bit-identical after
 all their steps, and whether experiments use -O1 for the model. The compilation cache is off,
 so both compiles are real.
 """
@@ -17,14 +18,12 @@ so both compiles are real.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from typing import Any
 
 import jax
 import numpy as np
 
-from bench import report, train_step, workloads
+from bench import report, timing, train_step, workloads
 from signticket import cpu_tuning, models
 from signticket import data as data_lib
 from signticket.train import Engine
@@ -61,25 +60,25 @@ def measure(name: str, blocks: int, tiny: bool = False) -> dict[str, Any]:
     channels = w.image_shape[-1]
     pre = data_lib.Preprocess(mean=(0.5,) * channels, std=(0.25,) * channels)
     batch = jax.device_put(workloads.synthetic_batch(w.batch, w.image_shape))
-    state, engines, seconds, compile_s = {}, {}, {}, {}
+    state, engines = {}, {}
     for side, opts in sides.items():
         engines[side] = Engine(w.model, train_step.masked_sgd(None), pre,
                                compiler_options=opts or None)
         state[side] = engines[side].init_state(
             jax.random.PRNGKey(0), batch["image"][:1], params=variables["params"],
             batch_stats=variables["batch_stats"])
-        start = time.perf_counter()
-        state[side], _ = engines[side].train_step(state[side], batch)
-        jax.block_until_ready(state[side])
-        compile_s[side], seconds[side] = round(time.perf_counter() - start, 2), []
-    for block in range(blocks):
-        for side in (sides if block % 2 == 0 else reversed(list(sides))):
-            start = time.perf_counter()
-            for _ in range(per_block):
-                state[side], _ = engines[side].train_step(state[side], batch)
-            jax.block_until_ready(state[side])
-            seconds[side].append((time.perf_counter() - start) / per_block)
-    median = {side: statistics.median(s) for side, s in seconds.items()}
+
+    def step(side: str):
+        def call():
+            state[side], _ = engines[side].train_step(state[side], batch)
+            return state[side]
+        return call
+
+    timed = timing.time_alternating({side: step(side) for side in sides}, repeats=blocks,
+                                    number=per_block)
+    seconds = {side: t.samples_s for side, t in timed.items()}
+    compile_s = {side: round(t.first_s, 2) for side, t in timed.items()}
+    median = {side: t.median_s for side, t in timed.items()}
     return {
         **w.describe(), "options": options, "experiments_use_o1": options.get(LEVEL) == 1,
         "blocks": blocks, "steps_per_block": per_block,

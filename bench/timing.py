@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -89,6 +89,42 @@ def time_calls(
         block(out)
         samples.append((time.perf_counter() - t0) / number)
     return Timing(first, statistics.median(samples), tuple(samples), number)
+
+
+def time_alternating(
+    calls: Mapping[str, Callable[[], Any]], *, repeats: int = 5, number: int = 1
+) -> dict[str, Timing]:
+    """:func:`time_calls` of several variants, their samples taken in turn: each round takes
+    one sample of every variant, and the order rotates from round to round. A slow spell of a
+    noisy machine then lands on every variant alike instead of on whichever ran during it, and
+    sample ``i`` of each variant comes from the same round (:func:`paired_speedup`)."""
+    if not calls:
+        raise ValueError("time_alternating: no calls to time")
+    if repeats < 1 or number < 1:
+        raise ValueError(f"need repeats >= 1, number >= 1; got {repeats}, {number}")
+    names = list(calls)
+    first = {name: timed(calls[name])[1] for name in names}
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            out = None
+            for _ in range(number):
+                out = calls[name]()
+            block(out)
+            samples[name].append((time.perf_counter() - t0) / number)
+    return {name: Timing(first[name], statistics.median(samples[name]), tuple(samples[name]),
+                         number) for name in names}
+
+
+def paired_speedup(base: Timing, other: Timing) -> float:
+    """Median over rounds of ``base``'s seconds over ``other``'s in the same round (> 1:
+    ``other`` is faster), for timings from one :func:`time_alternating` call."""
+    if len(base.samples_s) != len(other.samples_s):
+        raise ValueError("paired_speedup: timings with different numbers of samples "
+                         f"({len(base.samples_s)} and {len(other.samples_s)}): not paired")
+    return statistics.median(b / o for b, o in zip(base.samples_s, other.samples_s,
+                                                    strict=True))
 
 
 def tree_nbytes(tree: Any) -> int:

@@ -15,6 +15,7 @@ from bench import (
     profile_step,
     step_options,
     suite,
+    timing,
     torch_models,
     train_step,
     workloads,
@@ -202,3 +203,27 @@ def test_profile_step_bench_splits_a_traced_step(tmp_path):
     assert all(t > 0 for t in convs) if native_conv.enabled() else not any(convs)
     with pytest.raises(SystemExit):
         profile_step.main(["--model", "nope"])
+
+
+def test_alternating_timer_takes_samples_in_turn_and_pairs_them():
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    result = timing.time_alternating(calls, repeats=4, number=2)
+    # first calls alone, then rounds of one sample (2 calls) each, the order rotating per round
+    rounds = ["abc", "bca", "cab", "abc"]
+    assert "".join(order) == "abc" + "".join("".join(c * 2 for c in r) for r in rounds)
+    assert list(result) == ["a", "b", "c"]
+    assert all(len(t.samples_s) == 4 and t.number == 2 for t in result.values())
+
+    def fake(*seconds):
+        return timing.Timing(0.0, sorted(seconds)[len(seconds) // 2], seconds, 1)
+
+    # a slow spell hits both sides of round 2: the paired figure stays at the true 2x
+    slow, fast = fake(2.0, 2.0, 20.0), fake(1.0, 1.0, 10.0)
+    assert timing.paired_speedup(slow, fast) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="not paired"):
+        timing.paired_speedup(slow, fake(1.0))
+    with pytest.raises(ValueError, match="no calls"):
+        timing.time_alternating({})
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        timing.time_alternating(calls, repeats=0)
