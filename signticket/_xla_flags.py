@@ -19,6 +19,7 @@ leave ``XLA_FLAGS`` untouched.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -125,3 +126,26 @@ def llvm_o1_options() -> dict[str, int]:
     if os.environ.get("SIGNTICKET_XLA_DEFAULTS", "1") == "0":
         return {}
     return {"xla_backend_optimization_level": 1}
+
+
+MAX_ISA_FLAG = "--xla_cpu_max_isa"
+
+
+@functools.cache
+def _host_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False  # not Linux: assume the common denominator
+
+
+def xla_cpu_targets_avx512(xla_flags: str | None = None) -> bool:
+    """Whether XLA's CPU code in this process uses AVX-512: the host has it (``avx512f`` in
+    ``/proc/cpuinfo``) and ``--xla_cpu_max_isa`` in ``XLA_FLAGS`` does not cap it below.
+    Read from the environment each time, like :func:`conv_free_options`."""
+    flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+    caps = re.findall(rf"{MAX_ISA_FLAG}=(\S*)", flags)
+    if caps and not caps[-1].upper().startswith(("AVX512", "AMX")):
+        return False
+    return _host_has_avx512()

@@ -393,7 +393,16 @@ def test_max_pool_2x2_matches_flax_pool_and_its_gradient(hw):
     chex.assert_trees_all_close(jax.grad(loss(max_pool_2x2))(x), jax.grad(loss(flax_pool))(x))
 
 
-def test_max_pool_2x2_sends_each_windows_gradient_to_its_first_maximum_like_pytorch():
+@pytest.fixture(params=["mask", "index"])
+def pool_route(request, monkeypatch):
+    """Each test of the max-pool's gradient runs on both of its routes, whatever this CPU is."""
+    from signticket.models import layers
+
+    monkeypatch.setattr(layers, "pools_by_index", lambda channels: request.param == "index")
+    return request.param
+
+
+def test_max_pool_2x2_sends_each_windows_gradient_to_its_first_maximum_like_pytorch(pool_route):
     from signticket.models.layers import max_pool_2x2
 
     # Window 1: all zeros (a ReLU'd window); window 2: a tie at (0,1) and (1,0); window 3: the
@@ -423,6 +432,44 @@ def test_max_pool_2x2_sends_each_windows_gradient_to_its_first_maximum_like_pyto
 
     _, hvp = jax.jit(lambda v: jax.jvp(jax.grad(loss), (x,), (v,)))(t)
     chex.assert_trees_all_close(hvp, 2.0 * jnp.where(dx != 0, t, 0.0), atol=1e-6)
+
+
+def test_max_pool_gradient_routes_agree(monkeypatch):
+    """The index route (AVX2 CPUs, few channels) and the mask route give the same values in
+    reverse and forward mode: ties, all-zero (ReLU'd) windows, NaN windows and the -inf padding
+    of odd sizes. Only the sign of a zero may differ: each route sums zeros somewhere (the mask's
+    tangent over a window, the index's transpose over four zero-padded parts)."""
+    from signticket.models import layers
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 5))
+    x = jnp.where(jax.random.uniform(jax.random.PRNGKey(1), x.shape) < 0.4, 0.0, x)
+    x = x.at[0, :2, :2, 0].set(jnp.nan).at[1, 2:4, 2:4, 1].set(-0.0)
+    g = jax.random.normal(jax.random.PRNGKey(2), (2, 5, 4, 5)).at[0, 0, 0, 2].set(-0.0)
+    t = jax.random.normal(jax.random.PRNGKey(3), x.shape).at[1, 0, 0, 3].set(-0.0)
+    results = {}
+    for route in ("mask", "index"):
+        monkeypatch.setattr(layers, "pools_by_index", lambda channels, r=route: r == "index")
+        y, vjp = jax.vjp(layers.max_pool_2x2, x)
+        _, jt = jax.jvp(layers.max_pool_2x2, (x,), (t,))
+        results[route] = [np.asarray(a) for a in (y, jax.jit(vjp)(g)[0], jt)]
+    for mask_side, index_side in zip(results["mask"], results["index"], strict=True):
+        np.testing.assert_array_equal(mask_side, index_side)  # NaN == NaN here; -0.0 == 0.0
+        assert np.count_nonzero(mask_side) == np.count_nonzero(index_side) > 0
+
+
+def test_pools_route_by_index_only_on_few_channels_without_avx512(monkeypatch):
+    from signticket import _xla_flags
+    from signticket.models import layers
+
+    assert not _xla_flags.xla_cpu_targets_avx512("--xla_cpu_max_isa=AVX2")
+    assert _xla_flags.xla_cpu_targets_avx512("--xla_cpu_max_isa=AVX2 --xla_cpu_max_isa=AVX512") \
+        is _xla_flags._host_has_avx512()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2")
+    assert layers.pools_by_index(layers.INDEX_POOL_MAX_CHANNELS)
+    assert not layers.pools_by_index(layers.INDEX_POOL_MAX_CHANNELS + 1)
+    monkeypatch.setattr(_xla_flags, "_host_has_avx512", lambda: True)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert not layers.pools_by_index(1)
 
 
 def test_pooling_before_the_relu_is_the_same_function_and_gradient():

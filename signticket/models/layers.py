@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from signticket import _xla_flags
 from signticket.native import conv as native_conv
 
 # PyTorch's kaiming_normal_ (fan_in, gain sqrt(2)) draws from an untruncated normal; Flax's
@@ -307,9 +308,9 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     after a ReLU are common: all-zero windows). Rounding up only matters for odd sizes, where it
     keeps deep stacks (VGG's five pools on 28x28) from shrinking to zero pixels.
 
-    Written as a reshape and a max with a hand-written derivative (one elementwise select, usable
-    in forward and reverse mode) rather
-    than ``nn.max_pool``, whose ``select_and_scatter`` gradient is 2.4-7x slower on CPU, or
+    Written as a reshape and a max with a hand-written derivative (elementwise selects, usable
+    in forward and reverse mode; :data:`INDEX_POOL_MAX_CHANNELS`) rather than ``nn.max_pool``,
+    whose ``select_and_scatter`` gradient is 2.4-7x slower on CPU, or
     autodiff of the max, which splits ties with a division (VGG-11's CPU step: 1.16 s with
     autodiff, 1.10 s with this; the convnet's: no difference).
     """
@@ -330,15 +331,44 @@ def _max_pool_even(x: jax.Array) -> jax.Array:
     return _windows(x).max(axis=(2, 4))
 
 
+#: On CPUs without AVX-512, pools over at most this many channels send their gradient through
+#: each window's index (:func:`_first_maximum_index`); everywhere else, through a one-hot mask
+#: over the windows (:func:`_first_maximum`). Both give the same values and gradients, up
+#: to the sign of a zero (each sums zeros somewhere).
+#: Measured on the convnet (``docs/performance.md``): XLA's AVX2 code runs the mask's backward
+#: pass on its 16-channel pool 4x slower than its AVX-512 code, and the index makes the AVX2
+#: train step 1.08-1.13x faster; with AVX-512, or on 32 and 64 channels, the mask is faster.
+INDEX_POOL_MAX_CHANNELS = 16
+
+
+def pools_by_index(channels: int) -> bool:
+    """Whether a 2x2 max-pool over ``channels`` routes its gradient by index here
+    (:data:`INDEX_POOL_MAX_CHANNELS`)."""
+    return (channels <= INDEX_POOL_MAX_CHANNELS and jax.default_backend() == "cpu"
+            and not _xla_flags.xla_cpu_targets_avx512())
+
+
 @_max_pool_even.defjvp
 def _max_pool_jvp(primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]:
     # A custom JVP rather than a custom VJP: reverse mode comes from transposing this linear
-    # map (a select), and forward mode keeps working, which curvature's Hessian-vector
+    # map (selects), and forward mode keeps working, which curvature's Hessian-vector
     # products (forward over reverse) need.
     (x,), (t,) = primals, tangents
     y = _max_pool_even(x)
-    winner = _first_maximum(x, y)
-    return y, jnp.where(winner, _windows(t), 0.0).sum(axis=(2, 4))
+    route = _tangent_by_index if pools_by_index(x.shape[-1]) else _tangent_by_mask
+    return y, route(x, y, _windows(t))
+
+
+def _tangent_by_mask(x: jax.Array, y: jax.Array, windows: jax.Array) -> jax.Array:
+    return jnp.where(_first_maximum(x, y), windows, 0.0).sum(axis=(2, 4))
+
+
+def _tangent_by_index(x: jax.Array, y: jax.Array, windows: jax.Array) -> jax.Array:
+    first = _first_maximum_index(x, y)
+    tangent = windows[:, :, 1, :, 1]
+    for k in (2, 1, 0):
+        tangent = jnp.where(first == k, windows[:, :, k // 2, :, k % 2], tangent)
+    return tangent
 
 
 def _first_maximum(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -353,3 +383,14 @@ def _first_maximum(x: jax.Array, y: jax.Array) -> jax.Array:
     top = jnp.stack([w00, w01], axis=3)
     bottom = jnp.stack([w10, w11], axis=3)
     return jnp.stack([top, bottom], axis=2)
+
+
+def _first_maximum_index(x: jax.Array, y: jax.Array) -> jax.Array:
+    """The same choice as :func:`_first_maximum`, as an int8 index at the pooled shape: 0 for
+    (0,0), 1 for (0,1), 2 for (1,0), 3 for (1,1) (also a NaN window's). The backward pass then
+    reads a quarter of the bytes and picks each window's entry with three selects."""
+    windows = _windows(x)
+    first = jnp.full(y.shape, 3, jnp.int8)
+    for k in (2, 1, 0):  # the earliest hit is applied last, so it wins
+        first = jnp.where(windows[:, :, k // 2, :, k % 2] == y, jnp.int8(k), first)
+    return first
