@@ -457,6 +457,21 @@ def test_max_pool_gradient_routes_agree(monkeypatch):
         assert np.count_nonzero(mask_side) == np.count_nonzero(index_side) > 0
 
 
+def test_max_pool_gives_the_same_maxima_differentiated_or_not():
+    """Evaluation pools elementwise (:func:`layers._slice_max`), training through the rule's
+    reduction: the same maxima either way, NaN and -inf windows included."""
+    from signticket.models import layers
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 10, 8, 6))
+    x = jnp.where(jax.random.uniform(jax.random.PRNGKey(1), x.shape) < 0.4, 0.0, x)
+    x = x.at[0, :2, :2, 0].set(jnp.nan).at[1, 4:6, 2:4, 1].set(-jnp.inf)
+    evaluated = jax.jit(layers.max_pool_2x2)(x)
+    differentiated, _ = jax.jit(lambda x: jax.vjp(layers.max_pool_2x2, x))(x)
+    reference = np.asarray(x).reshape(3, 5, 2, 4, 2, 6).max(axis=(2, 4))
+    for pooled in (evaluated, differentiated):
+        np.testing.assert_array_equal(pooled, reference)
+
+
 def test_pools_route_by_index_only_on_few_channels_without_avx512(monkeypatch):
     from signticket import _xla_flags
     from signticket.models import layers
