@@ -338,8 +338,8 @@ def _reduce_max(x: jax.Array) -> jax.Array:
 
 # Two primals with one derivative (:func:`_max_pool_jvp`). Not differentiated (evaluation,
 # BatchNorm re-estimation), the pool is the elementwise maximum of the four strided entries,
-# which XLA fuses with the BatchNorm before it: the convnet's test-set pass 1.3x faster than as
-# a reduction. Differentiated, the rule computes the same maxima as a reduction, which the train
+# which XLA fuses with the BatchNorm before it: the convnet's test-set pass 1.2-1.3x faster than
+# as a reduction. Differentiated, the rule computes the same maxima as a reduction, which the train
 # steps' fusions were measured with (elementwise there: 0.88x). The maxima are equal; only the
 # BatchNorm's multiply-add around them may round differently (one fused multiply-add where the
 # reduction's fusion rounds twice).
@@ -353,7 +353,7 @@ _max_pool_reduce = jax.custom_jvp(_reduce_max)
 #: to the sign of a zero (each sums zeros somewhere).
 #: Measured on the convnet (``docs/performance.md``): XLA's AVX2 code runs the mask's backward
 #: pass on its 16-channel pool 4x slower than its AVX-512 code, and the index makes the AVX2
-#: train step 1.08-1.13x faster; with AVX-512, or on 32 and 64 channels, the mask is faster.
+#: train step 1.08-1.17x faster; with AVX-512, or on 32 and 64 channels, the mask is faster.
 INDEX_POOL_MAX_CHANNELS = 16
 
 
