@@ -24,7 +24,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-XLA_FLAG = "--xla_cpu_max_isa"
+from signticket._xla_flags import MAX_ISA_FLAG as XLA_FLAG
+
 #: --isa value -> the settings: environment variables, and XLA's flag under "xla_cpu_max_isa"
 CAPS = {
     "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",

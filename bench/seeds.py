@@ -141,10 +141,9 @@ def _measure(n: int, model, tx, single, batched, unrolled, batch: int, steps: in
     if single_process_flags is not None:
         calls["sequential_process_flags"] = functools.partial(sequential, single_process_flags)
     t = timing.time_alternating(calls, repeats=repeats, number=steps)
-    flags_only = {}
-    if single_process_flags is not None:
-        flags_only = {"sequential_process_flags_img_per_s":
-                      round(t["sequential_process_flags"].rate(n * batch), 1)}
+    flags_only = ({"sequential_process_flags_img_per_s":
+                   round(t["sequential_process_flags"].rate(n * batch), 1)}
+                  if "sequential_process_flags" in t else {})
     return {
         "vmapped_img_per_s": round(t["vmapped"].rate(n * batch), 1),
         "sequential_img_per_s": round(t["sequential"].rate(n * batch), 1),

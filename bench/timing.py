@@ -80,15 +80,18 @@ def time_calls(
     _, first = timed(call)
     for _ in range(warmup):
         block(call())
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = None
-        for _ in range(number):
-            out = call()
-        block(out)
-        samples.append((time.perf_counter() - t0) / number)
+    samples = [_sample(call, number) for _ in range(repeats)]
     return Timing(first, statistics.median(samples), tuple(samples), number)
+
+
+def _sample(call: Callable[[], Any], number: int) -> float:
+    """Seconds per call of ``number`` back-to-back calls, blocking on the last result."""
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(number):
+        out = call()
+    block(out)
+    return (time.perf_counter() - t0) / number
 
 
 def time_alternating(
@@ -107,12 +110,7 @@ def time_alternating(
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            out = None
-            for _ in range(number):
-                out = calls[name]()
-            block(out)
-            samples[name].append((time.perf_counter() - t0) / number)
+            samples[name].append(_sample(calls[name], number))
     return {name: Timing(first[name], statistics.median(samples[name]), tuple(samples[name]),
                          number) for name in names}
 

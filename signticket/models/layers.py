@@ -326,10 +326,16 @@ def _windows(x: jax.Array) -> jax.Array:
     return x.reshape(n, h // 2, 2, w // 2, 2, c)
 
 
+def _window_entries(x: jax.Array) -> list[jax.Array]:
+    """The four entries of every 2x2 window of ``x``, in row-major order: (0,0), (0,1), (1,0),
+    (1,1), each at the pooled shape."""
+    windows = _windows(x)
+    return [windows[:, :, k // 2, :, k % 2] for k in range(4)]
+
+
 def _slice_max(x: jax.Array) -> jax.Array:
-    w = _windows(x)
-    return jnp.maximum(jnp.maximum(w[:, :, 0, :, 0], w[:, :, 0, :, 1]),
-                       jnp.maximum(w[:, :, 1, :, 0], w[:, :, 1, :, 1]))
+    e00, e01, e10, e11 = _window_entries(x)
+    return jnp.maximum(jnp.maximum(e00, e01), jnp.maximum(e10, e11))
 
 
 def _reduce_max(x: jax.Array) -> jax.Array:
@@ -370,23 +376,20 @@ def _max_pool_jvp(primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array
     # products (forward over reverse) need: y goes through this rule again there.
     (x,), (t,) = primals, tangents
     y = _max_pool_reduce(x)
-    route = _tangent_by_index if pools_by_index(x.shape[-1]) else _tangent_by_mask
-    return y, route(x, y, _windows(t))
+    if pools_by_index(x.shape[-1]):
+        return y, _tangent_by_index(x, y, t)
+    return y, jnp.where(_first_maximum(x, y), _windows(t), 0.0).sum(axis=(2, 4))
 
 
 _max_pool_even.defjvp(_max_pool_jvp)
 _max_pool_reduce.defjvp(_max_pool_jvp)
 
 
-def _tangent_by_mask(x: jax.Array, y: jax.Array, windows: jax.Array) -> jax.Array:
-    return jnp.where(_first_maximum(x, y), windows, 0.0).sum(axis=(2, 4))
-
-
-def _tangent_by_index(x: jax.Array, y: jax.Array, windows: jax.Array) -> jax.Array:
-    first = _first_maximum_index(x, y)
-    tangent = windows[:, :, 1, :, 1]
+def _tangent_by_index(x: jax.Array, y: jax.Array, t: jax.Array) -> jax.Array:
+    first, entries = _first_maximum_index(x, y), _window_entries(t)
+    tangent = entries[3]
     for k in (2, 1, 0):
-        tangent = jnp.where(first == k, windows[:, :, k // 2, :, k % 2], tangent)
+        tangent = jnp.where(first == k, entries[k], tangent)
     return tangent
 
 
@@ -408,8 +411,8 @@ def _first_maximum_index(x: jax.Array, y: jax.Array) -> jax.Array:
     """The same choice as :func:`_first_maximum`, as an int8 index at the pooled shape: 0 for
     (0,0), 1 for (0,1), 2 for (1,0), 3 for (1,1) (also a NaN window's). The backward pass then
     reads a quarter of the bytes and picks each window's entry with three selects."""
-    windows = _windows(x)
+    entries = _window_entries(x)
     first = jnp.full(y.shape, 3, jnp.int8)
     for k in (2, 1, 0):  # the earliest hit is applied last, so it wins
-        first = jnp.where(windows[:, :, k // 2, :, k % 2] == y, jnp.int8(k), first)
+        first = jnp.where(entries[k] == y, jnp.int8(k), first)
     return first
