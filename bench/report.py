@@ -25,7 +25,9 @@ class Row:
     ``signticket`` and ``baseline`` are figures in ``unit``; ``baseline`` may instead be a
     message (e.g. torch missing) or ``None`` (nothing to compare with). ``ratio`` is
     signticket's advantage: ``signticket / baseline`` when ``higher_is_better`` (rates), else
-    ``baseline / signticket`` (seconds, bytes). ``goal`` is the ratio to reach, if any.
+    ``baseline / signticket`` (seconds, bytes), or ``paired_ratio`` where the two sides were
+    timed in turn (the median over rounds of each round's ratio, which a slow spell of the
+    machine moves less than a ratio of medians). ``goal`` is the ratio to reach, if any.
     """
 
     key: str
@@ -38,9 +40,12 @@ class Row:
     signticket_note: str = ""
     baseline_note: str = ""
     error: str | None = None
+    paired_ratio: float | None = None
 
     @property
     def ratio(self) -> float | None:
+        if self.paired_ratio is not None:
+            return self.paired_ratio
         if not isinstance(self.baseline, int | float) or not self.signticket or not self.baseline:
             return None
         if self.higher_is_better:

@@ -10,11 +10,11 @@ Rows (``--only`` names):
 
 * ``train_resnet20``, ``train_convnet``, ``train_vgg11``: img/s of signticket's engine train
   step (masked SGD, sharded jit, no augmentation; :mod:`bench.train_step`) vs the same model
-  in eager PyTorch (:mod:`bench.torch_models`, run in a child process; the faster of
-  contiguous / channels_last). Goal >= 1.1x (issue 18: ahead of PyTorch, not level).
-  Measured in ``--rounds`` alternating rounds
-  (default 3: ours, torch, ours, torch, ...), each side's median reported: the VM is noisy and
-  a slow spell should hit both sides, not one.
+  in eager PyTorch (:mod:`bench.torch_models`; the faster of contiguous / channels_last).
+  Goal >= 1.1x (issue 18: ahead of PyTorch, not level). Each side runs in a warm worker
+  process of its own and the samples are taken in turn, ``--rounds`` x the workload's samples
+  (:mod:`bench.side_by_side`); the ratio is paired by round (median of the per-round ratios),
+  since the VM is noisy and a slow spell should hit both sides, not one.
 * ``onednn``: the ResNet-20 step again in a subprocess with ``SIGNTICKET_CONV=xla`` (XLA's own
   convolutions instead of oneDNN's; ``signticket/native/conv.py``).
 * ``xla_flag``: the ResNet-20 step again in a subprocess with ``SIGNTICKET_XLA_DEFAULTS=0``
@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from bench import (
     barrier,
@@ -63,6 +62,7 @@ from bench import (
     isa,
     matching,
     seeds,
+    side_by_side,
     sign_in,
     torch_models,
     train_step,
@@ -83,14 +83,11 @@ TRAIN_STEP_GOAL = 1.1
 class Suite:
     """Runs the groups, shares results between them (the flag row reuses the ResNet-20 row)."""
 
-    def __init__(self, tiny: bool, torch_baseline: bool, groups: list[str],
-                 rounds: int = 1) -> None:
+    def __init__(self, tiny: bool, torch_baseline: bool, rounds: int = 1) -> None:
         self.tiny = tiny
         self.torch_baseline = torch_baseline
         self.rounds = rounds
-        self.train_names = [g.removeprefix("train_") for g in groups if g.startswith("train_")]
         self.details: dict[str, Any] = {}
-        self._torch: dict[str, Any] | None = None
 
     def _child(self, module: str, args: list[str], env: dict[str, str] | None = None) -> dict:
         """Run ``python -m module args --out FILE`` (plus ``--tiny``) and read FILE."""
@@ -104,12 +101,6 @@ class Suite:
                 raise RuntimeError(f"{module} failed ({proc.returncode}): {proc.stderr[-2000:]}")
             return json.loads(out.read_text())
 
-    def torch_baselines(self) -> dict[str, Any]:
-        """Every selected train-step workload in PyTorch, in one child process."""
-        if self._torch is None:
-            self._torch = self._child("bench.torch_models", ["--only", ",".join(self.train_names)])
-        return self._torch
-
     # -- train-step throughput -----------------------------------------------------------------
 
     def engine_result(self, name: str) -> dict[str, Any]:
@@ -122,51 +113,41 @@ class Suite:
             self.details.setdefault(key, {}).update({**w.describe(), "signticket": result})
         return self.details[key]["signticket"]
 
-    def _engine_round(self, name: str) -> dict[str, Any]:
-        """One more measurement of the workload's engine step (a later round)."""
-        w = workloads.train_workload(name, self.tiny)
-        steps, repeats = workloads.train_steps(name, self.tiny)
-        return train_step.measure_engine(w.model, w.batch, w.image_shape, steps=steps,
-                                         repeats=repeats, augment=False)
-
-    @staticmethod
-    def _best_torch(variants: dict[str, Any]) -> str:
-        return max(variants, key=lambda k: variants[k]["img_per_s_median"])
-
     def train(self, name: str) -> list[Row]:
-        """The train-step row: with ``rounds > 1``, signticket and torch are measured in
-        alternation (ours, torch, ours, torch, ...) and each side reports its median over
-        rounds, so a slow spell of the machine lands on both sides rather than on one."""
+        """The train-step row. With torch: signticket and both torch layouts in warm worker
+        processes, timed side by side (:mod:`bench.side_by_side`: ``rounds`` x the workload's
+        samples, one sample of each side per round), the ratio paired by round. Without
+        torch: signticket alone, here."""
         w = workloads.train_workload(name, self.tiny)
-        ours = self.engine_result(name)
-        has_torch = self.torch_baseline and torch_models.torch_available()
-        rounds = [{"signticket": ours["img_per_s_median"]}]
-        if has_torch:
-            variants = self.torch_baselines()[name]
-            rounds[0]["torch"] = variants[self._best_torch(variants)]["img_per_s_median"]
-        for _ in range(1, self.rounds):
-            rounds.append({"signticket": self._engine_round(name)["img_per_s_median"]})
-            if has_torch:
-                later = self._child("bench.torch_models", ["--only", name])[name]
-                rounds[-1]["torch"] = later[self._best_torch(later)]["img_per_s_median"]
         label = f"train step {LABELS[name]} b{w.batch} {'x'.join(map(str, w.image_shape))}"
-        row = Row(f"train_{name}", f"{label} (img/s)", "img/s",
-                  float(np.median([r["signticket"] for r in rounds])), goal=TRAIN_STEP_GOAL)
-        compile_row = Row(f"train_{name}_compile", f"  {LABELS[name]} step compile (s)", "s",
-                          ours["compile_s"], higher_is_better=False)
-        details = self.details[f"train_{name}"]
-        details["rounds"] = rounds
-        if not self.torch_baseline:
-            row.baseline = "skipped (--no-torch)"
-        elif not has_torch:
-            row.baseline = torch_models.TORCH_MISSING
+        key = f"train_{name}"
+        has_torch = self.torch_baseline and torch_models.torch_available()
+        if not has_torch:
+            ours = self.engine_result(name)
+            row = Row(key, f"{label} (img/s)", "img/s", ours["img_per_s_median"],
+                      "skipped (--no-torch)" if not self.torch_baseline
+                      else torch_models.TORCH_MISSING, goal=TRAIN_STEP_GOAL)
         else:
-            best = self._best_torch(variants)
-            details["torch"] = {**variants, "reported": best}
-            row.baseline = float(np.median([r["torch"] for r in rounds]))
-            row.baseline_note = f"(torch {best})"
-        if self.rounds > 1:
-            row.signticket_note = f"(median of {self.rounds})"
+            steps, repeats = workloads.train_steps(name, self.tiny)
+            m = side_by_side.measure(name, side_by_side.VARIANTS, rounds=repeats * self.rounds,
+                                     number=steps, tiny=self.tiny)
+            ours = m.figures["signticket"]
+            torch_side = {layout: m.figures[f"torch_{layout}"] for layout in torch_models.LAYOUTS}
+            best = max(torch_side, key=lambda k: torch_side[k]["img_per_s_median"])
+            paired = m.paired(f"torch_{best}", "signticket")
+            self.details[key] = {
+                **w.describe(), "signticket": ours, "torch": {**torch_side, "reported": best},
+                "paired_ratio": round(paired, 4),
+                "rounds": [{"signticket": round(w.batch / a, 1), "torch": round(w.batch / b, 1)}
+                           for a, b in zip(m.timings["signticket"].samples_s,
+                                           m.timings[f"torch_{best}"].samples_s, strict=True)],
+            }
+            row = Row(key, f"{label} (img/s)", "img/s", ours["img_per_s_median"],
+                      torch_side[best]["img_per_s_median"], goal=TRAIN_STEP_GOAL,
+                      paired_ratio=paired, baseline_note=f"(torch {best})",
+                      signticket_note=f"(side by side, {repeats * self.rounds} rounds)")
+        compile_row = Row(f"{key}_compile", f"  {LABELS[name]} step compile (s)", "s",
+                          ours["compile_s"], higher_is_better=False)
         return [row, compile_row]
 
     def _lever(self, key: str, env: dict[str, str], fields: tuple[str, ...]) -> tuple[dict, dict]:
@@ -337,8 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="measure as a machine with this ISA would: caps oneDNN, ATen, MKL and XLA "
                         "(bench/isa.py); on an AVX-512 machine, --isa avx2 gives the AVX2 table")
     p.add_argument("--rounds", type=int, default=3,
-                   help="train-step rows: alternating signticket / torch measurements, median "
-                        "of each side (1 with --tiny)")
+                   help="train-step rows: rounds x the workload's samples of each side, taken in "
+                        "turn (bench.side_by_side; 1 with --tiny)")
     args = p.parse_args(argv)
     groups = [g for g in args.only.split(",") if g] or list(GROUPS)
     unknown = sorted(set(groups) - set(GROUPS))
@@ -356,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return {"errors": {"isa": f"the capped child process exited with {rc}, no results"}}
         return json.loads(out.read_text())
     machine = machine_info()
-    suite = Suite(args.tiny, torch_baseline=not args.no_torch, groups=groups,
+    suite = Suite(args.tiny, torch_baseline=not args.no_torch,
                   rounds=1 if args.tiny else args.rounds)
     rows: list[Row] = []
     errors: dict[str, str] = {}

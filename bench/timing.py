@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -80,11 +81,11 @@ def time_calls(
     _, first = timed(call)
     for _ in range(warmup):
         block(call())
-    samples = [_sample(call, number) for _ in range(repeats)]
+    samples = [sample(call, number) for _ in range(repeats)]
     return Timing(first, statistics.median(samples), tuple(samples), number)
 
 
-def _sample(call: Callable[[], Any], number: int) -> float:
+def sample(call: Callable[[], Any], number: int) -> float:
     """Seconds per call of ``number`` back-to-back calls, blocking on the last result."""
     t0 = time.perf_counter()
     out = None
@@ -97,22 +98,30 @@ def _sample(call: Callable[[], Any], number: int) -> float:
 def time_alternating(
     calls: Mapping[str, Callable[[], Any]], *, repeats: int = 5, number: int = 1
 ) -> dict[str, Timing]:
-    """:func:`time_calls` of several variants, their samples taken in turn: each round takes
-    one sample of every variant, and the order rotates from round to round. A slow spell of a
-    noisy machine then lands on every variant alike instead of on whichever ran during it, and
-    sample ``i`` of each variant comes from the same round (:func:`paired_speedup`)."""
+    """:func:`time_calls` of several variants, their samples taken in turn (:func:`alternate`):
+    a slow spell of a noisy machine then lands on every variant alike instead of on whichever
+    ran during it, and sample ``i`` of each variant comes from the same round
+    (:func:`paired_speedup`)."""
     if not calls:
         raise ValueError("time_alternating: no calls to time")
     if repeats < 1 or number < 1:
         raise ValueError(f"need repeats >= 1, number >= 1; got {repeats}, {number}")
-    names = list(calls)
-    first = {name: timed(calls[name])[1] for name in names}
+    first = {name: timed(call)[1] for name, call in calls.items()}
+    samples = alternate({name: functools.partial(sample, call, number)
+                         for name, call in calls.items()}, repeats)
+    return {name: Timing(first[name], statistics.median(samples[name]), tuple(samples[name]),
+                         number) for name in calls}
+
+
+def alternate(samplers: Mapping[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """``repeats`` rounds, each taking one sample (a ``sampler()`` call returning seconds) of
+    every variant, the order rotating from round to round: ``{name: [seconds per round]}``."""
+    names = list(samplers)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            samples[name].append(_sample(calls[name], number))
-    return {name: Timing(first[name], statistics.median(samples[name]), tuple(samples[name]),
-                         number) for name in names}
+            samples[name].append(samplers[name]())
+    return samples
 
 
 def paired_speedup(base: Timing, other: Timing) -> float:

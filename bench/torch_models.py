@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ import jax
 from bench import timing, workloads
 from signticket import _host_malloc, models
 
+#: The memory formats the torch step is measured in; the faster one is the baseline.
+LAYOUTS = ("contiguous", "channels_last")
 TORCH_MISSING = "torch not installed: pip install torch==2.13.0"
 
 
@@ -158,6 +161,17 @@ def measure_torch(
 
     Raises ``ValueError`` if ``flax_param_count`` is given and differs from the torch model's.
     """
+    step, setting = torch_step(workload, channels_last=channels_last,
+                               flax_param_count=flax_param_count)
+    return torch_figures(setting, timing.time_calls(step, repeats=repeats, number=steps))
+
+
+def torch_step(
+    workload: workloads.Workload, *, channels_last: bool = False,
+    flax_param_count: int | None = None,
+) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """``(step, setting)``: the ready-to-call eager PyTorch SGD step of :func:`measure_torch`
+    (each call advances the model by one step on the fixed batch) and what it runs with."""
     import torch
     import torch.nn.functional as F
 
@@ -186,17 +200,28 @@ def measure_torch(
         opt.step()
         return loss
 
-    t = timing.time_calls(step, repeats=repeats, number=steps)
+    setting = {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
+               "host_malloc_defaults": _host_malloc.applied(), "channels_last": channels_last,
+               "param_count": n_params, "batch_size": workload.batch}
+    return step, setting
+
+
+def torch_figures(setting: dict[str, Any], t: timing.Timing) -> dict[str, Any]:
+    """The figures of a timed :func:`torch_step` (``t``: its timing, however taken)."""
     return {
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "host_malloc_defaults": _host_malloc.applied(),
-        "channels_last": channels_last,
-        "param_count": n_params,
-        "img_per_s_median": round(t.rate(workload.batch), 1),
+        **setting,
+        "img_per_s_median": round(t.rate(setting["batch_size"]), 1),
         "step_ms_median": round(1000 * t.median_s, 2),
         "timing": t.to_json(),
     }
+
+
+def flax_param_count(workload: workloads.Workload) -> int:
+    """The parameter count of ``workload``'s Flax model (shapes only, nothing computed)."""
+    x = jax.ShapeDtypeStruct((1, *workload.image_shape), jax.numpy.float32)
+    shapes = jax.eval_shape(lambda k, x, m=workload.model: m.init(k, x, train=False),
+                            jax.random.PRNGKey(0), x)
+    return workloads.param_count(shapes["params"])
 
 
 def measure_workloads(names: list[str], tiny: bool) -> dict[str, Any]:
@@ -205,15 +230,12 @@ def measure_workloads(names: list[str], tiny: bool) -> dict[str, Any]:
     out = {}
     for name in names:
         w = workloads.train_workload(name, tiny)
-        x = jax.ShapeDtypeStruct((1, *w.image_shape), jax.numpy.float32)
-        shapes = jax.eval_shape(lambda k, x, m=w.model: m.init(k, x, train=False),
-                                jax.random.PRNGKey(0), x)
         steps, repeats = workloads.train_steps(name, tiny)
         out[name] = {
             layout: measure_torch(w, steps=steps, repeats=repeats,
                                   channels_last=layout == "channels_last",
-                                  flax_param_count=workloads.param_count(shapes["params"]))
-            for layout in ("contiguous", "channels_last")
+                                  flax_param_count=flax_param_count(w))
+            for layout in LAYOUTS
         }
     return out
 

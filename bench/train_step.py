@@ -128,7 +128,12 @@ def measure_engine(model: nn.Module, batch_size: int, image_shape: tuple[int, ..
     """Time the step of :func:`engine_step` (``step_options``: its keyword arguments): compile
     time, img/s, seconds per step and the bytes of params + optimizer state."""
     built = engine_step(model, batch_size, image_shape, **step_options)
-    t = timing.time_calls(built.step, repeats=repeats, number=steps)
+    return engine_figures(built, timing.time_calls(built.step, repeats=repeats, number=steps))
+
+
+def engine_figures(built: EngineStep, t: timing.Timing) -> dict[str, Any]:
+    """The figures of a timed :class:`EngineStep` (``t``: its timing, however taken)."""
+    batch_size = built.setting["batch_size"]
     return {
         **built.setting,
         "devices": len(jax.devices()),

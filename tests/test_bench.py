@@ -13,6 +13,7 @@ from bench import (
     init_compile,
     isa,
     profile_step,
+    side_by_side,
     step_options,
     suite,
     timing,
@@ -227,3 +228,30 @@ def test_alternating_timer_takes_samples_in_turn_and_pairs_them():
         timing.time_alternating({})
     with pytest.raises(ValueError, match="repeats >= 1"):
         timing.time_alternating(calls, repeats=0)
+
+
+def test_side_by_side_workers_take_samples_in_turn_under_their_own_environment():
+    # two engine workers, one with XLA's convolutions: the lever reaches only its worker
+    m = side_by_side.measure("convnet", {"default": "signticket", "xla": "signticket"},
+                             envs={"xla": {native_conv.ENV_BACKEND: "xla"}}, rounds=3,
+                             number=2, tiny=True, pause_s=0.0)
+    assert m.figures["xla"]["conv_backend"] == "xla"
+    assert m.figures["default"]["conv_backend"] == ("onednn" if native_conv.enabled() else "xla")
+    for name, t in m.timings.items():
+        # the parent's record and the worker's own figures hold the same samples
+        assert len(t.samples_s) == 3 and t.number == 2 and t.first_s > 0
+        assert m.figures[name]["timing"]["samples_s"] == [round(x, 6) for x in t.samples_s]
+        assert m.figures[name]["batch_size"] == 8
+    assert m.paired("default", "xla") > 0
+    with pytest.raises(ValueError, match="unknown variant"):
+        side_by_side.Worker("jax", "convnet")
+    with pytest.raises(RuntimeError, match="unknown workload 'nope'"):
+        side_by_side.Worker("signticket", "nope", tiny=True)
+
+
+def test_side_by_side_runs_the_torch_step_in_both_layouts():
+    pytest.importorskip("torch")
+    m = side_by_side.measure("convnet", side_by_side.VARIANTS, rounds=2, number=1, tiny=True)
+    assert [m.figures[f"torch_{layout}"]["channels_last"] for layout in torch_models.LAYOUTS] \
+        == [False, True]
+    assert m.figures["torch_contiguous"]["param_count"] == m.figures["signticket"]["param_count"]
