@@ -15,13 +15,13 @@ Rows (``--only`` names):
   process of its own and the samples are taken in turn, ``--rounds`` x the workload's samples
   (:mod:`bench.side_by_side`); the ratio is paired by round (median of the per-round ratios),
   since the VM is noisy and a slow spell should hit both sides, not one.
-* ``onednn``: the ResNet-20 step again in a subprocess with ``SIGNTICKET_CONV=xla`` (XLA's own
-  convolutions instead of oneDNN's; ``signticket/native/conv.py``).
-* ``xla_flag``: the ResNet-20 step again in a subprocess with ``SIGNTICKET_XLA_DEFAULTS=0``
-  (no YNNPACK fusion flag; ``signticket/_xla_flags.py``): the lever's before/after.
-* ``malloc``: the same with ``SIGNTICKET_MALLOC_DEFAULTS=0`` (glibc's default allocator
-  behaviour; ``signticket/_host_malloc.py``). The torch baselines run with the defaults on too
-  (their child process imports signticket), so both sides share one allocator setting.
+* ``onednn``, ``xla_flag``, ``malloc``: a lever's before/after on the ResNet-20 step, two warm
+  workers timed side by side as above, one of them run with the lever off:
+  ``SIGNTICKET_CONV=xla`` (XLA's own convolutions instead of oneDNN's;
+  ``signticket/native/conv.py``), ``SIGNTICKET_XLA_DEFAULTS=0`` (no YNNPACK fusion flag;
+  ``signticket/_xla_flags.py``), ``SIGNTICKET_MALLOC_DEFAULTS=0`` (glibc's default allocator
+  behaviour; ``signticket/_host_malloc.py``). The torch workers run with the allocator defaults
+  on too (they import signticket), so both sides of the train rows share one setting.
 * ``bf16``: the ResNet-20 step with the engine's bfloat16 compute policy (``Engine(...,
   compute_dtype="bfloat16")``: float32 params, optimizer state and BN statistics) vs float32.
 * ``barrier``: ``lmc.barrier_curve`` (one program) vs per-alpha loop (:mod:`bench.barrier`).
@@ -45,9 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -81,25 +79,13 @@ TRAIN_STEP_GOAL = 1.1
 
 
 class Suite:
-    """Runs the groups, shares results between them (the flag row reuses the ResNet-20 row)."""
+    """Runs the groups, shares results between them (the bf16 row reuses the ResNet-20 row)."""
 
     def __init__(self, tiny: bool, torch_baseline: bool, rounds: int = 1) -> None:
         self.tiny = tiny
         self.torch_baseline = torch_baseline
         self.rounds = rounds
         self.details: dict[str, Any] = {}
-
-    def _child(self, module: str, args: list[str], env: dict[str, str] | None = None) -> dict:
-        """Run ``python -m module args --out FILE`` (plus ``--tiny``) and read FILE."""
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "child.json"
-            cmd = [sys.executable, "-m", module, *args, "--out", str(out)]
-            cmd += ["--tiny"] if self.tiny else []
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800,
-                                  cwd=Path(__file__).resolve().parent.parent)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{module} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-            return json.loads(out.read_text())
 
     # -- train-step throughput -----------------------------------------------------------------
 
@@ -150,27 +136,33 @@ class Suite:
                           ours["compile_s"], higher_is_better=False)
         return [row, compile_row]
 
-    def _lever(self, key: str, env: dict[str, str], fields: tuple[str, ...]) -> tuple[dict, dict]:
-        """The ResNet-20 step here (lever on) and in a child process run with ``env`` (lever
-        off); records ``fields`` of both under ``details[key]`` and returns ``(on, off)``."""
-        on = self.engine_result("resnet20")
+    def _lever(self, key: str, env: dict[str, str], fields: tuple[str, ...]
+               ) -> tuple[dict, dict, float]:
+        """The ResNet-20 step with the lever on (this process's environment) and off (``env``
+        on top of it), in two warm workers timed side by side (:mod:`bench.side_by_side`);
+        records ``fields`` of both and the paired ratio under ``details[key]`` and returns
+        ``(on, off, on's speed-up over off)``."""
         cache = jax.config.jax_compilation_cache_dir
-        if cache:  # let the child share the parent's persistent compilation cache (tests)
-            env = {**env, "JAX_COMPILATION_CACHE_DIR": cache}
-        child = self._child("bench.suite", ["--only", "train_resnet20", "--no-torch"], env)
-        off = child["details"]["train_resnet20"]["signticket"]
+        # the workers share the parent's persistent compilation cache, if any (tests)
+        shared = {"JAX_COMPILATION_CACHE_DIR": cache} if cache else {}
+        steps, repeats = workloads.train_steps("resnet20", self.tiny)
+        m = side_by_side.measure("resnet20", {"on": "signticket", "off": "signticket"},
+                                 envs={"on": shared, "off": {**env, **shared}},
+                                 rounds=repeats * self.rounds, number=steps, tiny=self.tiny)
+        on, off = m.figures["on"], m.figures["off"]
+        paired = m.paired("off", "on")
         fields = ("img_per_s_median", "compile_s", *fields)
         self.details[key] = {"on": {k: on[k] for k in fields}, "off": {k: off[k] for k in fields},
-                             "child_machine": child["machine"]}
-        return on, off
+                             "paired_ratio": round(paired, 4)}
+        return on, off, paired
 
     def onednn(self) -> list[Row]:
         env = dict(os.environ, **{native_conv.ENV_BACKEND: "xla"})
-        on, off = self._lever("onednn", env, ("conv_backend", "xla_flags"))
+        on, off, paired = self._lever("onednn", env, ("conv_backend", "xla_flags"))
         return [
             Row("onednn", "ResNet-20 step, oneDNN convs vs SIGNTICKET_CONV=xla (img/s)",
                 "img/s", on["img_per_s_median"], off["img_per_s_median"],
-                signticket_note=f"({on['conv_backend']})",
+                paired_ratio=paired, signticket_note=f"({on['conv_backend']})",
                 baseline_note=f"({off['conv_backend']})"),
             Row("onednn_compile", "  ResNet-20 step compile, oneDNN vs XLA convs (s)", "s",
                 on["compile_s"], off["compile_s"], higher_is_better=False),
@@ -180,11 +172,12 @@ class Suite:
         env = dict(os.environ, SIGNTICKET_XLA_DEFAULTS="0")
         env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                                     if not f.startswith(YNN_FLAG))
-        on, off = self._lever("xla_flag", env, ("ynn_fusion_flag", "xla_flags",
+        on, off, paired = self._lever("xla_flag", env, ("ynn_fusion_flag", "xla_flags",
                                                 "SIGNTICKET_XLA_DEFAULTS"))
         return [
             Row("xla_flag", "ResNet-20 step, YNN flag on vs SIGNTICKET_XLA_DEFAULTS=0 (img/s)",
                 "img/s", on["img_per_s_median"], off["img_per_s_median"],
+                paired_ratio=paired,
                 signticket_note="(on)" if on["ynn_fusion_flag"] else "(flag NOT active)",
                 baseline_note="(off)" if not off["ynn_fusion_flag"] else "(flag still on!)"),
             Row("xla_flag_compile", "  ResNet-20 step compile, flag on vs off (s)", "s",
@@ -193,11 +186,12 @@ class Suite:
 
     def malloc(self) -> list[Row]:
         env = dict(os.environ, **{_host_malloc.ENV: "0"})
-        on, off = self._lever("malloc", env, ("host_malloc_defaults",))
+        on, off, paired = self._lever("malloc", env, ("host_malloc_defaults",))
         return [
             Row("malloc", "ResNet-20 step, host malloc defaults on vs "
                 f"{_host_malloc.ENV}=0 (img/s)", "img/s", on["img_per_s_median"],
                 off["img_per_s_median"],
+                paired_ratio=paired,
                 signticket_note="(on)" if on["host_malloc_defaults"] else "(NOT applied)",
                 baseline_note="(off)" if not off["host_malloc_defaults"] else "(still on!)"),
         ]
