@@ -170,7 +170,9 @@ def uncached_rows(names: Iterable[str], measure: Callable[[str], dict[str, Any]]
 
 
 def write_result(result: dict[str, Any], out: str | os.PathLike | None) -> dict[str, Any]:
-    """Write ``result`` as JSON to ``out`` (when given); returns it."""
+    """Write ``result`` as JSON to ``out`` (when given; its folder is made if missing);
+    returns it."""
     if out:
-        Path(out).write_text(json.dumps(result, indent=2))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2, default=str))
     return result

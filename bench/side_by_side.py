@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import timing, torch_models, workloads
+from bench import report, timing, torch_models, workloads
 
 VARIANTS = ("signticket", *(f"torch_{layout}" for layout in torch_models.LAYOUTS))
 #: Prefix of the lines a worker writes for the parent (anything else on its stdout is ignored).
@@ -232,11 +232,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "paired_speedup_of_first": {v: round(m.paired(v, base), 4) for v in variants[1:]}}
     for v in variants:
         print(f"{v:<22} {m.timings[v].rate(workload.batch):>10.1f} img/s (median)"
-              + (f"   {base} paired: {m.paired(v, base):.3f}x" if v != base else ""))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    return result
+              + (f"   {base}'s paired speed-up over it: {m.paired(v, base):.3f}x"
+                 if v != base else ""))
+    return report.write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,16 +20,14 @@ The suite runs the torch baselines in a process of their own (``python -m bench.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 
-from bench import timing, workloads
+from bench import report, timing, workloads
 from signticket import _host_malloc, models
 
 #: The memory formats the torch step is measured in; the faster one is the baseline.
@@ -248,9 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default="bench/results/torch_baselines.json")
     args = p.parse_args(argv)
     result = measure_workloads([n for n in args.only.split(",") if n], args.tiny)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    report.write_result(result, args.out)
     for name, variants in result.items():
         for layout, r in variants.items():
             print(f"{name:<10} {layout:<14} {r['img_per_s_median']:>10} img/s")
