@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import queue
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,8 +87,7 @@ def serve(variant: str, workload: workloads.Workload) -> None:
             samples.append(timing.sample(step, number))
             _say({"seconds": samples[-1]})
         elif command == "figures" and samples:
-            _say({"figures": figures(timing.Timing(first, statistics.median(samples),
-                                                   tuple(samples), number))})
+            _say({"figures": figures(timing.Timing.from_samples(first, samples, number))})
         elif command == "quit":
             return
         else:
@@ -203,7 +201,7 @@ def measure(workload: str, variants: Sequence[str] | Mapping[str, str], *, round
     finally:
         for w in workers.values():
             w.close()
-    timings = {name: timing.Timing(workers[name].first_s, statistics.median(s), tuple(s), number)
+    timings = {name: timing.Timing.from_samples(workers[name].first_s, s, number)
                for name, s in samples.items()}
     return SideBySide(timings, figures)
 

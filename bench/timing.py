@@ -44,6 +44,12 @@ class Timing:
     samples_s: tuple[float, ...]
     number: int
 
+    @classmethod
+    def from_samples(cls, first_s: float, samples_s: list[float] | tuple[float, ...],
+                     number: int) -> Timing:
+        """The timing of a first call and steady-state samples (seconds per call each)."""
+        return cls(first_s, statistics.median(samples_s), tuple(samples_s), number)
+
     @property
     def compile_s(self) -> float:
         """First call minus one steady-state call: the one-off cost (compilation, tracing)."""
@@ -82,7 +88,7 @@ def time_calls(
     for _ in range(warmup):
         block(call())
     samples = [sample(call, number) for _ in range(repeats)]
-    return Timing(first, statistics.median(samples), tuple(samples), number)
+    return Timing.from_samples(first, samples, number)
 
 
 def sample(call: Callable[[], Any], number: int) -> float:
@@ -109,8 +115,7 @@ def time_alternating(
     first = {name: timed(call)[1] for name, call in calls.items()}
     samples = alternate({name: functools.partial(sample, call, number)
                          for name, call in calls.items()}, repeats)
-    return {name: Timing(first[name], statistics.median(samples[name]), tuple(samples[name]),
-                         number) for name in calls}
+    return {name: Timing.from_samples(first[name], samples[name], number) for name in calls}
 
 
 def alternate(samplers: Mapping[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:

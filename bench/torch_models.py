@@ -13,8 +13,9 @@ What :func:`measure_torch` times: one ``torch.optim.SGD(lr 0.05, momentum 0.9, w
 backward, update — on a fixed batch, ``torch.set_num_threads(os.cpu_count())``, optionally in
 the ``channels_last`` memory format. Torch is imported lazily (an optional ``bench`` extra).
 
-The suite runs the torch baselines in a process of their own (``python -m bench.torch_models``,
-:func:`main`), so that no JAX/XLA thread pool shares the process with torch's.
+The suite runs the torch step in worker processes of its own (:mod:`bench.side_by_side`,
+through :func:`torch_step`), so that no JAX/XLA thread pool shares the process with torch's;
+``python -m bench.torch_models`` (:func:`main`) measures both layouts alone.
 """
 
 from __future__ import annotations
@@ -229,10 +230,10 @@ def measure_workloads(names: list[str], tiny: bool) -> dict[str, Any]:
     for name in names:
         w = workloads.train_workload(name, tiny)
         steps, repeats = workloads.train_steps(name, tiny)
+        count = flax_param_count(w)
         out[name] = {
             layout: measure_torch(w, steps=steps, repeats=repeats,
-                                  channels_last=layout == "channels_last",
-                                  flax_param_count=flax_param_count(w))
+                                  channels_last=layout == "channels_last", flax_param_count=count)
             for layout in LAYOUTS
         }
     return out
