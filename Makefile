@@ -12,7 +12,7 @@ quickstart: setup
 
 test: setup
 	$(PYTHON) -m ruff check signticket tests bench
-	$(PYTHON) -m pytest -q -n 2 --durations=40
+	$(PYTHON) -m pytest -q -n 2 --maxschedchunk 1 --durations=40
 
 # One table + bench/results/suite.json; PyTorch baselines need the extra: pip install -e ".[bench]"
 bench: setup

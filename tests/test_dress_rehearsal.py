@@ -112,6 +112,7 @@ def _cli(args, tmp_path, devices):
 # ResNet-50's compilations dominate (~2 CPU-minutes for the AWS pipeline): above CI's default
 # per-test limit on a loaded machine, so these get their own.
 @pytest.mark.timeout(900)
+@pytest.mark.longest
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_reproduce_target_at_smoke_scale(target, tmp_path):
     overrides, devices = TARGETS[target]
