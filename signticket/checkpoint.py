@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from signticket.errors import UserError
+from signticket.tree import copy_arrays
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +418,11 @@ class Checkpointer:
         epoch later and resumes from the last step that was written."""
         self.wait()
         if not wait:
-            state = jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)
+            leaves, treedef = jax.tree.flatten(state)
+            at = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)]
+            for i, copy in zip(at, copy_arrays([leaves[i] for i in at]), strict=True):
+                leaves[i] = copy
+            state = treedef.unflatten(leaves)
         self._pending = step
         _SAVE_NOISE.hold()
         try:

@@ -98,14 +98,21 @@ def check_alphas(alphas: Any) -> jax.Array:
     return jnp.asarray(a)
 
 
+@jax.jit
+def _leaves_equal(a: list, b: list) -> list[jax.Array]:
+    # One program for every leaf: eager comparisons would compile once per leaf shape.
+    return [jnp.all(jnp.asarray(x, bool) == jnp.asarray(y, bool))
+            for x, y in zip(a, b, strict=True)]
+
+
 def _check_masks(mask_a: PyTree | None, mask_b: PyTree | None) -> None:
     if mask_a is None or mask_b is None:
         return
     check_same_structure(mask_a, mask_b, "mask_a", "mask_b")
-    for (path, x), y in zip(
-        jax.tree_util.tree_flatten_with_path(mask_a)[0], jax.tree.leaves(mask_b), strict=True
-    ):
-        if not bool(jnp.all(jnp.asarray(x, bool) == jnp.asarray(y, bool))):
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(mask_a)[0]]
+    same = jax.device_get(_leaves_equal(jax.tree.leaves(mask_a), jax.tree.leaves(mask_b)))
+    for path, equal in zip(paths, same, strict=True):
+        if not equal:
             raise UserError(
                 f"barrier between models with different masks (first difference at "
                 f"{jax.tree_util.keystr(path)}); interpolate networks that share one mask"

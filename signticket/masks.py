@@ -233,12 +233,17 @@ def sparsity(
     check_plain_pytree(mask, "mask")
     check_bool_leaves(mask)
     where, _ = _scope(mask, prunable, keep_dense, "mask")
-    per_layer, pruned, total = {}, 0, 0
-    for name, m in named_leaves(mask):
-        if not where(name, m):
-            continue
-        zeros = jnp.sum(~jnp.asarray(m, bool))
-        per_layer[name] = zeros / m.size
-        pruned, total = pruned + zeros, total + m.size
-    overall = pruned / total if total else jnp.zeros(())
-    return Sparsity(jnp.asarray(overall, jnp.float32), per_layer)
+    chosen = {name: m for name, m in named_leaves(mask) if where(name, m)}
+    sizes = np.asarray([np.size(m) for m in chosen.values()], np.int32)
+    overall, per_layer = _pruned_fractions(list(chosen.values()), sizes)
+    return Sparsity(overall, dict(zip(chosen, per_layer, strict=True)))
+
+
+@jax.jit  # one program per architecture, not eager sums compiled once per leaf shape
+def _pruned_fractions(masks: list, sizes: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    # The sizes are traced, not constants, so the divisions stay divisions (XLA turns a
+    # division by a constant into a multiplication, one ulp off the eager form).
+    zeros = jnp.stack([jnp.sum(~jnp.asarray(m, bool)) for m in masks])
+    fractions = zeros / sizes
+    overall = (jnp.sum(zeros) / jnp.sum(sizes)).astype(jnp.float32)
+    return overall, [fractions[i] for i in range(len(masks))]

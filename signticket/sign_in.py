@@ -99,6 +99,11 @@ def _where(pred, x):
     return jnp.where(pred, x, jnp.zeros_like(x))
 
 
+@jax.jit  # one program per architecture, not an eager select per leaf shape
+def _where_each(preds: list, xs: list) -> list:
+    return [_where(p, x) for p, x in zip(preds, xs, strict=True)]
+
+
 def _z_tree(treedef, theta: list, m: list, w: list) -> PyTree:
     """The tree the inner transform works on: ``MW(m, w)`` at reparameterised leaves."""
     return jax.tree.unflatten(
@@ -284,7 +289,7 @@ def sign_in(
         msk = [jnp.asarray(x, bool) for x in treedef.flatten_up_to(msk)]
         chosen = [bool(reparam(name, x)) for name, x in named_leaves(params)]
         _check_params(params, chosen)
-        theta = [_where(mk, p) for mk, p in zip(msk, leaves, strict=True)]
+        theta = _where_each(msk, leaves)
         names = [n for n, _ in named_leaves(params)]
         cs = [_leaf_c(c, n, t) if ch else None
               for n, t, ch in zip(names, theta, chosen, strict=True)]
@@ -359,8 +364,13 @@ def _set_sign_in_mask(state: SignInState, new_mask: PyTree) -> SignInState:
     """New mask; every entry that is not kept active (pruned, or newly grown) restarts at
     ``(m, w) = (sqrt(c), 0)`` with zero inner state, so theta is 0 there."""
     check_same_structure(state.mask, new_mask, "current mask", "new mask")
+    return _restart_unkept(state, _bool_like(new_mask, state.mask))
+
+
+@jax.jit  # one program per architecture, not eager selects compiled once per leaf shape
+def _restart_unkept(state: SignInState, new_mask: PyTree) -> SignInState:
     treedef, old, m, w = _flat(state)
-    new = treedef.flatten_up_to(_bool_like(new_mask, state.mask))
+    new = treedef.flatten_up_to(new_mask)
     kept = [o & n for o, n in zip(old, new, strict=True)]
     cs = treedef.flatten_up_to(state.c)
     m = [None if mi is None else jnp.where(k, mi, jnp.sqrt(ci).astype(mi.dtype))

@@ -37,6 +37,11 @@ def _mask_leaf(mask_leaves: dict, name: str, x) -> jax.Array:
 
 def flip_tracker(params: PyTree) -> FlipTracker:
     """A tracker that has observed ``params`` (usually the init) and counted nothing yet."""
+    return _new_tracker(params)
+
+
+@jax.jit  # one program per architecture, not an eager sign per leaf shape
+def _new_tracker(params: PyTree) -> FlipTracker:
     return FlipTracker(
         signs=jax.tree.map(lambda x: jnp.sign(x).astype(jnp.int8), params),
         changes=jax.tree.map(lambda x: jnp.zeros((), jnp.int32), params),

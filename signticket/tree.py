@@ -201,6 +201,14 @@ def _all_finite(leaves: list[jax.Array]) -> jax.Array:
     return jnp.all(jnp.isfinite(jnp.concatenate([jnp.ravel(x) for x in leaves])))
 
 
+@jax.jit
+def copy_arrays(tree: PyTree) -> PyTree:
+    """A copy of every leaf in new buffers, placed like the originals: one compiled program per
+    tree structure and shapes, where eager per-leaf copies compile once per leaf shape. Leaves
+    that are not arrays come back as arrays."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 def tree_size(tree: PyTree) -> int:
     """Total number of scalar entries in all leaves."""
     return sum(int(jnp.size(x)) for x in jax.tree_util.tree_leaves(tree))

@@ -128,6 +128,28 @@ def test_sparsity_jittable(params):
     chex.assert_trees_all_close(eager, jitted)
 
 
+def test_sparsity_is_the_exact_quotient_of_counts():
+    """Each fraction is float32(pruned) / float32(size), bit for bit (one program computes them
+    all; XLA would turn a division by a constant size into a multiplication, an ulp off at
+    ResNet-20's 3x3x16x16 kernels)."""
+    rng = np.random.RandomState(0)
+
+    def kernel(pruned: int) -> jax.Array:  # counts where z * (1 / 2304) != z / 2304 in float32
+        return jnp.asarray(rng.permutation(2304).reshape(3, 3, 16, 16) >= pruned)
+
+    mask = {f"conv{i}": {"kernel": kernel(z)} for i, z in enumerate((17, 41, 1843, 2000))}
+    got = masks.sparsity(mask)
+    pruned = total = 0
+    for name, m in got.per_layer.items():
+        leaf = np.asarray(dict(tree.named_leaves(mask))[name])
+        zeros = int(np.sum(~leaf))
+        assert np.asarray(m).dtype == np.float32
+        assert np.asarray(m).tobytes() == (np.float32(zeros) / np.float32(leaf.size)).tobytes()
+        pruned, total = pruned + zeros, total + leaf.size
+    assert len(got.per_layer) == 4
+    assert np.asarray(got.overall).tobytes() == (np.float32(pruned) / np.float32(total)).tobytes()
+
+
 def test_rounds_of_pruning_on_placed_params_compile_once():
     """IMP prunes round 1 from ``full_mask(params)`` and later rounds from the previous output:
     the dense mask must be placed like the (mesh-placed) params, or round 2 recompiles the

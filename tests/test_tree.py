@@ -49,3 +49,24 @@ def test_check_finite_leaves_names_the_first_bad_leaf():
         tree.check_finite_leaves(bad, "params")
     # leaves outside ``where`` are not checked
     tree.check_finite_leaves(bad, "params", where=lambda p, x: p.startswith("a"))
+
+
+def test_copy_arrays_gives_new_buffers_with_the_same_bits():
+    import jax
+    import numpy as np
+
+    state = {"w": jnp.arange(6.0).reshape(2, 3) - 2.5, "step": jnp.zeros((), jnp.int32),
+             "mask": jnp.array([True, False]), "host": np.ones(3, np.float32)}
+    state["shared"] = state["w"]  # one buffer in two places: each gets its own copy
+    out = tree.copy_arrays(state)
+    assert jax.tree.structure(out) == jax.tree.structure(state)
+    pointers = set()
+    for name, x in state.items():
+        y = out[name]
+        assert isinstance(y, jax.Array) and y.dtype == x.dtype and y.shape == x.shape
+        assert np.asarray(y).tobytes() == np.asarray(x).tobytes()
+        if isinstance(x, jax.Array):
+            assert y.unsafe_buffer_pointer() != x.unsafe_buffer_pointer()
+            assert y.sharding == x.sharding
+        pointers.add(y.unsafe_buffer_pointer())
+    assert len(pointers) == len(state)

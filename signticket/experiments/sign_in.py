@@ -39,6 +39,7 @@ from signticket.errors import UserError
 from signticket.experiments.cli_common import experiment_main
 from signticket.experiments.common import progress_lines, pyplot, run_seeds, save_figure
 from signticket.experiments.tables import mean_std, paired_differences, paper_columns, write_table
+from signticket.masks import apply_mask
 from signticket.optim import get_mask, sign_in
 from signticket.rigl import rigl
 from signticket.run_desc import Input, RunDesc
@@ -59,7 +60,7 @@ from signticket.str_sparsity import initial_params as str_initial_params
 from signticket.str_sparsity import sparsity as str_sparsity_of
 from signticket.str_sparsity import str_sparsity
 from signticket.train import cross_entropy
-from signticket.tree import PyTree, is_kernel, is_prunable, named_leaves
+from signticket.tree import PyTree, copy_arrays, is_kernel, is_prunable, named_leaves
 
 NAME = "sign_in"
 TITLE = "Sign-In"
@@ -344,7 +345,7 @@ def epoch_hook(path: Path, init_params: PyTree, init_mask: PyTree, cfg: ConfigDi
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         # (a copy: the step donates its state, and one buffer must not be donated twice)
-        return state.replace(hook_state={"flips": tracker, "mask": jax.tree.map(jnp.copy, mask)})
+        return state.replace(hook_state={"flips": tracker, "mask": copy_arrays(mask)})
 
     return hook
 
@@ -390,7 +391,7 @@ def run_arm(config: ConfigDict, arm: str, seed: int, sparsity: float, dataset, r
     check_run_config(cfg, runs_root)  # before any directory exists
     variables = initial_variables(cfg, dataset)
     mask = start_mask(jax.random.PRNGKey(10_000 + seed), variables["params"], cfg)
-    init = jax.tree.map(lambda p, m: jnp.where(m, p, 0), variables["params"], mask)
+    init = apply_mask(variables["params"], mask)
     is_str = bool(cfg.method.get("str"))
     if is_str:  # the model starts at the thresholded init; STR keeps the dense one as latent W
         init = str_initial_params(variables["params"], cfg.method.str_s_init, is_prunable)
