@@ -6,7 +6,8 @@ samples taken in turn.
 
 Why workers: each variant keeps its own process (no JAX thread pool beside torch's OpenMP
 threads, as in a suite child), stays compiled and warm between its samples, and the parent asks
-each in turn for one sample of ``number`` steps (the order rotating every round,
+each in turn for one sample of ``number`` steps (after :data:`WARM_S` seconds of untimed
+ones; the order rotating every round,
 :func:`bench.timing.alternate`). Sample ``i`` of every variant then comes from the same few
 seconds, so a slow spell of the machine lands on all of them, and the paired ratio (median over
 rounds of the per-round ratios, :func:`bench.timing.paired_speedup`) measures the variants, not
@@ -43,6 +44,11 @@ MARK = "@@side_by_side "
 #: Seconds the parent waits between two samples: the previous worker's OpenMP threads stop
 #: spinning before the next worker starts.
 PAUSE_S = 0.05
+#: Seconds of untimed steps a worker runs before each sample (:func:`bench.timing.sample`):
+#: after idling through the other workers' samples, signticket's convnet step ran its first 3-4
+#: steps ~11 ms slower each (the OS placing its woken threads; torch's step, whose threads do
+#: not sleep mid-step, was not slowed), while training runs steps back to back.
+WARM_S = 0.25
 REPLY_TIMEOUT_S = 1800.0
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,8 +89,8 @@ def serve(variant: str, workload: workloads.Workload) -> None:
     for line in sys.stdin:
         command, *args = line.split() or [""]
         if command == "sample":
-            number = int(args[0])
-            samples.append(timing.sample(step, number))
+            number, warm_s = int(args[0]), float(args[1]) if len(args) > 1 else 0.0
+            samples.append(timing.sample(step, number, warm_s))
             _say({"seconds": samples[-1]})
         elif command == "figures" and samples:
             _say({"figures": figures(timing.Timing.from_samples(first, samples, number))})
@@ -140,9 +146,10 @@ class Worker:
         self._proc.stdin.flush()
         return self._reply(key)[key]
 
-    def sample(self, number: int) -> float:
-        """Seconds per step of ``number`` back-to-back steps, measured in the worker."""
-        return float(self._ask(f"sample {number}", "seconds"))
+    def sample(self, number: int, warm_s: float = 0.0) -> float:
+        """Seconds per step of ``number`` back-to-back steps, measured in the worker after
+        ``warm_s`` seconds of untimed ones."""
+        return float(self._ask(f"sample {number} {warm_s}", "seconds"))
 
     def figures(self) -> dict[str, Any]:
         """The worker's figures over every sample it took (its medians, compile time, ...)."""
@@ -175,11 +182,12 @@ class SideBySide:
 
 def measure(workload: str, variants: Sequence[str] | Mapping[str, str], *, rounds: int,
             number: int, tiny: bool = False, envs: Mapping[str, Mapping[str, str]] | None = None,
-            pause_s: float = PAUSE_S) -> SideBySide:
+            pause_s: float = PAUSE_S, warm_s: float = WARM_S) -> SideBySide:
     """Time ``workload``'s train step in every variant, side by side: the workers start one
     after another (so no compilation overlaps another), then ``rounds`` rounds of one sample
-    of ``number`` steps from each. ``variants``: variant names, or ``{name: variant}`` to run
-    one variant twice under other names (with ``envs[name]``: extra environment variables)."""
+    of ``number`` steps from each, after ``warm_s`` seconds of its untimed steps.
+    ``variants``: variant names, or ``{name: variant}`` to run one variant twice under other
+    names (with ``envs[name]``: extra environment variables)."""
     if rounds < 1 or number < 1:
         raise ValueError(f"need rounds >= 1, number >= 1; got {rounds}, {number}")
     named = dict(variants) if isinstance(variants, Mapping) else {v: v for v in variants}
@@ -193,7 +201,7 @@ def measure(workload: str, variants: Sequence[str] | Mapping[str, str], *, round
         def sampler(worker: Worker) -> Callable[[], float]:
             def one() -> float:
                 time.sleep(pause_s)
-                return worker.sample(number)
+                return worker.sample(number, warm_s)
             return one
 
         samples = timing.alternate({n: sampler(w) for n, w in workers.items()}, rounds)
@@ -213,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--number", type=int, default=None,
                    help="steps per sample (default: the suite's, bench.workloads.TRAIN_STEPS)")
+    p.add_argument("--warm-s", type=float, default=WARM_S,
+                   help="seconds of untimed steps before each sample (0: none)")
     p.add_argument("--tiny", action="store_true", help="smoke-test sizes")
     p.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)  # a worker
     p.add_argument("--out", default="bench/results/side_by_side.json")
@@ -223,9 +233,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     variants = [v for v in args.variants.split(",") if v]
     number = args.number or workloads.train_steps(args.workload, args.tiny)[0]
-    m = measure(args.workload, variants, rounds=args.rounds, number=number, tiny=args.tiny)
+    m = measure(args.workload, variants, rounds=args.rounds, number=number, tiny=args.tiny,
+                warm_s=args.warm_s)
     base = variants[0]
     result = {"workload": workload.describe(), "rounds": args.rounds, "steps_per_sample": number,
+              "warm_s": args.warm_s,
               "figures": m.figures,
               "paired_speedup_of_first": {v: round(m.paired(v, base), 4) for v in variants[1:]}}
     for v in variants:

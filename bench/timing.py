@@ -91,8 +91,19 @@ def time_calls(
     return Timing.from_samples(first, samples, number)
 
 
-def sample(call: Callable[[], Any], number: int) -> float:
-    """Seconds per call of ``number`` back-to-back calls, blocking on the last result."""
+def sample(call: Callable[[], Any], number: int, warm_s: float = 0.0) -> float:
+    """Seconds per call of ``number`` back-to-back calls, blocking on the last result; first,
+    with ``warm_s > 0``, untimed calls (at least one) until ``warm_s`` seconds have passed.
+
+    Why warm: a JAX step that ran after the process sat idle was slower for its first ~0.1 s
+    (docs/performance.md, stop 35), which a training loop running steps back to back never
+    sees."""
+    if warm_s > 0:
+        until = time.perf_counter() + warm_s
+        out = call()
+        while time.perf_counter() < until:
+            out = call()
+        block(out)
     t0 = time.perf_counter()
     out = None
     for _ in range(number):

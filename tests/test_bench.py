@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,25 @@ def test_alternating_timer_takes_samples_in_turn_and_pairs_them():
         timing.time_alternating({})
     with pytest.raises(ValueError, match="repeats >= 1"):
         timing.time_alternating(calls, repeats=0)
+
+
+def test_a_warm_sample_leaves_the_slow_calls_after_idling_untimed():
+    # a call slowed for its first 30 ms after idling, as the convnet step after a pause
+    calls = []
+
+    def call():
+        calls.append(time.perf_counter())
+        time.sleep(0.012 if calls[-1] - calls[0] < 0.03 else 0.001)
+
+    cold = timing.sample(call, 3)
+    assert cold > 0.008 and len(calls) == 3
+    calls.clear()
+    warm = timing.sample(call, 3, warm_s=0.05)
+    warm_calls = len(calls) - 3
+    assert warm < 0.006 and warm_calls >= 4  # the slow calls ran, untimed
+    calls.clear()
+    timing.sample(call, 2, warm_s=1e-9)
+    assert len(calls) == 3  # at least one untimed call
 
 
 def test_side_by_side_workers_take_samples_in_turn_under_their_own_environment():
