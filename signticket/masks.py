@@ -232,8 +232,9 @@ def sparsity(
     bool leaves; a scope that selects no leaf raises instead of reporting 0.0."""
     check_plain_pytree(mask, "mask")
     check_bool_leaves(mask)
-    where, _ = _scope(mask, prunable, keep_dense, "mask")
-    chosen = {name: m for name, m in named_leaves(mask) if where(name, m)}
+    _, selected = _scope(mask, prunable, keep_dense, "mask")
+    chosen = {name: m for (name, m), keep in zip(named_leaves(mask), selected, strict=True)
+              if keep}
     sizes = np.asarray([np.size(m) for m in chosen.values()], np.int32)
     overall, per_layer = _pruned_fractions(list(chosen.values()), sizes)
     return Sparsity(overall, dict(zip(chosen, per_layer, strict=True)))

@@ -27,7 +27,7 @@ import optax
 
 from signticket import optim
 from signticket.errors import UserError
-from signticket.masks import full_mask
+from signticket.masks import apply_mask, full_mask
 from signticket.optim import _bool_like, _is_placeholder, register_mask_state
 from signticket.tree import LeafPredicate, PyTree, check_same_structure, is_kernel, named_leaves
 
@@ -97,11 +97,6 @@ def relative_balance(k: float, floor: float = 1e-8) -> Callable[[str, jax.Array]
 
 def _where(pred, x):
     return jnp.where(pred, x, jnp.zeros_like(x))
-
-
-@jax.jit  # one program per architecture, not an eager select per leaf shape
-def _where_each(preds: list, xs: list) -> list:
-    return [_where(p, x) for p, x in zip(preds, xs, strict=True)]
 
 
 def _z_tree(treedef, theta: list, m: list, w: list) -> PyTree:
@@ -289,7 +284,7 @@ def sign_in(
         msk = [jnp.asarray(x, bool) for x in treedef.flatten_up_to(msk)]
         chosen = [bool(reparam(name, x)) for name, x in named_leaves(params)]
         _check_params(params, chosen)
-        theta = _where_each(msk, leaves)
+        theta = apply_mask(leaves, msk)
         names = [n for n, _ in named_leaves(params)]
         cs = [_leaf_c(c, n, t) if ch else None
               for n, t, ch in zip(names, theta, chosen, strict=True)]
