@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+import types
 from pathlib import Path
 
 import pytest
@@ -231,21 +231,29 @@ def test_alternating_timer_takes_samples_in_turn_and_pairs_them():
         timing.time_alternating(calls, repeats=0)
 
 
-def test_a_warm_sample_leaves_the_slow_calls_after_idling_untimed():
-    # a call slowed for its first 30 ms after idling, as the convnet step after a pause
+def test_a_warm_sample_leaves_the_slow_calls_after_idling_untimed(monkeypatch):
+    # a call slowed for its first three calls after idling, as the convnet step after a pause;
+    # the clock is simulated (each call advances it, in binary fractions of a second so that
+    # the sums are exact) so that the counts are exact on any machine
+    slow, fast = 2.0**-6, 2.0**-10
+    clock = types.SimpleNamespace(now=0.0, idle_until=0.0)
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
     calls = []
 
     def call():
-        calls.append(time.perf_counter())
-        time.sleep(0.012 if calls[-1] - calls[0] < 0.03 else 0.001)
+        calls.append(clock.now)
+        clock.now += slow if clock.now < clock.idle_until else fast
 
-    cold = timing.sample(call, 3)
-    assert cold > 0.008 and len(calls) == 3
-    calls.clear()
-    warm = timing.sample(call, 3, warm_s=0.05)
-    warm_calls = len(calls) - 3
-    assert warm < 0.006 and warm_calls >= 4  # the slow calls ran, untimed
-    calls.clear()
+    def after_idling():
+        calls.clear()
+        clock.idle_until = clock.now + 3 * slow
+
+    after_idling()
+    assert timing.sample(call, 3) == slow  # all three slow, timed
+    after_idling()
+    assert timing.sample(call, 3, warm_s=4 * slow) == fast
+    assert len(calls) - 3 == 3 + 16  # untimed: the three slow calls, then fast ones to 4 * slow
+    after_idling()
     timing.sample(call, 2, warm_s=1e-9)
     assert len(calls) == 3  # at least one untimed call
 
