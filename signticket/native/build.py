@@ -85,7 +85,8 @@ def library_path(build: bool = True) -> tuple[Path | None, str]:
     # load a half-written library.
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
         partial = Path(tmp.name)
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+    # -fopenmp: team placement pins the GNU OpenMP workers oneDNN runs on (same libgomp).
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w",
            f"-I{jax.ffi.include_dir()}", f"-I{prefix / 'include'}", str(SOURCE), "-o", str(partial),
            *(f"-L{d}" for d in libdirs), "-ldnnl", *(f"-Wl,-rpath,{d}" for d in libdirs)]
     result = subprocess.run(cmd, capture_output=True, text=True)

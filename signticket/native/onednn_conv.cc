@@ -24,9 +24,25 @@
 // barrier that spins forever, or a crash. Build() never picks that implementation for strided
 // kernel gradients. signticket_conv_self_check() checks any geometry against a direct-loop
 // reference before Python lets XLA use it (signticket/native/conv.py).
+//
+// Team placement: oneDNN (GNU OpenMP build) runs each conv on the calling thread's OpenMP team,
+// and every XLA thread that calls a conv gets a team of its own. Unpinned, those workers sleep
+// while XLA runs other ops, and on waking Linux stacked them on one CPU: a worker that had idled
+// ran its first convnet steps ~11 ms slower (docs/performance.md, stops 35-36); torch's threads
+// are pinned and did not. TeamPlacement pins each team's workers once, member i to allowed CPU
+// (first + i) % n, and the caller to `first` for the length of its call only (XLA's thread keeps
+// its own mask between ops). Each new calling thread's team starts one CPU further on, so two
+// teams running at once do not put their leaders on the same CPU.
+// SIGNTICKET_CONV_PLACE_TEAMS=0 turns it off; it is skipped when the team is not one thread per
+// allowed CPU (OMP_NUM_THREADS set otherwise, or a restricted mask changed since start).
+
+#include <omp.h>
+#include <pthread.h>
+#include <sched.h>
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -80,6 +96,68 @@ char* ThreadScratch(size_t bytes) {
   auto address = reinterpret_cast<uintptr_t>(buffer.data());
   return buffer.data() + (Aligned(address) - address);
 }
+
+// The CPUs this process may run on, as the first conv saw them.
+const std::vector<int>& AllowedCpus() {
+  static const std::vector<int> cpus = [] {
+    std::vector<int> list;
+    cpu_set_t mask;
+    CPU_ZERO(&mask);
+    if (sched_getaffinity(0, sizeof mask, &mask) == 0) {
+      for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+        if (CPU_ISSET(cpu, &mask)) list.push_back(cpu);
+      }
+    }
+    return list;
+  }();
+  return cpus;
+}
+
+bool PinToCpu(int cpu) {
+  cpu_set_t mask;
+  CPU_ZERO(&mask);
+  CPU_SET(cpu, &mask);
+  return pthread_setaffinity_np(pthread_self(), sizeof mask, &mask) == 0;
+}
+
+// Pins the calling thread's OpenMP team for the lifetime of this object (see the top of the file).
+class TeamPlacement {
+ public:
+  TeamPlacement() {
+    static const bool enabled = [] {
+      const char* flag = std::getenv("SIGNTICKET_CONV_PLACE_TEAMS");
+      return flag == nullptr || std::string(flag) != "0";
+    }();
+    const std::vector<int>& cpus = AllowedCpus();
+    int n = static_cast<int>(cpus.size());
+    if (!enabled || n < 2 || omp_get_max_threads() != n || omp_in_parallel()) return;
+    thread_local int first = -1;
+    if (first < 0) {
+      static std::atomic<int> teams{0};
+      first = teams.fetch_add(1) % n;
+      // GNU OpenMP keeps this thread's workers for its later teams (same member, same thread),
+      // so one pinning lasts. The caller is unpinned here, so nothing inherits a one-CPU mask.
+      // (`start` is a copy: the workers would read their own, unset, thread_local `first`.)
+      int start = first;
+#pragma omp parallel num_threads(n)
+      {
+        int member = omp_get_thread_num();
+        if (member != 0) PinToCpu(cpus[(start + member) % n]);
+      }
+    }
+    if (pthread_getaffinity_np(pthread_self(), sizeof saved_, &saved_) != 0) return;
+    restore_ = PinToCpu(cpus[first]);
+  }
+  ~TeamPlacement() {
+    if (restore_) pthread_setaffinity_np(pthread_self(), sizeof saved_, &saved_);
+  }
+  TeamPlacement(const TeamPlacement&) = delete;
+  TeamPlacement& operator=(const TeamPlacement&) = delete;
+
+ private:
+  cpu_set_t saved_;
+  bool restore_ = false;
+};
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -187,6 +265,7 @@ void Corrupt(dt type, char* out, size_t elements) {
 void Execute(Op op, const Geometry& g, char* a_base, char* b_base, char* out_base,
              int64_t members, size_t a_step, size_t b_step, size_t out_step) {
   const Cached& c = Lookup(op, g);
+  TeamPlacement placement;
   auto& eng = Engine();
   dnnl::stream stream(eng);
   // This thread's scratch: [blocked kernel | conv scratchpad | reorder scratchpad].
@@ -540,6 +619,31 @@ extern "C" int signticket_conv_self_check(const int64_t* geometry, int bf16, cha
 // For tests of the self-check: from now on, op k's output (bit k of `ops`: forward, input grad,
 // kernel grad) is corrupted after every run. 0 restores correct results.
 extern "C" void signticket_conv_testing_corrupt(int ops) { CorruptedOps() = ops; }
+
+// For tests of team placement: runs one OpenMP region under the calling thread's placement and
+// writes each member's CPU (-1 where its mask allows more than one) to `cpus`; returns the team
+// size (at most `capacity` entries are written).
+extern "C" int signticket_conv_testing_team_cpus(int* cpus, int capacity) {
+  TeamPlacement placement;
+  int size = 0;
+#pragma omp parallel
+  {
+    cpu_set_t mask;
+    CPU_ZERO(&mask);
+    int cpu = -1;
+    if (pthread_getaffinity_np(pthread_self(), sizeof mask, &mask) == 0 &&
+        CPU_COUNT(&mask) == 1) {
+      for (int i = 0; i < CPU_SETSIZE; ++i) {
+        if (CPU_ISSET(i, &mask)) cpu = i;
+      }
+    }
+    int member = omp_get_thread_num();
+    if (member < capacity) cpus[member] = cpu;
+#pragma omp single
+    size = omp_get_num_threads();
+  }
+  return size;
+}
 
 // "oneDNN <version>, <ISA oneDNN dispatches to>": part of a self-check verdict's identity.
 extern "C" void signticket_conv_runtime(char* buffer, int length) {
