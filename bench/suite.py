@@ -22,6 +22,9 @@ Rows (``--only`` names):
   ``signticket/_xla_flags.py``), ``SIGNTICKET_MALLOC_DEFAULTS=0`` (glibc's default allocator
   behaviour; ``signticket/_host_malloc.py``). The torch workers run with the allocator defaults
   on too (they import signticket), so both sides of the train rows share one setting.
+* ``placement``: the same on the convnet step (where it mattered: docs/performance.md, stop
+  36), ``SIGNTICKET_CONV_PLACE_TEAMS=0`` (oneDNN's OpenMP teams unpinned; ``TeamPlacement`` in
+  ``signticket/native/onednn_conv.cc``).
 * ``bf16``: the ResNet-20 step with the engine's bfloat16 compute policy (``Engine(...,
   compute_dtype="bfloat16")``: float32 params, optimizer state and BN statistics) vs float32.
 * ``barrier``: ``lmc.barrier_curve`` (one program) vs per-alpha loop (:mod:`bench.barrier`).
@@ -71,8 +74,8 @@ from signticket import _host_malloc
 from signticket._xla_flags import YNN_FLAG
 from signticket.native import conv as native_conv
 
-GROUPS = ("train_resnet20", "train_convnet", "train_vgg11", "onednn", "xla_flag", "malloc", "bf16",
-          "barrier", "matching", "seeds", "sign_in", "imp_round")
+GROUPS = ("train_resnet20", "train_convnet", "train_vgg11", "onednn", "placement", "xla_flag",
+          "malloc", "bf16", "barrier", "matching", "seeds", "sign_in", "imp_round")
 LABELS = {"resnet20": "ResNet-20", "convnet": "convnet", "vgg11": "VGG-11"}
 #: Train step vs PyTorch (issue 18, goal 1).
 TRAIN_STEP_GOAL = 1.1
@@ -136,17 +139,17 @@ class Suite:
                           ours["compile_s"], higher_is_better=False)
         return [row, compile_row]
 
-    def _lever(self, key: str, env: dict[str, str], fields: tuple[str, ...]
-               ) -> tuple[dict, dict, float]:
-        """The ResNet-20 step with the lever on (this process's environment) and off (``env``
+    def _lever(self, key: str, env: dict[str, str], fields: tuple[str, ...],
+               workload: str = "resnet20") -> tuple[dict, dict, float]:
+        """``workload``'s step with the lever on (this process's environment) and off (``env``
         on top of it), in two warm workers timed side by side (:mod:`bench.side_by_side`);
         records ``fields`` of both and the paired ratio under ``details[key]`` and returns
         ``(on, off, on's speed-up over off)``."""
         cache = jax.config.jax_compilation_cache_dir
         # the workers share the parent's persistent compilation cache, if any (tests)
         shared = {"JAX_COMPILATION_CACHE_DIR": cache} if cache else {}
-        steps, repeats = workloads.train_steps("resnet20", self.tiny)
-        m = side_by_side.measure("resnet20", {"on": "signticket", "off": "signticket"},
+        steps, repeats = workloads.train_steps(workload, self.tiny)
+        m = side_by_side.measure(workload, {"on": "signticket", "off": "signticket"},
                                  envs={"on": shared, "off": {**env, **shared}},
                                  rounds=repeats * self.rounds, number=steps, tiny=self.tiny)
         on, off = m.figures["on"], m.figures["off"]
@@ -166,6 +169,18 @@ class Suite:
                 baseline_note=f"({off['conv_backend']})"),
             Row("onednn_compile", "  ResNet-20 step compile, oneDNN vs XLA convs (s)", "s",
                 on["compile_s"], off["compile_s"], higher_is_better=False),
+        ]
+
+    def placement(self) -> list[Row]:
+        env = dict(os.environ, **{native_conv.ENV_PLACE_TEAMS: "0"})
+        on, off, paired = self._lever("placement", env, ("conv_backend", "conv_team_placement"),
+                                      workload="convnet")
+        return [
+            Row("placement", "convnet step, OpenMP teams pinned vs "
+                f"{native_conv.ENV_PLACE_TEAMS}=0 (img/s)", "img/s", on["img_per_s_median"],
+                off["img_per_s_median"], paired_ratio=paired,
+                signticket_note="(pinned)" if on["conv_team_placement"] else "(NOT pinned)",
+                baseline_note="(off)" if not off["conv_team_placement"] else "(still on!)"),
         ]
 
     def xla_flag(self) -> list[Row]:
@@ -289,6 +304,7 @@ class Suite:
             "train_convnet": lambda: self.train("convnet"),
             "train_vgg11": lambda: self.train("vgg11"),
             "onednn": self.onednn,
+            "placement": self.placement,
             "xla_flag": self.xla_flag,
             "malloc": self.malloc,
             "bf16": self.bf16,

@@ -47,10 +47,12 @@ def masked_sgd(mask: PyTree | None) -> optax.GradientTransformation:
 
 def xla_flag_state() -> dict[str, Any]:
     """``XLA_FLAGS`` as this process sees it, whether the YNNPACK fusion flag is in it, where
-    convolutions run and whether the host malloc defaults are applied."""
+    convolutions run (and on pinned OpenMP teams or not) and whether the host malloc defaults
+    are applied."""
     flags = os.environ.get("XLA_FLAGS", "")
     return {"xla_flags": flags, "ynn_fusion_flag": YNN_FLAG in flags,
             "conv_backend": "onednn" if native_conv.enabled() else "xla",
+            "conv_team_placement": native_conv.team_placement(),
             "SIGNTICKET_XLA_DEFAULTS": os.environ.get("SIGNTICKET_XLA_DEFAULTS"),
             "host_malloc_defaults": _host_malloc.applied()}
 

@@ -51,8 +51,8 @@ def test_conv_ops_bench_runs(tmp_path):
 # Rows every full --tiny run must produce, with a positive signticket figure.
 EXPECTED_ROWS = [
     "train_resnet20", "train_resnet20_compile", "train_convnet", "train_convnet_compile",
-    "train_vgg11", "train_vgg11_compile", "onednn", "onednn_compile", "xla_flag",
-    "xla_flag_compile", "malloc", "bf16",
+    "train_vgg11", "train_vgg11_compile", "onednn", "onednn_compile", "placement",
+    "xla_flag", "xla_flag_compile", "malloc", "bf16",
     "barrier",
     "barrier_first_call", "matching", "matching_first_call", "matching_objective",
     "seeds_mlp_2", "seeds_convnet_2", "seeds_unrolled_mlp_2", "seeds_unrolled_convnet_2",
@@ -66,7 +66,8 @@ EXPECTED_ROWS = [
 MAY_BE_ZERO = {"imp_pruning", "imp_epoch_hooks", "imp_other"}
 # Rows compared with a baseline (the train-step rows' baseline is PyTorch).
 TORCH_ROWS = {"train_resnet20", "train_convnet", "train_vgg11"}
-BASELINE_ROWS = {"onednn", "onednn_compile", "xla_flag", "xla_flag_compile", "malloc", "bf16",
+BASELINE_ROWS = {"onednn", "onednn_compile", "placement", "xla_flag", "xla_flag_compile",
+                 "malloc", "bf16",
                  "barrier", "barrier_first_call",
                  "matching", "matching_first_call", "matching_objective", "seeds_mlp_2",
                  "seeds_convnet_2", "seeds_unrolled_mlp_2", "seeds_unrolled_convnet_2",
@@ -96,6 +97,8 @@ def test_suite_tiny_runs_every_row(tmp_path):
     assert isinstance(machine["ynn_fusion_flag"], bool)
     # The flag row's child ran without the YNNPACK flag, whatever this process runs with.
     assert written["details"]["xla_flag"]["off"]["ynn_fusion_flag"] is False
+    # The placement row's other worker ran with its OpenMP teams unpinned.
+    assert written["details"]["placement"]["off"]["conv_team_placement"] is False
     # Likewise the malloc row's child ran with glibc's default allocator behaviour.
     assert written["details"]["malloc"]["off"]["host_malloc_defaults"] is False
     assert result["rows"] == written["rows"]

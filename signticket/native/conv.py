@@ -52,6 +52,8 @@ from signticket.native import build
 # one custom call each (keeps compiled programs small).
 MAX_UNROLLED_MEMBERS = 16
 ENV_BACKEND = "SIGNTICKET_CONV"  # "auto" (default), "xla" or "onednn"
+#: "0" turns off the library's OpenMP team placement (TeamPlacement in onednn_conv.cc).
+ENV_PLACE_TEAMS = "SIGNTICKET_CONV_PLACE_TEAMS"
 _TARGETS = ("forward", "input_grad", "kernel_grad")
 _NOT_MAPPED = None  # how batching rules mark an unbatched operand
 
@@ -217,6 +219,16 @@ def enabled() -> bool:
         _warn_fallback_once()
         return False
     return True
+
+
+def team_placement() -> bool:
+    """Whether oneDNN convs here run on pinned OpenMP teams: the library is used, placement is
+    not turned off (``SIGNTICKET_CONV_PLACE_TEAMS=0``) and ``OMP_NUM_THREADS``, if set, is one
+    thread per usable CPU (the library skips placement otherwise)."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return (enabled() and os.environ.get(ENV_PLACE_TEAMS, "1") != "0"
+            and len(os.sched_getaffinity(0)) >= 2
+            and threads in (None, "", str(len(os.sched_getaffinity(0)))))
 
 
 @functools.cache
