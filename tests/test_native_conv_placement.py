@@ -32,7 +32,8 @@ def team():
     cpus = (ctypes.c_int * 64)()
     size = lib.signticket_conv_testing_team_cpus(cpus, 64)
     return {"before": before, "after": sorted(os.sched_getaffinity(0)), "team": cpus[:size]}
-report = {"allowed": sorted(os.sched_getaffinity(0)), "main": team(), "main_again": team()}
+report = {"allowed": sorted(os.sched_getaffinity(0)), "main": team(), "main_again": team(),
+          "reported": lib.signticket_conv_team_placement()}
 worker = threading.Thread(target=lambda: report.update(second=team()))
 worker.start()
 worker.join()
@@ -49,26 +50,27 @@ def _probe(**env: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _env_without_overrides() -> dict[str, str]:
+def _env_where_placement_applies() -> dict[str, str]:
     return {"SIGNTICKET_CONV_PLACE_TEAMS": "1",
             "OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)))}
 
 
 def test_each_team_is_one_member_per_cpu_and_callers_start_on_different_cpus():
-    report = _probe(**_env_without_overrides())
+    report = _probe(**_env_where_placement_applies())
     cpus, n = report["allowed"], len(report["allowed"])
     main, second = report["main"]["team"], report["second"]["team"]
     assert len(main) == len(second) == n
     first = cpus.index(main[0])
     assert main == [cpus[(first + i) % n] for i in range(n)]
     assert report["main_again"]["team"] == main  # the same team, still in place
+    assert report["reported"] == 1  # what native.conv.team_placement() tells the benchmarks
     second_first = cpus.index(second[0])
     assert second_first == (first + 1) % n
     assert second == [cpus[(second_first + i) % n] for i in range(n)]
 
 
 def test_the_caller_gets_its_own_mask_back():
-    report = _probe(**_env_without_overrides())
+    report = _probe(**_env_where_placement_applies())
     for call in ("main", "main_again", "second"):
         assert report[call]["after"] == report[call]["before"] == report["allowed"], call
 
@@ -76,7 +78,8 @@ def test_the_caller_gets_its_own_mask_back():
 @pytest.mark.parametrize("env", [{"OMP_NUM_THREADS": "1"}, {"SIGNTICKET_CONV_PLACE_TEAMS": "0"}],
                          ids=["team-not-one-per-cpu", "turned-off"])
 def test_nothing_is_pinned_when_placement_does_not_apply(env):
-    report = _probe(**{**_env_without_overrides(), **env})
+    report = _probe(**{**_env_where_placement_applies(), **env})
+    assert report["reported"] == 0
     for call in ("main", "main_again", "second"):
         assert all(cpu == -1 for cpu in report[call]["team"]), (call, report[call])
         assert report[call]["after"] == report["allowed"], call

@@ -222,13 +222,10 @@ def enabled() -> bool:
 
 
 def team_placement() -> bool:
-    """Whether oneDNN convs here run on pinned OpenMP teams: the library is used, placement is
-    not turned off (``SIGNTICKET_CONV_PLACE_TEAMS=0``) and ``OMP_NUM_THREADS``, if set, is one
-    thread per usable CPU (the library skips placement otherwise)."""
-    threads = os.environ.get("OMP_NUM_THREADS")
-    return (enabled() and os.environ.get(ENV_PLACE_TEAMS, "1") != "0"
-            and len(os.sched_getaffinity(0)) >= 2
-            and threads in (None, "", str(len(os.sched_getaffinity(0)))))
+    """Whether oneDNN convs here run on pinned OpenMP teams, as the library decides it: the
+    library is used, placement is not turned off (``SIGNTICKET_CONV_PLACE_TEAMS=0``) and a team
+    is one thread per usable CPU."""
+    return enabled() and bool(_library()[0].signticket_conv_team_placement())
 
 
 @functools.cache

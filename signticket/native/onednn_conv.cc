@@ -28,7 +28,7 @@
 // Team placement: oneDNN (GNU OpenMP build) runs each conv on the calling thread's OpenMP team,
 // and every XLA thread that calls a conv gets a team of its own. Unpinned, those workers sleep
 // while XLA runs other ops, and on waking Linux stacked them on one CPU: a worker that had idled
-// ran its first convnet steps ~11 ms slower (docs/performance.md, stops 35-36); torch's threads
+// ran its first convnet steps ~11 ms slower (docs/performance.md, stops 35-37); torch's threads
 // are pinned and did not. TeamPlacement pins each team's workers once, member i to allowed CPU
 // (first + i) % n, and the caller to `first` for the length of its call only (XLA's thread keeps
 // its own mask between ops). Each new calling thread's team starts one CPU further on, so two
@@ -120,17 +120,23 @@ bool PinToCpu(int cpu) {
   return pthread_setaffinity_np(pthread_self(), sizeof mask, &mask) == 0;
 }
 
+// Whether teams get pinned: not turned off, >= 2 CPUs, and a team is one thread per CPU.
+bool PlacementApplies() {
+  static const bool enabled = [] {
+    const char* flag = std::getenv("SIGNTICKET_CONV_PLACE_TEAMS");
+    return flag == nullptr || std::string(flag) != "0";
+  }();
+  int n = static_cast<int>(AllowedCpus().size());
+  return enabled && n >= 2 && omp_get_max_threads() == n;
+}
+
 // Pins the calling thread's OpenMP team for the lifetime of this object (see the top of the file).
 class TeamPlacement {
  public:
   TeamPlacement() {
-    static const bool enabled = [] {
-      const char* flag = std::getenv("SIGNTICKET_CONV_PLACE_TEAMS");
-      return flag == nullptr || std::string(flag) != "0";
-    }();
+    if (!PlacementApplies() || omp_in_parallel()) return;
     const std::vector<int>& cpus = AllowedCpus();
     int n = static_cast<int>(cpus.size());
-    if (!enabled || n < 2 || omp_get_max_threads() != n || omp_in_parallel()) return;
     thread_local int first = -1;
     if (first < 0) {
       static std::atomic<int> teams{0};
@@ -619,6 +625,9 @@ extern "C" int signticket_conv_self_check(const int64_t* geometry, int bf16, cha
 // For tests of the self-check: from now on, op k's output (bit k of `ops`: forward, input grad,
 // kernel grad) is corrupted after every run. 0 restores correct results.
 extern "C" void signticket_conv_testing_corrupt(int ops) { CorruptedOps() = ops; }
+
+// Whether convs called from here run on pinned teams (what the library decides, for reports).
+extern "C" int signticket_conv_team_placement() { return PlacementApplies() ? 1 : 0; }
 
 // For tests of team placement: runs one OpenMP region under the calling thread's placement and
 // writes each member's CPU (-1 where its mask allows more than one) to `cpus`; returns the team
