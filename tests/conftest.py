@@ -1,16 +1,9 @@
 """Shared fixtures: tiny synthetic params pytrees shaped like Flax models."""
 
 import errno
-import os
 import shutil
 
 from signticket import cpu_tuning
-
-# Several xdist workers share the CPUs, and pinned OpenMP teams of two processes cannot move off
-# each other's CPUs: two smoke runs at once took ~20 % longer with placement on (41.6 vs 33.0 s,
-# 59.7 vs 50.3 s; docs/performance.md, stop 37). The placement tests set it themselves.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    os.environ.setdefault("SIGNTICKET_CONV_PLACE_TEAMS", "0")
 
 cpu_tuning.apply()  # as the CLI does, before JAX starts its backend
 
