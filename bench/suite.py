@@ -24,7 +24,8 @@ Rows (``--only`` names):
   on too (they import signticket), so both sides of the train rows share one setting.
 * ``placement``: the same on the convnet step (where it mattered: docs/performance.md, stop
   36), ``SIGNTICKET_CONV_PLACE_TEAMS=0`` (oneDNN's OpenMP teams unpinned; ``TeamPlacement`` in
-  ``signticket/native/onednn_conv.cc``).
+  ``signticket/native/onednn_conv.cc``); and ``placement_shared``, two convnet trainers at once
+  in each setting, their combined rate (:mod:`bench.shared_cpus`).
 * ``bf16``: the ResNet-20 step with the engine's bfloat16 compute policy (``Engine(...,
   compute_dtype="bfloat16")``: float32 params, optimizer state and BN statistics) vs float32.
 * ``barrier``: ``lmc.barrier_curve`` (one program) vs per-alpha loop (:mod:`bench.barrier`).
@@ -63,6 +64,7 @@ from bench import (
     isa,
     matching,
     seeds,
+    shared_cpus,
     side_by_side,
     sign_in,
     torch_models,
@@ -181,7 +183,20 @@ class Suite:
                 off["img_per_s_median"], paired_ratio=paired,
                 signticket_note="(pinned)" if on["conv_team_placement"] else "(NOT pinned)",
                 baseline_note="(off)" if not off["conv_team_placement"] else "(still on!)"),
+            self._placement_shared(),
         ]
+
+    def _placement_shared(self) -> Row:
+        steps, repeats = workloads.train_steps("convnet", self.tiny)
+        r = shared_cpus.measure("convnet", rounds=2 * repeats * self.rounds, number=steps,
+                                tiny=self.tiny)
+        self.details["placement_shared"] = r
+        return Row("placement_shared", "  two convnet trainers at once, placed vs "
+                   f"{native_conv.ENV_PLACE_TEAMS}=0 (img/s together)", "img/s",
+                   r["placed"]["pair_img_per_s_median"], r["off"]["pair_img_per_s_median"],
+                   paired_ratio=r["paired_ratio"],
+                   signticket_note=f"({r['placed']['conv_team_placement']})",
+                   baseline_note=f"({r['off']['conv_team_placement']})")
 
     def xla_flag(self) -> list[Row]:
         env = dict(os.environ, SIGNTICKET_XLA_DEFAULTS="0")

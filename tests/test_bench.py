@@ -14,6 +14,7 @@ from bench import (
     init_compile,
     isa,
     profile_step,
+    shared_cpus,
     side_by_side,
     step_options,
     suite,
@@ -52,7 +53,7 @@ def test_conv_ops_bench_runs(tmp_path):
 EXPECTED_ROWS = [
     "train_resnet20", "train_resnet20_compile", "train_convnet", "train_convnet_compile",
     "train_vgg11", "train_vgg11_compile", "onednn", "onednn_compile", "placement",
-    "xla_flag", "xla_flag_compile", "malloc", "bf16",
+    "placement_shared", "xla_flag", "xla_flag_compile", "malloc", "bf16",
     "barrier",
     "barrier_first_call", "matching", "matching_first_call", "matching_objective",
     "seeds_mlp_2", "seeds_convnet_2", "seeds_unrolled_mlp_2", "seeds_unrolled_convnet_2",
@@ -66,7 +67,8 @@ EXPECTED_ROWS = [
 MAY_BE_ZERO = {"imp_pruning", "imp_epoch_hooks", "imp_other"}
 # Rows compared with a baseline (the train-step rows' baseline is PyTorch).
 TORCH_ROWS = {"train_resnet20", "train_convnet", "train_vgg11"}
-BASELINE_ROWS = {"onednn", "onednn_compile", "placement", "xla_flag", "xla_flag_compile",
+BASELINE_ROWS = {"onednn", "onednn_compile", "placement", "placement_shared", "xla_flag",
+                 "xla_flag_compile",
                  "malloc", "bf16",
                  "barrier", "barrier_first_call",
                  "matching", "matching_first_call", "matching_objective", "seeds_mlp_2",
@@ -99,6 +101,11 @@ def test_suite_tiny_runs_every_row(tmp_path):
     assert written["details"]["xla_flag"]["off"]["ynn_fusion_flag"] is False
     # The placement row's other worker ran with its OpenMP teams unpinned.
     assert written["details"]["placement"]["off"]["conv_team_placement"] is False
+    # And in the two-trainer row, both workers of the "off" pair.
+    shared = written["details"]["placement_shared"]
+    assert shared["off"]["conv_team_placement"] is False
+    assert shared["placed"]["conv_team_placement"] == native_conv.team_placement()
+    assert len(shared["per_round_pair_img_per_s"]) == shared["rounds"] >= 2
     # Likewise the malloc row's child ran with glibc's default allocator behaviour.
     assert written["details"]["malloc"]["off"]["host_malloc_defaults"] is False
     assert result["rows"] == written["rows"]
@@ -286,3 +293,10 @@ def test_side_by_side_runs_the_torch_step_in_both_layouts():
     assert [m.figures[f"torch_{layout}"]["channels_last"] for layout in torch_models.LAYOUTS] \
         == [False, True]
     assert m.figures["torch_contiguous"]["param_count"] == m.figures["signticket"]["param_count"]
+
+
+def test_a_pair_of_trainers_is_as_fast_as_its_slower_member():
+    # Two steps (one each) per the slower process's step: a starved member counts against its
+    # setting instead of the other one finishing alone.
+    assert shared_cpus.pair_seconds((0.1, 0.3)) == pytest.approx(0.15)
+    assert shared_cpus.pair_seconds((0.2, 0.2)) == pytest.approx(0.1)
