@@ -2,11 +2,14 @@
 
     python -m bench.shared_cpus --workload convnet --rounds 10
 
-The oneDNN library pins each conv-calling thread's OpenMP team one member per CPU
-(``TeamPlacement`` in ``signticket/native/onednn_conv.cc``). A pinned thread cannot move off a
-CPU that another process holds, so whether that helps or hurts when two trainers share the
-machine is a measurement, not an argument. Four warm workers (:class:`bench.side_by_side.Worker`,
-the engine's train step of ``--workload``): two with teams placed (the default), two with
+The oneDNN library pins each conv-calling thread's OpenMP team one member per CPU, by default
+only while no other process loads the CPUs (``signticket/native/team_placement.h``). A pinned
+thread cannot move off a CPU that another process holds, so whether pinning helps or hurts when
+two trainers share the machine is a measurement, not an argument; run it with
+``SIGNTICKET_CONV_PLACE_TEAMS=1`` in the environment to compare always-pinned teams.
+
+Four warm workers (:class:`bench.side_by_side.Worker`, the engine's train step of
+``--workload``): two with teams placed as the environment says (the default), two with
 ``SIGNTICKET_CONV_PLACE_TEAMS=0``. Each round, the placed pair takes one sample *at the same
 time* (each its ``number`` steps after its warm steps), then the unplaced pair, the order
 rotating (:func:`bench.timing.alternate`). A pair's figure is its combined rate over the time

@@ -23,9 +23,10 @@ Rows (``--only`` names):
   behaviour; ``signticket/_host_malloc.py``). The torch workers run with the allocator defaults
   on too (they import signticket), so both sides of the train rows share one setting.
 * ``placement``: the same on the convnet step (where it mattered: docs/performance.md, stop
-  36), ``SIGNTICKET_CONV_PLACE_TEAMS=0`` (oneDNN's OpenMP teams unpinned; ``TeamPlacement`` in
-  ``signticket/native/onednn_conv.cc``); and ``placement_shared``, two convnet trainers at once
-  in each setting, their combined rate (:mod:`bench.shared_cpus`).
+  36), ``SIGNTICKET_CONV_PLACE_TEAMS=0`` (oneDNN's OpenMP teams unpinned; the default pins them
+  while no other process loads the CPUs, ``signticket/native/team_placement.h``); and
+  ``placement_shared``, two convnet trainers at once in each setting, their combined rate
+  (:mod:`bench.shared_cpus`).
 * ``bf16``: the ResNet-20 step with the engine's bfloat16 compute policy (``Engine(...,
   compute_dtype="bfloat16")``: float32 params, optimizer state and BN statistics) vs float32.
 * ``barrier``: ``lmc.barrier_curve`` (one program) vs per-alpha loop (:mod:`bench.barrier`).
@@ -178,11 +179,11 @@ class Suite:
         on, off, paired = self._lever("placement", env, ("conv_backend", "conv_team_placement"),
                                       workload="convnet")
         return [
-            Row("placement", "convnet step, OpenMP teams pinned vs "
+            Row("placement", "convnet step, OpenMP teams placed (default) vs "
                 f"{native_conv.ENV_PLACE_TEAMS}=0 (img/s)", "img/s", on["img_per_s_median"],
                 off["img_per_s_median"], paired_ratio=paired,
-                signticket_note="(pinned)" if on["conv_team_placement"] else "(NOT pinned)",
-                baseline_note="(off)" if not off["conv_team_placement"] else "(still on!)"),
+                signticket_note=f"({on['conv_team_placement']})",
+                baseline_note=f"({off['conv_team_placement']})"),
             self._placement_shared(),
         ]
 

@@ -47,7 +47,7 @@ def masked_sgd(mask: PyTree | None) -> optax.GradientTransformation:
 
 def xla_flag_state() -> dict[str, Any]:
     """``XLA_FLAGS`` as this process sees it, whether the YNNPACK fusion flag is in it, where
-    convolutions run (and on pinned OpenMP teams or not) and whether the host malloc defaults
+    convolutions run (and how their OpenMP teams are placed) and whether the host malloc defaults
     are applied."""
     flags = os.environ.get("XLA_FLAGS", "")
     return {"xla_flags": flags, "ynn_fusion_flag": YNN_FLAG in flags,

@@ -100,10 +100,10 @@ def test_suite_tiny_runs_every_row(tmp_path):
     # The flag row's child ran without the YNNPACK flag, whatever this process runs with.
     assert written["details"]["xla_flag"]["off"]["ynn_fusion_flag"] is False
     # The placement row's other worker ran with its OpenMP teams unpinned.
-    assert written["details"]["placement"]["off"]["conv_team_placement"] is False
+    assert written["details"]["placement"]["off"]["conv_team_placement"] == "off"
     # And in the two-trainer row, both workers of the "off" pair.
     shared = written["details"]["placement_shared"]
-    assert shared["off"]["conv_team_placement"] is False
+    assert shared["off"]["conv_team_placement"] == "off"
     assert shared["placed"]["conv_team_placement"] == native_conv.team_placement()
     assert len(shared["per_round_pair_img_per_s"]) == shared["rounds"] >= 2
     # Likewise the malloc row's child ran with glibc's default allocator behaviour.

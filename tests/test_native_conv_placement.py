@@ -1,12 +1,15 @@
-"""Team placement in the oneDNN library (``TeamPlacement`` in ``onednn_conv.cc``): each calling
+"""Team placement in the oneDNN library (``signticket/native/team_placement.h``): each calling
 thread's OpenMP team is pinned one member per allowed CPU, successive callers' teams start on
-different CPUs, the caller gets its own CPU mask back after every call, and nothing is pinned
-when the team is not one thread per CPU or when ``SIGNTICKET_CONV_PLACE_TEAMS=0``."""
+different CPUs, the caller gets its own CPU mask back after every call, nothing is pinned when
+the team is not one thread per CPU or when ``SIGNTICKET_CONV_PLACE_TEAMS=0``, and by default the
+teams are unpinned while other processes load the CPUs (and pinned again when they stop)."""
 
+import ctypes
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,10 +44,10 @@ print(json.dumps(report))
 """
 
 
-def _probe(**env: str) -> dict:
+def _probe(probe: str = PROBE, **env: str) -> dict:
     environ = {**os.environ, **env,
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", PROBE], env=environ, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", probe], env=environ, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -63,7 +66,7 @@ def test_each_team_is_one_member_per_cpu_and_callers_start_on_different_cpus():
     first = cpus.index(main[0])
     assert main == [cpus[(first + i) % n] for i in range(n)]
     assert report["main_again"]["team"] == main  # the same team, still in place
-    assert report["reported"] == 1  # what native.conv.team_placement() tells the benchmarks
+    assert report["reported"] == 2  # "always": what native.conv.team_placement() reports
     second_first = cpus.index(second[0])
     assert second_first == (first + 1) % n
     assert second == [cpus[(second_first + i) % n] for i in range(n)]
@@ -83,3 +86,82 @@ def test_nothing_is_pinned_when_placement_does_not_apply(env):
     for call in ("main", "main_again", "second"):
         assert all(cpu == -1 for cpu in report[call]["team"]), (call, report[call])
         assert report[call]["after"] == report["allowed"], call
+
+
+# The load check, judged on forced shares of the CPUs used by others: 0 -> pinned, 0.5 ->
+# unpinned, 0.2 -> unchanged (between the thresholds), 0.05 -> pinned again, 0.2 -> unchanged.
+SHARES = (0.0, 0.5, 0.2, 0.05, 0.2)
+PROBE_UNDER_LOAD = PROBE.split("report = ")[0] + f"""
+lib.signticket_conv_testing_force_others_share.argtypes = [ctypes.c_double]
+report = {{"allowed": sorted(os.sched_getaffinity(0)),
+          "reported": lib.signticket_conv_team_placement(), "calls": []}}
+for share in {SHARES!r}:
+    lib.signticket_conv_testing_force_others_share(share)
+    report["calls"].append(team())
+print(json.dumps(report))
+"""
+
+
+def test_by_default_teams_are_unpinned_while_others_load_the_cpus():
+    env = _env_where_placement_applies()
+    env.pop("SIGNTICKET_CONV_PLACE_TEAMS")
+    report = _probe(PROBE_UNDER_LOAD, **env, SIGNTICKET_CONV_PLACE_TEAMS="auto")
+    assert report["reported"] == 1  # "auto"
+    pinned = [all(cpu >= 0 for cpu in call["team"]) for call in report["calls"]]
+    unpinned = [all(cpu == -1 for cpu in call["team"]) for call in report["calls"]]
+    assert pinned == [True, False, False, True, True], report["calls"]
+    assert unpinned == [False, True, True, False, False], report["calls"]
+    for call in report["calls"]:
+        assert call["after"] == call["before"] == report["allowed"]
+
+
+def _library() -> ctypes.CDLL:
+    from signticket.native import build
+
+    lib = ctypes.cdll.LoadLibrary(str(build.library_path(build=False)[0]))
+    lib.signticket_conv_testing_others_share.restype = ctypes.c_double
+    lib.signticket_conv_testing_others_share.argtypes = [
+        ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int,
+        ctypes.c_double, ctypes.c_double, ctypes.c_double]
+    lib.signticket_conv_testing_measure_others_share.restype = ctypes.c_double
+    return lib
+
+
+def _stat(*cpus: tuple[int, int, int]) -> bytes:
+    """A /proc/stat text: an aggregate line, then per CPU (user, system, idle) ticks."""
+    lines = ["cpu  1 2 3 4 5 6 7 8 0 0"]
+    lines += [f"cpu{i} {user} 0 {system} {idle} 0 0 0 0 0 0"
+              for i, (user, system, idle) in enumerate(cpus)]
+    return ("\n".join(lines) + "\nintr 1 2 3\n").encode()
+
+
+@pytest.mark.parametrize("cpus, self_s, expected", [
+    ((0, 1), 1.0, 0.0),   # the CPUs' busy time was all this process's
+    ((0, 1), 0.5, 0.25),  # 0.5 of 2 CPU-seconds was someone else's
+    ((0, 1), 0.0, 0.5),
+    ((2,), 0.0, 1.0),     # only the allowed CPUs' lines count
+    ((0, 1), 3.0, 0.0),   # clamped to [0, 1]
+    ((0, 7), 0.0, -1.0),  # a CPU without a line
+])
+def test_others_share_of_the_cpus_is_their_busy_time_less_this_process(cpus, self_s, expected):
+    # Between the two texts, over 1 s at 100 ticks/s: cpu0 and cpu1 were busy 50 ticks each
+    # (user 30 + system 20), cpu2 100 ticks.
+    before = _stat((100, 10, 500), (200, 20, 600), (0, 0, 0))
+    after = _stat((130, 30, 550), (230, 40, 650), (60, 40, 0))
+    array = (ctypes.c_int * len(cpus))(*cpus)
+    share = _library().signticket_conv_testing_others_share(before, after, array, len(cpus),
+                                                            100.0, self_s, 1.0)
+    assert share == pytest.approx(expected)
+
+
+def test_a_real_load_is_measured_as_others_use_of_the_cpus():
+    spin = [sys.executable, "-c", "while True: pass"]
+    spinners = [subprocess.Popen(spin) for _ in os.sched_getaffinity(0)]
+    try:
+        time.sleep(0.3)
+        share = _library().signticket_conv_testing_measure_others_share(600)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    assert share > 0.5  # one spinner per CPU: ~1.0 (0.25 makes teams unpin)

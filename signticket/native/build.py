@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
+#: what SOURCE includes from this directory (part of the build's cache key)
+HEADERS = (Path(__file__).with_name("team_placement.h"),)
 LIBRARY_NAME = "libsignticket_onednn_conv.so"
 
 
@@ -50,6 +52,8 @@ def _key(prefix: Path) -> str:
     import jaxlib
 
     digest = hashlib.sha256(SOURCE.read_bytes())
+    for header in HEADERS:
+        digest.update(header.read_bytes())
     digest.update(jaxlib.__version__.encode())
     for lib in sorted(prefix.glob("lib*/libdnnl.so*")) + sorted(prefix.glob("lib/*/libdnnl.so*")):
         digest.update(f"{lib}:{lib.stat().st_size}".encode())

@@ -52,7 +52,7 @@ from signticket.native import build
 # one custom call each (keeps compiled programs small).
 MAX_UNROLLED_MEMBERS = 16
 ENV_BACKEND = "SIGNTICKET_CONV"  # "auto" (default), "xla" or "onednn"
-#: "0" turns off the library's OpenMP team placement (TeamPlacement in onednn_conv.cc).
+#: the library's OpenMP team placement (team_placement.h): "auto" (default), "1" always, "0" off
 ENV_PLACE_TEAMS = "SIGNTICKET_CONV_PLACE_TEAMS"
 _TARGETS = ("forward", "input_grad", "kernel_grad")
 _NOT_MAPPED = None  # how batching rules mark an unbatched operand
@@ -221,11 +221,19 @@ def enabled() -> bool:
     return True
 
 
-def team_placement() -> bool:
-    """Whether oneDNN convs here run on pinned OpenMP teams, as the library decides it: the
-    library is used, placement is not turned off (``SIGNTICKET_CONV_PLACE_TEAMS=0``) and a team
-    is one thread per usable CPU."""
-    return enabled() and bool(_library()[0].signticket_conv_team_placement())
+#: what ``signticket_conv_team_placement()`` reports, by its value
+_PLACEMENTS = ("off", "auto", "always")
+
+
+def team_placement() -> str:
+    """How oneDNN convs here place their OpenMP teams, as the library decides it
+    (``team_placement.h``):
+    ``"auto"`` (the default: pinned one member per CPU while no other process loads this
+    process's CPUs), ``"always"`` (``SIGNTICKET_CONV_PLACE_TEAMS=1``) or ``"off"`` (``=0``, the
+    library unused, or a team that is not one thread per usable CPU)."""
+    if not enabled():
+        return "off"
+    return _PLACEMENTS[_library()[0].signticket_conv_team_placement()]
 
 
 @functools.cache

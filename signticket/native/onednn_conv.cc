@@ -25,22 +25,14 @@
 // kernel gradients. signticket_conv_self_check() checks any geometry against a direct-loop
 // reference before Python lets XLA use it (signticket/native/conv.py).
 //
-// Team placement: oneDNN (GNU OpenMP build) runs each conv on the calling thread's OpenMP team,
-// and every XLA thread that calls a conv gets a team of its own. Unpinned, those workers sleep
-// while XLA runs other ops, and on waking Linux stacked them on one CPU: a worker that had idled
-// ran its first convnet steps ~11 ms slower (docs/performance.md, stops 35-37); torch's threads
-// are pinned and did not. TeamPlacement pins each team's workers once, member i to allowed CPU
-// (first + i) % n, and the caller to `first` for the length of its call only (XLA's thread keeps
-// its own mask between ops). Each new calling thread's team starts one CPU further on, so two
-// teams running at once do not put their leaders on the same CPU.
-// SIGNTICKET_CONV_PLACE_TEAMS=0 turns it off; it is skipped when the team is not one thread per
-// allowed CPU (OMP_NUM_THREADS set otherwise, or a restricted mask changed since start).
+// Team placement of the OpenMP teams oneDNN runs on: team_placement.h.
 
 #include <omp.h>
 #include <pthread.h>
 #include <sched.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstdint>
@@ -56,6 +48,7 @@
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
+#include "team_placement.h"
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
@@ -96,74 +89,6 @@ char* ThreadScratch(size_t bytes) {
   auto address = reinterpret_cast<uintptr_t>(buffer.data());
   return buffer.data() + (Aligned(address) - address);
 }
-
-// The CPUs this process may run on, as the first conv saw them.
-const std::vector<int>& AllowedCpus() {
-  static const std::vector<int> cpus = [] {
-    std::vector<int> list;
-    cpu_set_t mask;
-    CPU_ZERO(&mask);
-    if (sched_getaffinity(0, sizeof mask, &mask) == 0) {
-      for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-        if (CPU_ISSET(cpu, &mask)) list.push_back(cpu);
-      }
-    }
-    return list;
-  }();
-  return cpus;
-}
-
-bool PinToCpu(int cpu) {
-  cpu_set_t mask;
-  CPU_ZERO(&mask);
-  CPU_SET(cpu, &mask);
-  return pthread_setaffinity_np(pthread_self(), sizeof mask, &mask) == 0;
-}
-
-// Whether teams get pinned: not turned off, >= 2 CPUs, and a team is one thread per CPU.
-bool PlacementApplies() {
-  static const bool enabled = [] {
-    const char* flag = std::getenv("SIGNTICKET_CONV_PLACE_TEAMS");
-    return flag == nullptr || std::string(flag) != "0";
-  }();
-  int n = static_cast<int>(AllowedCpus().size());
-  return enabled && n >= 2 && omp_get_max_threads() == n;
-}
-
-// Pins the calling thread's OpenMP team for the lifetime of this object (see the top of the file).
-class TeamPlacement {
- public:
-  TeamPlacement() {
-    if (!PlacementApplies() || omp_in_parallel()) return;
-    const std::vector<int>& cpus = AllowedCpus();
-    int n = static_cast<int>(cpus.size());
-    thread_local int first = -1;
-    if (first < 0) {
-      static std::atomic<int> teams{0};
-      first = teams.fetch_add(1) % n;
-      // GNU OpenMP keeps this thread's workers for its later teams (same member, same thread),
-      // so one pinning lasts. The caller is unpinned here, so nothing inherits a one-CPU mask.
-      // (`start` is a copy: the workers would read their own, unset, thread_local `first`.)
-      int start = first;
-#pragma omp parallel num_threads(n)
-      {
-        int member = omp_get_thread_num();
-        if (member != 0) PinToCpu(cpus[(start + member) % n]);
-      }
-    }
-    if (pthread_getaffinity_np(pthread_self(), sizeof saved_, &saved_) != 0) return;
-    restore_ = PinToCpu(cpus[first]);
-  }
-  ~TeamPlacement() {
-    if (restore_) pthread_setaffinity_np(pthread_self(), sizeof saved_, &saved_);
-  }
-  TeamPlacement(const TeamPlacement&) = delete;
-  TeamPlacement& operator=(const TeamPlacement&) = delete;
-
- private:
-  cpu_set_t saved_;
-  bool restore_ = false;
-};
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -271,7 +196,7 @@ void Corrupt(dt type, char* out, size_t elements) {
 void Execute(Op op, const Geometry& g, char* a_base, char* b_base, char* out_base,
              int64_t members, size_t a_step, size_t b_step, size_t out_step) {
   const Cached& c = Lookup(op, g);
-  TeamPlacement placement;
+  placement::TeamPlacement team;
   auto& eng = Engine();
   dnnl::stream stream(eng);
   // This thread's scratch: [blocked kernel | conv scratchpad | reorder scratchpad].
@@ -626,14 +551,52 @@ extern "C" int signticket_conv_self_check(const int64_t* geometry, int bf16, cha
 // kernel grad) is corrupted after every run. 0 restores correct results.
 extern "C" void signticket_conv_testing_corrupt(int ops) { CorruptedOps() = ops; }
 
-// Whether convs called from here run on pinned teams (what the library decides, for reports).
-extern "C" int signticket_conv_team_placement() { return PlacementApplies() ? 1 : 0; }
+// How convs called from here place their teams (what the library decides, for reports):
+// 0 never pinned, 1 pinned while no other process loads the CPUs, 2 always pinned.
+extern "C" int signticket_conv_team_placement() {
+  if (!placement::Applies()) return 0;
+  return placement::ModeFromEnv() == placement::Mode::kAlways ? 2 : 1;
+}
+
+// For tests of the load check: judge the CPUs as if others had used `share` of them since the
+// last measurement (negative: measure again).
+extern "C" void signticket_conv_testing_force_others_share(double share) {
+  placement::Load::Get().Force(share);
+}
+
+// For tests of the load measurement: the share of the allowed CPUs others used over the
+// `milliseconds` this call sleeps.
+extern "C" double signticket_conv_testing_measure_others_share(int milliseconds) {
+  const std::vector<int>& cpus = placement::AllowedCpus();
+  double wall = placement::Seconds(CLOCK_MONOTONIC), self = placement::Seconds(CLOCK_PROCESS_CPUTIME_ID);
+  long long ticks = placement::BusyTicks(placement::ProcStat().c_str(), cpus);
+  std::this_thread::sleep_for(std::chrono::milliseconds(milliseconds));
+  long long after = placement::BusyTicks(placement::ProcStat().c_str(), cpus);
+  if (ticks < 0 || after < 0) return -1;
+  return placement::OthersShare(after - ticks, static_cast<double>(sysconf(_SC_CLK_TCK)),
+                                placement::Seconds(CLOCK_PROCESS_CPUTIME_ID) - self,
+                                placement::Seconds(CLOCK_MONOTONIC) - wall,
+                                static_cast<int>(cpus.size()));
+}
+
+// For tests of the load arithmetic: others' share of CPUs `cpus[0..n)` between two /proc/stat
+// texts, given this process's CPU seconds and the wall seconds between them (-1: a CPU's line
+// is missing).
+extern "C" double signticket_conv_testing_others_share(const char* before, const char* after,
+                                                       const int* cpus, int n, double ticks_per_s,
+                                                       double self_s, double wall_s) {
+  std::vector<int> list(cpus, cpus + n);
+  std::string a = std::string("\n") + before, b = std::string("\n") + after;
+  long long from = placement::BusyTicks(a.c_str(), list), to = placement::BusyTicks(b.c_str(), list);
+  if (from < 0 || to < 0) return -1;
+  return placement::OthersShare(to - from, ticks_per_s, self_s, wall_s, n);
+}
 
 // For tests of team placement: runs one OpenMP region under the calling thread's placement and
 // writes each member's CPU (-1 where its mask allows more than one) to `cpus`; returns the team
 // size (at most `capacity` entries are written).
 extern "C" int signticket_conv_testing_team_cpus(int* cpus, int capacity) {
-  TeamPlacement placement;
+  placement::TeamPlacement team;
   int size = 0;
 #pragma omp parallel
   {
