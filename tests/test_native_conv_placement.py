@@ -103,9 +103,8 @@ print(json.dumps(report))
 
 
 def test_by_default_teams_are_unpinned_while_others_load_the_cpus():
-    env = _env_where_placement_applies()
-    env.pop("SIGNTICKET_CONV_PLACE_TEAMS")
-    report = _probe(PROBE_UNDER_LOAD, **env, SIGNTICKET_CONV_PLACE_TEAMS="auto")
+    report = _probe(PROBE_UNDER_LOAD,
+                    **{**_env_where_placement_applies(), "SIGNTICKET_CONV_PLACE_TEAMS": "auto"})
     assert report["reported"] == 1  # "auto"
     pinned = [all(cpu >= 0 for cpu in call["team"]) for call in report["calls"]]
     unpinned = [all(cpu == -1 for cpu in call["team"]) for call in report["calls"]]

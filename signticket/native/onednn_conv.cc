@@ -568,15 +568,10 @@ extern "C" void signticket_conv_testing_force_others_share(double share) {
 // `milliseconds` this call sleeps.
 extern "C" double signticket_conv_testing_measure_others_share(int milliseconds) {
   const std::vector<int>& cpus = placement::AllowedCpus();
-  double wall = placement::Seconds(CLOCK_MONOTONIC), self = placement::Seconds(CLOCK_PROCESS_CPUTIME_ID);
-  long long ticks = placement::BusyTicks(placement::ProcStat().c_str(), cpus);
+  placement::Sample from = placement::TakeSample(cpus);
   std::this_thread::sleep_for(std::chrono::milliseconds(milliseconds));
-  long long after = placement::BusyTicks(placement::ProcStat().c_str(), cpus);
-  if (ticks < 0 || after < 0) return -1;
-  return placement::OthersShare(after - ticks, static_cast<double>(sysconf(_SC_CLK_TCK)),
-                                placement::Seconds(CLOCK_PROCESS_CPUTIME_ID) - self,
-                                placement::Seconds(CLOCK_MONOTONIC) - wall,
-                                static_cast<int>(cpus.size()));
+  return placement::OthersShareBetween(from, placement::TakeSample(cpus),
+                                       static_cast<int>(cpus.size()));
 }
 
 // For tests of the load arithmetic: others' share of CPUs `cpus[0..n)` between two /proc/stat
@@ -586,8 +581,7 @@ extern "C" double signticket_conv_testing_others_share(const char* before, const
                                                        const int* cpus, int n, double ticks_per_s,
                                                        double self_s, double wall_s) {
   std::vector<int> list(cpus, cpus + n);
-  std::string a = std::string("\n") + before, b = std::string("\n") + after;
-  long long from = placement::BusyTicks(a.c_str(), list), to = placement::BusyTicks(b.c_str(), list);
+  long long from = placement::BusyTicks(before, list), to = placement::BusyTicks(after, list);
   if (from < 0 || to < 0) return -1;
   return placement::OthersShare(to - from, ticks_per_s, self_s, wall_s, n);
 }

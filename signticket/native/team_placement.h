@@ -79,13 +79,22 @@ inline bool Applies() {
   return ModeFromEnv() != Mode::kOff && n >= 2 && omp_get_max_threads() == n;
 }
 
+// The line of `text` that starts with `label`, or nullptr.
+inline const char* LineStarting(const char* text, const std::string& label) {
+  for (const char* line = text; line != nullptr; line = std::strchr(line, '\n')) {
+    if (*line == '\n') ++line;
+    if (std::strncmp(line, label.c_str(), label.size()) == 0) return line;
+  }
+  return nullptr;
+}
+
 // Busy ticks (user, nice, system, irq, softirq) summed over the "cpuN" lines of a /proc/stat
 // text for N in `cpus`; -1 when one of them has no line.
 inline long long BusyTicks(const char* stat, const std::vector<int>& cpus) {
   long long total = 0;
   for (int cpu : cpus) {
-    std::string label = "\ncpu" + std::to_string(cpu) + " ";
-    const char* line = std::strstr(stat, label.c_str());
+    std::string label = "cpu" + std::to_string(cpu) + " ";
+    const char* line = LineStarting(stat, label);
     if (line == nullptr) return -1;
     long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0;
     if (std::sscanf(line + label.size(), "%lld %lld %lld %lld %lld %lld %lld", &user, &nice,
@@ -118,7 +127,7 @@ inline double Seconds(clockid_t clock) {
 
 // /proc/stat, read whole ("" when it cannot be read).
 inline std::string ProcStat() {
-  std::string text = "\n";  // so that "\ncpuN " also finds a first line
+  std::string text;
   if (FILE* f = std::fopen("/proc/stat", "r")) {
     char chunk[4096];
     size_t got;
@@ -126,6 +135,25 @@ inline std::string ProcStat() {
     std::fclose(f);
   }
   return text;
+}
+
+// One reading of the CPUs' busy ticks (-1: no /proc/stat line for one of them) and of this
+// process's CPU clock and the wall clock.
+struct Sample {
+  long long busy_ticks = -1;
+  double self_s = 0, wall_s = 0;
+};
+
+inline Sample TakeSample(const std::vector<int>& cpus) {
+  return {BusyTicks(ProcStat().c_str(), cpus), Seconds(CLOCK_PROCESS_CPUTIME_ID),
+          Seconds(CLOCK_MONOTONIC)};
+}
+
+// Others' share of the `n` CPUs between two samples of them (-1: either has no ticks).
+inline double OthersShareBetween(const Sample& from, const Sample& to, int n) {
+  if (from.busy_ticks < 0 || to.busy_ticks < 0) return -1;
+  return OthersShare(to.busy_ticks - from.busy_ticks, static_cast<double>(sysconf(_SC_CLK_TCK)),
+                     to.self_s - from.self_s, to.wall_s - from.wall_s, n);
 }
 
 // Whether other processes keep this process's CPUs busy (see the top of the file).
@@ -139,24 +167,16 @@ class Load {
   bool OthersBusy() {
     double forced = forced_share_.load();
     if (forced >= 0) return Judge(forced);
-    double now = Seconds(CLOCK_MONOTONIC);
-    if (now - last_wall_.load() < kSampleSeconds) return busy_.load();
+    if (Seconds(CLOCK_MONOTONIC) < next_due_.load()) return busy_.load();
     std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
     if (!lock.owns_lock()) return busy_.load();  // another thread is measuring
     const std::vector<int>& cpus = AllowedCpus();
-    long long ticks = BusyTicks(ProcStat().c_str(), cpus);
-    double self = Seconds(CLOCK_PROCESS_CPUTIME_ID);
-    if (ticks < 0) {  // no /proc/stat: keep the teams pinned, as with one process
-      last_wall_.store(now);
-      return busy_.load();
-    }
-    if (last_ticks_ >= 0) {
-      Judge(OthersShare(ticks - last_ticks_, static_cast<double>(sysconf(_SC_CLK_TCK)),
-                        self - last_self_, now - last_wall_.load(), static_cast<int>(cpus.size())));
-    }
-    last_ticks_ = ticks;
-    last_self_ = self;
-    last_wall_.store(now);
+    Sample sample = TakeSample(cpus);
+    // The first sample, or none without /proc/stat: the verdict stays (pinned, as alone).
+    double share = OthersShareBetween(last_, sample, static_cast<int>(cpus.size()));
+    if (share >= 0) Judge(share);
+    last_ = sample;
+    next_due_.store(sample.wall_s + kSampleSeconds);
     return busy_.load();
   }
 
@@ -172,10 +192,9 @@ class Load {
 
   std::mutex mutex_;
   std::atomic<double> forced_share_{-1.0};
-  std::atomic<double> last_wall_{-1e9};
+  std::atomic<double> next_due_{0.0};  // wall clock of the next measurement
   std::atomic<bool> busy_{false};
-  long long last_ticks_ = -1;  // guarded by mutex_
-  double last_self_ = 0;
+  Sample last_;  // guarded by mutex_
 };
 
 // Pins the calling thread's OpenMP team for the lifetime of this object when placement applies
