@@ -290,13 +290,53 @@ def _train_group(engine: Engine, runs: list[_Run], source: data_lib.Source, *, s
         run.finish(engine, source, epochs, finish_in_background)
 
 
+#: Steps per program call when the epoch lies on the devices (:meth:`Engine.steps_on_device`).
+#: Each call costs the host a dispatch, and each chunk end is where an interrupt is seen and the
+#: progress bar moves; 32 steps took the MLP's per-step host work out of its 1 ms step
+#: (docs/performance.md) while a ResNet-20 chunk stays a few seconds on 2 cores.
+STEPS_PER_CALL = 32
+
+
 def _train_epoch(engine: Engine, runs: list[_Run], source: data_lib.Source, epoch: int,
                  batch_size: int, seeds: list[int], slots: list[int], bar: tqdm
                  ) -> tuple[list[dict[str, float]], int]:
     """One epoch of every run's steps; each run's mean train metrics and the step count."""
-    epoch_batches = zip(*(source.train_epoch(epoch, batch_size, seed, engine.mesh)
-                          for seed in seeds), strict=True)
-    if len(runs) == 1:  # the one-run program and eager metric sums, as fit has always run
+    states = [run.member.state for run in runs]
+    all_sums = [{"loss": jnp.zeros(()), "accuracy": jnp.zeros(())} for _ in runs]
+    taken = 0
+    try:
+        if isinstance(source, data_lib.DeviceEpochs):  # many steps per call, same numbers
+            epochs = [source.device_epoch(epoch, batch_size, seed, engine.mesh)
+                      for seed in seeds]
+            steps_fn = engine.steps_on_device(tuple(slots))
+            split, orders = epochs[0].data, [e.order for e in epochs]
+            for lo in range(0, epochs[0].steps, STEPS_PER_CALL):
+                hi = min(epochs[0].steps, lo + STEPS_PER_CALL)
+                states, all_sums = steps_fn(states, all_sums, split.images, split.labels,
+                                            orders, np.int32(lo), np.int32(hi))
+                interrupts.check()
+                taken = hi
+                bar.update(hi - lo)
+        else:
+            step, add = _step_and_sum(engine, len(runs))
+            for batches in zip(*(source.train_epoch(epoch, batch_size, seed, engine.mesh)
+                                 for seed in seeds), strict=True):
+                states, ms = step(states, [batches[slot] for slot in slots])
+                interrupts.check()
+                all_sums = add(all_sums, ms)
+                taken += 1
+                bar.update()
+    finally:  # the donated states are gone: the members hold the newest ones
+        for run, state in zip(runs, states, strict=True):
+            run.member.state = state
+    # The epoch's one host sync.
+    return [{k: float(v) / max(taken, 1) for k, v in sums.items()} for sums in all_sums], taken
+
+
+def _step_and_sum(engine: Engine, members: int) -> tuple[Callable, Callable]:
+    """One step of every member per call, for sources whose batches come from the host, and
+    the metric sums."""
+    if members == 1:  # the one-run program and eager metric sums, as fit has always run
 
         def step(states, batches):
             state, m = engine.train_step(states[0], batches[0])
@@ -304,23 +344,9 @@ def _train_epoch(engine: Engine, runs: list[_Run], source: data_lib.Source, epoc
 
         def add(all_sums, ms):
             return [jax.tree.map(jnp.add, all_sums[0], ms[0])]
-    else:
-        step, add = engine.lockstep_train_step(len(runs)), _add_metrics
-    states = [run.member.state for run in runs]
-    all_sums = [{"loss": jnp.zeros(()), "accuracy": jnp.zeros(())} for _ in runs]
-    taken = 0
-    try:
-        for batches in epoch_batches:
-            states, ms = step(states, [batches[slot] for slot in slots])
-            interrupts.check()
-            all_sums = add(all_sums, ms)
-            taken += 1
-            bar.update()
-    finally:  # the donated states are gone: the members hold the newest ones
-        for run, state in zip(runs, states, strict=True):
-            run.member.state = state
-    # The epoch's one host sync.
-    return [{k: float(v) / max(taken, 1) for k, v in sums.items()} for sums in all_sums], taken
+
+        return step, add
+    return engine.lockstep_train_step(members), _add_metrics
 
 
 class SaveCadence:

@@ -19,6 +19,7 @@ from signticket.data.errors import DatasetUnavailableError
 from signticket.data.imagenet import imagenet_stream
 from signticket.data.pipeline import (
     DeviceArrays,
+    DeviceEpoch,
     eval_batches,
     steps_per_epoch,
     to_device,
@@ -27,6 +28,7 @@ from signticket.data.pipeline import (
 from signticket.data.preprocess import Preprocess
 from signticket.data.registry import DatasetSpec, preprocess_for, streaming_names
 from signticket.data.source import (
+    DeviceEpochs,
     DeviceSource,
     Source,
     as_source,
@@ -44,6 +46,8 @@ __all__ = [
     "DatasetSpec",
     "DatasetUnavailableError",
     "DeviceArrays",
+    "DeviceEpoch",
+    "DeviceEpochs",
     "DeviceSource",
     "Preprocess",
     "Source",

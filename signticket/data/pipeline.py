@@ -105,16 +105,23 @@ def _epoch_order_fn(mesh: Mesh, n: int, steps: int, batch_size: int):
     return jax.jit(order, out_shardings=replicated(mesh))
 
 
+def batch_at(images: jax.Array, labels: jax.Array, order: jax.Array, step: jax.Array,
+             mesh: Mesh) -> Batch:
+    """Batch ``step`` of an epoch held on the devices: the examples ``order[step]`` of
+    ``images`` / ``labels``, batch-sharded. Traceable: the per-step gather below and
+    :meth:`signticket.train.Engine.steps_on_device` both call it, so their batches are the same."""
+    ids = jax.lax.dynamic_index_in_dim(order, step, keepdims=False)
+    out = batch_sharded(mesh)
+    return {"image": jax.lax.with_sharding_constraint(jnp.take(images, ids, axis=0), out),
+            "label": jax.lax.with_sharding_constraint(jnp.take(labels, ids, axis=0), out)}
+
+
 @functools.lru_cache(maxsize=64)
 def _train_gather_fn(mesh: Mesh):
-    """``(images, labels, order, step) -> (images[ids], labels[ids])`` for ids = order[step]."""
+    """``(images, labels, order, step) -> batch`` (:func:`batch_at`), one program per call."""
     out = batch_sharded(mesh)
-
-    def gather(images: jax.Array, labels: jax.Array, order: jax.Array, step: jax.Array):
-        ids = jax.lax.dynamic_index_in_dim(order, step, keepdims=False)
-        return jnp.take(images, ids, axis=0), jnp.take(labels, ids, axis=0)
-
-    return jax.jit(gather, out_shardings=(out, out))
+    return jax.jit(functools.partial(batch_at, mesh=mesh),
+                   out_shardings={"image": out, "label": out})
 
 
 @functools.lru_cache(maxsize=64)
@@ -169,8 +176,7 @@ def train_batches(
     def device_iter() -> Iterator[Batch]:
         gather = _train_gather_fn(mesh)
         for step in range(steps):
-            x, y = gather(device_data.images, device_data.labels, order, np.int32(step))
-            yield {"image": x, "label": y}
+            yield gather(device_data.images, device_data.labels, order, np.int32(step))
 
     def host_iter() -> Iterator[Batch]:
         host_order = np.asarray(order)
@@ -181,6 +187,32 @@ def train_batches(
             }
 
     return device_iter() if device_data is not None else host_iter()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DeviceEpoch:
+    """One epoch's shuffled batches for a program that gathers its own
+    (:meth:`signticket.train.Engine.steps_on_device`): batch ``i`` is
+    ``batch_at(data.images, data.labels, order, i, data.mesh)``, the batches
+    :func:`train_batches` yields one by one from the same key."""
+
+    data: DeviceArrays
+    #: int32 [steps, batch_size], the epoch's example ids, replicated
+    order: jax.Array
+
+    @property
+    def steps(self) -> int:
+        return int(self.order.shape[0])
+
+
+def device_epoch(key: jax.Array, batch_size: int, device_data: DeviceArrays) -> DeviceEpoch:
+    """Epoch ``key``'s order over a split on the devices (:func:`to_device`), as
+    :func:`train_batches` draws it."""
+    mesh = device_data.mesh
+    check_batch_size(batch_size, mesh)
+    n = len(device_data)
+    steps = steps_per_epoch(n, batch_size)
+    return DeviceEpoch(device_data, _epoch_order_fn(mesh, n, steps, batch_size)(key))
 
 
 def eval_batches(

@@ -30,6 +30,8 @@ from signticket.data.dataset import Dataset
 from signticket.data.pipeline import (
     Batch,
     DeviceArrays,
+    DeviceEpoch,
+    device_epoch,
     eval_batches,
     steps_per_epoch,
     to_device,
@@ -71,6 +73,15 @@ class Source(Protocol):
     def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The whole test split as host arrays (eval transform), where it fits in memory."""
         ...
+
+
+@runtime_checkable
+class DeviceEpochs(Protocol):
+    """A :class:`Source` whose epochs lie on the devices whole (:class:`DeviceSource`): the
+    epoch loop then runs many steps per program call instead of one."""
+
+    def device_epoch(self, epoch: int, batch_size: int, data_seed: int,
+                     mesh: Mesh) -> DeviceEpoch: ...
 
 
 def epoch_key(data_seed: int, epoch: int) -> jax.Array:
@@ -120,6 +131,13 @@ class DeviceSource:
         d = self.dataset
         return train_batches(d.train_images, d.train_labels, epoch_key(data_seed, epoch),
                              batch_size, mesh, device_data=self._on_device("train", mesh))
+
+    def device_epoch(self, epoch: int, batch_size: int, data_seed: int,
+                     mesh: Mesh) -> DeviceEpoch:
+        """:meth:`train_epoch`'s batches as one :class:`DeviceEpoch`, for a program that
+        runs many steps per call."""
+        return device_epoch(epoch_key(data_seed, epoch), batch_size,
+                            self._on_device("train", mesh))
 
     def eval_batches(self, batch_size: int, mesh: Mesh) -> Iterator[Batch]:
         d = self.dataset
