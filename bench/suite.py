@@ -34,7 +34,9 @@ Rows (``--only`` names):
 * ``matching``: weight matching on ResNet-20x4 vs a naive loop (:mod:`bench.matching`). Goal 2x.
 * ``seeds``: 4 and 8 seeds of the permuted-masks MLP step (goal 1.5x) and of the convnet step,
   vmapped vs sequential, and unrolled side by side in one program (bit-identical to sequential)
-  vs sequential (:mod:`bench.seeds`).
+  vs sequential (:mod:`bench.seeds`); and an epoch of 4 MLP runs through ``fit`` /
+  ``fit_lockstep``, side by side vs sequential, and many steps a call vs one
+  (:mod:`bench.epoch_calls`).
 * ``sign_in``: Sign-In vs masked SGD, step time and state bytes (:mod:`bench.sign_in`).
 * ``imp_round``: a warm ``lottery.imp`` (warm-up + 2 rounds of the AWS CPU config) on real
   Fashion-MNIST, its time split into the pipeline's phases (:mod:`bench.imp_round`,
@@ -61,6 +63,7 @@ import jax
 
 from bench import (
     barrier,
+    epoch_calls,
     imp_round,
     isa,
     matching,
@@ -291,6 +294,16 @@ class Suite:
                         "vs sequential under the process's XLA flags alone (img/s)", "img/s",
                         v["unrolled_img_per_s"], v["sequential_process_flags_img_per_s"],
                         goal=goal))
+        e = self.details["epoch_calls"] = epoch_calls.run(self.tiny)
+        rate, what = e["img_per_s"], f"{e['members']} MLP runs, fit epoch"
+        rows += [
+            Row("epoch_calls_side_by_side", f"{what}: side by side vs sequential, "
+                f"{e['steps_per_call']} steps a call (img/s)", "img/s", rate["side_by_side"],
+                rate["sequential"], paired_ratio=e["side_by_side_vs_sequential"], goal=1.5),
+            Row("epoch_calls_sequential", f"{what}: sequential, {e['steps_per_call']} steps a "
+                "call vs a step a call (img/s)", "img/s", rate["sequential"],
+                rate["sequential_step_per_call"], paired_ratio=e["sequential_vs_step_per_call"]),
+        ]
         return rows
 
     def sign_in(self) -> list[Row]:
