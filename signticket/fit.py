@@ -135,12 +135,14 @@ def fit_lockstep(
     """:func:`fit` of several runs of one ``engine`` side by side; ``(state, summary)`` per
     member, in order.
 
-    The members train epoch by epoch together: each step is one program for all of them
-    (:meth:`~signticket.train.Engine.lockstep_train_step`), and members with the same
-    ``data_seed`` share its batches. Everything else stays each member's own: its checkpoints
-    and their cadence, resumption, metrics, hook, evaluation and ``DONE.json``. Each ends
-    bit-identical to :func:`fit` of it alone (what a small model gains is the cores one run
-    leaves idle and one dispatch per step instead of one per run). A finished member is
+    The members train epoch by epoch together: their steps are one program for all of them
+    (:meth:`~signticket.train.Engine.steps_on_device`, :data:`STEPS_PER_CALL` steps a call,
+    where the epoch lies on the devices; else :meth:`~signticket.train.Engine.lockstep_train_step`,
+    a step a call), and members with the same ``data_seed`` share its batches. Everything else
+    stays each member's own: its checkpoints and their cadence, resumption, metrics, hook,
+    evaluation and ``DONE.json``. Each ends bit-identical to :func:`fit` of it alone (what a
+    small model gains is the cores one run leaves idle and one dispatch instead of one per
+    run). A finished member is
     restored, not trained; members restored to different epochs train in groups of equal start,
     one group after another. A NaN/inf loss in any member stops them all before that epoch is
     recorded; each keeps its last checkpoint. The epoch time each records is the group's.
