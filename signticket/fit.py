@@ -307,7 +307,7 @@ def _train_epoch(engine: Engine, runs: list[_Run], source: data_lib.Source, epoc
     all_sums = [{"loss": jnp.zeros(()), "accuracy": jnp.zeros(())} for _ in runs]
     taken = 0
     try:
-        if isinstance(source, data_lib.DeviceEpochs):  # many steps per call, same numbers
+        if isinstance(source, data_lib.DeviceEpochs):  # many steps per call
             epochs = [source.device_epoch(epoch, batch_size, seed, engine.mesh)
                       for seed in seeds]
             steps_fn = engine.steps_on_device(tuple(slots))
