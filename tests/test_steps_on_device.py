@@ -165,12 +165,23 @@ def test_fit_on_device_runs_many_steps_per_call_and_agrees_with_host_batches(mon
     assert whole[1].keys() == host[1].keys()
 
 
-def test_bad_slots_are_one_message():
-    _, engine, _ = _setup()
+def test_bad_arguments_are_one_message():
+    ds, engine, source = _setup()
     with pytest.raises(ValueError, match="slots >= 0"):
         engine.steps_on_device(())
     with pytest.raises(ValueError, match="slots >= 0"):
         engine.steps_on_device((0, -1))
+    epoch = source.device_epoch(1, BATCH, 0, engine.mesh)
+    assert epoch.steps == 5 and epoch.order.shape == (5, BATCH)
+    with pytest.raises(ValueError, match="need 2 epoch orders, got 1"):
+        engine.steps_on_device((0, 1))([_state(engine, ds, 0), _state(engine, ds, 1)],
+                                       [_zeros(), _zeros()], epoch.data.images,
+                                       epoch.data.labels, [epoch.order], np.int32(0),
+                                       np.int32(1))
+    with pytest.raises(ValueError, match="batch size 0 must be a positive multiple"):
+        source.device_epoch(1, 0, 0, engine.mesh)
+    with pytest.raises(ValueError, match="larger than the 80 training examples"):
+        source.device_epoch(1, 96, 0, engine.mesh)
 
 
 _SHARDED = """
