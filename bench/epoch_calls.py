@@ -25,8 +25,6 @@ the multi-seed path >= 1.5x the sequential rate.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -142,10 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key in ("side_by_side_vs_sequential", "side_by_side_vs_sequential_step_per_call",
                 "sequential_vs_step_per_call", "side_by_side_vs_its_step_per_call"):
         print(f"{key:42s} {result[key]:.3f}x (paired by round)")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
-    return result
+    return report.write_result(result, args.out)
 
 
 if __name__ == "__main__":

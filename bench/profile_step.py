@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import re
 import tempfile
 import time
@@ -161,10 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.error(f"--steps must be >= 1, got {args.steps}")
     result = {**profile(args.model, args.steps, args.tiny), "machine": report.machine_info()}
     print(format_split(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
-    return result
+    return report.write_result(result, args.out)
 
 
 if __name__ == "__main__":

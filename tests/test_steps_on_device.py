@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import synthetic_dataset
 
+from bench.epoch_calls import StepPerCall
 from signticket import data as data_lib
 from signticket import fit as fit_lib
 from signticket import optim
@@ -113,26 +114,10 @@ def test_runs_side_by_side_equal_each_run_alone():
                               states[1].params["head"]["kernel"])
 
 
-class _HostBatches:
-    """The same dataset as a source without ``device_epoch``: fit steps once per call."""
-
-    def __init__(self, source):
-        self._source = source
-
-    def __getattr__(self, name):
-        if name == "device_epoch":
-            raise AttributeError(name)
-        return getattr(self._source, name)
-
-    @property
-    def num_train(self):
-        return self._source.num_train
-
-
 def test_fit_on_device_runs_many_steps_per_call_and_agrees_with_host_batches(monkeypatch):
     ds, engine, source = _setup()
     assert isinstance(source, data_lib.DeviceEpochs)
-    assert not isinstance(_HostBatches(source), data_lib.DeviceEpochs)
+    assert not isinstance(StepPerCall(source), data_lib.DeviceEpochs)
     calls, real = [], Engine.steps_on_device
 
     def spy(self, slots):
@@ -157,7 +142,7 @@ def test_fit_on_device_runs_many_steps_per_call_and_agrees_with_host_batches(mon
     cut = run(source)
     assert calls == [(0, 2), (2, 4), (4, 5)] * 2
     calls.clear()
-    host = run(_HostBatches(source))
+    host = run(StepPerCall(source))
     assert calls == []
     chex.assert_trees_all_equal(cut[0], whole[0])
     assert cut[1] == whole[1]
