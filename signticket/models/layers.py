@@ -7,10 +7,13 @@ only has to describe its topology and the names of its submodules.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from signticket import _xla_flags
 from signticket.native import conv as native_conv
@@ -49,10 +52,11 @@ def torch_default_bias(fan_in: int) -> nn.initializers.Initializer:
 # runs at ~1.4 GFLOP/s (3.4 s fwd+bwd) where the same layer on 4x4 runs at ~120 GFLOP/s. Below
 # this many output pixels, ``conv_general_dilated`` computes the conv as one im2col matmul
 # instead (77 ms for that layer; tests/test_models.py checks it equals
-# ``lax.conv_general_dilated``). So does a single-channel input (grayscale images): with one
-# input channel XLA's conv has nothing to vectorize over, and the matmul halves the convnet's
-# first layer on Fashion-MNIST (forward + kernel gradient 4.0 -> 2.3 ms, batch 128). Everything
-# else keeps XLA's conv, which beats im2col there (2-3x on ResNet-20).
+# ``lax.conv_general_dilated``). So does a differentiated single-channel input (grayscale
+# images) without oneDNN: with one input channel XLA's conv has nothing to vectorize over, and
+# the matmul halves the convnet's first layer on Fashion-MNIST (forward + kernel gradient 4.0 ->
+# 2.3 ms, batch 128; :func:`one_input_channel_conv`). Everything else keeps XLA's conv, which
+# beats im2col there (2-3x on ResNet-20).
 IM2COL_MAX_OUTPUT_PIXELS = 4
 
 # A conv on an image of a few pixels is a small dense linear map, and one matmul computes it
@@ -80,8 +84,9 @@ def conv_general_dilated(
 ) -> jax.Array:
     """``lax.conv_general_dilated``, routed for NHWC/HWIO convs on the CPU backend: images of at
     most :data:`DENSE_MAP_MAX_INPUT_PIXELS` pixels by their dense linear map
-    (:func:`dense_map_conv`); other ungrouped convs by oneDNN where it is enabled and supports
-    them; depthwise convs as shifted slices (:func:`depthwise_conv`); and otherwise, for
+    (:func:`dense_map_conv`); stride-1 float32 convs of one input channel by
+    :func:`one_input_channel_conv`; other ungrouped convs by oneDNN where it is enabled and
+    supports them; depthwise convs as shifted slices (:func:`depthwise_conv`); and otherwise, for
     stride-1 convs with at most :data:`IM2COL_MAX_OUTPUT_PIXELS` output pixels or one input
     channel, one im2col matmul: ``y[n, p, o] = sum_{i, j, c} pad(x)[n, p + (i, j), c] *
     w[i, j, c, o]``. Everything else is XLA's conv."""
@@ -99,7 +104,7 @@ def conv_general_dilated(
     pads = tuple(map(tuple, lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
                      if isinstance(padding, str) else padding))
     kh, kw, cin, cout = rhs.shape
-    n, h, w, _ = lhs.shape
+    h, w = lhs.shape[1:3]
     ho, wo = _conv_output_hw((h, w), (kh, kw), strides, pads)
     on_cpu = jax.default_backend() == "cpu"
     native_dtype = preferred_element_type in (None, lhs.dtype)
@@ -107,6 +112,9 @@ def conv_general_dilated(
         if on_cpu and takes_dense_map((h, w), (kh, kw)) and ho >= 1 and wo >= 1:
             return dense_map_conv(lhs, rhs, strides, pads, precision=precision,
                                   preferred_element_type=preferred_element_type)
+        if (on_cpu and cin == 1 and strides == (1, 1) and lhs.dtype == rhs.dtype == jnp.float32
+                and preferred_element_type in (None, jnp.float32)):
+            return one_input_channel_conv(lhs, rhs, pads, precision)
         if native_dtype and native_conv.enabled() and native_conv.supports(lhs, rhs, pads):
             return native_conv.conv(lhs, rhs, strides, pads)
     elif (on_cpu and native_dtype and feature_group_count == lhs.shape[-1] == cout
@@ -115,13 +123,64 @@ def conv_general_dilated(
     if (not on_cpu or feature_group_count != 1 or any(s != 1 for s in strides)
             or (ho * wo > IM2COL_MAX_OUTPUT_PIXELS and cin > 1)):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+    return im2col_conv(lhs, rhs, pads, precision, preferred_element_type)
+
+
+def im2col_conv(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]],
+                precision=None, preferred_element_type=None) -> jax.Array:
+    """Stride-1 NHWC conv with HWIO kernel as one matmul of the input's patches:
+    ``y[n, p, o] = sum_{i, j, c} pad(x)[n, p + (i, j), c] * w[i, j, c, o]``."""
     (top, bottom), (left, right) = pads
-    x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    n, h, wd, cin = x.shape
+    kh, kw, _, cout = w.shape
+    ho, wo = _conv_output_hw((h, wd), (kh, kw), (1, 1), pads)
+    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     cols = jnp.concatenate(
-        [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
-    out = jnp.dot(cols.reshape(n * ho * wo, kh * kw * cin), rhs.reshape(kh * kw * cin, cout),
+        [xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+    out = jnp.dot(cols.reshape(n * ho * wo, kh * kw * cin), w.reshape(kh * kw * cin, cout),
                   precision=precision, preferred_element_type=preferred_element_type)
     return out.reshape(n, ho, wo, cout)
+
+
+# A conv of a single-channel image (Fashion-MNIST's first layer) is k*k shifted copies of the
+# image times a row of weights each. Left undifferentiated (evaluation, BN re-estimation,
+# activations for matching), that sum is one XLA loop that XLA fuses with what follows (the
+# BatchNorm, pooling and ReLU), so the full-resolution output never goes through memory: the
+# convnet's evaluation forward runs 1.2x faster than with oneDNN's conv (docs/performance.md).
+# Differentiated, it is not faster (its kernel gradient would be k*k reductions), so under
+# autodiff the same conv runs as before (oneDNN where enabled, else im2col) and the training
+# step's ops, and numbers, do not change. float32 only: the taps sum in the input's dtype.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def one_input_channel_conv(x: jax.Array, w: jax.Array,
+                           pads: tuple[tuple[int, int], tuple[int, int]],
+                           precision=None) -> jax.Array:
+    """Stride-1 NHWC conv of a one-channel ``x`` with an HWIO kernel ``(kh, kw, 1, O)``:
+    undifferentiated, the fused sum of shifted slices (:func:`depthwise_conv`, whose taps
+    broadcast the one channel to ``O``); under autodiff, :func:`differentiated_conv`."""
+    return depthwise_conv(x, w, (1, 1), pads)
+
+
+def differentiated_conv(x: jax.Array, w: jax.Array,
+                        pads: tuple[tuple[int, int], tuple[int, int]],
+                        precision=None) -> jax.Array:
+    """The stride-1 conv :func:`one_input_channel_conv` runs under autodiff: oneDNN's where
+    it is enabled and supports it, else :func:`im2col_conv`."""
+    if native_conv.enabled() and native_conv.supports(x, w, pads):
+        return native_conv.conv(x, w, (1, 1), pads)
+    return im2col_conv(x, w, pads, precision)
+
+
+def _one_input_channel_conv_jvp(pads, precision, primals, tangents):
+    (x, w), (dx, dw) = primals, tangents
+    y = differentiated_conv(x, w, pads, precision)
+    # Bilinear: d(x * w) = dx * w + x * dw. A zero tangent (the data's) adds no conv.
+    terms = [differentiated_conv(a, b, pads, precision)
+             for a, b, zero in ((dx, w, type(dx) is SymbolicZero),
+                                (x, dw, type(dw) is SymbolicZero)) if not zero]
+    return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
+
+
+one_input_channel_conv.defjvp(_one_input_channel_conv_jvp, symbolic_zeros=True)
 
 
 def takes_dense_map(image_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
