@@ -40,7 +40,8 @@ Rows (``--only`` names):
 * ``sign_in``: Sign-In vs masked SGD, step time and state bytes (:mod:`bench.sign_in`).
 * ``imp_round``: a warm ``lottery.imp`` (warm-up + 2 rounds of the AWS CPU config) on real
   Fashion-MNIST, its time split into the pipeline's phases (:mod:`bench.imp_round`,
-  :mod:`signticket.phases`); goal: training >= 85 %.
+  :mod:`signticket.phases`); goal: training >= 85 %. And the convnet's evaluation with its
+  single-channel first conv as fused taps vs on oneDNN (:mod:`bench.eval_forward`).
 
 Every timing goes through :mod:`bench.timing` (first call incl. compilation apart, then the
 median of steady-state repeats, blocked with ``jax.block_until_ready``). The JSON holds every
@@ -64,6 +65,7 @@ import jax
 from bench import (
     barrier,
     epoch_calls,
+    eval_forward,
     imp_round,
     isa,
     matching,
@@ -325,6 +327,11 @@ class Suite:
             rows.append(Row(f"imp_{phase.replace(' ', '_')}", f"  {phase}", "s",
                             r["seconds"][phase], higher_is_better=False,
                             signticket_note=f"({r['percent'][phase]:.0f}%)"))
+        e = self.details["eval_forward"] = eval_forward.run(self.tiny)
+        rate = e["img_per_s"]
+        rows.append(Row("eval_convnet", f"convnet evaluation, {e['test_images']} images: first "
+                        "conv as fused taps vs oneDNN (img/s)", "img/s", rate["taps"],
+                        rate["onednn"], paired_ratio=e["taps_vs_onednn"]))
         return rows
 
     def run(self, group: str) -> list[Row]:

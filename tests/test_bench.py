@@ -7,6 +7,8 @@ import sys
 import types
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from bench import (
@@ -63,6 +65,7 @@ EXPECTED_ROWS = [
     "sign_in_step", "sign_in_bytes", "imp",
     *(f"imp_{p}" for p in ("training", "evaluation", "checkpointing", "pruning", "epoch_hooks",
                            "run_setup", "other")),
+    "eval_convnet",
 ]
 # Phases that may take no measurable time at tiny sizes (nothing to do, or all asynchronous).
 MAY_BE_ZERO = {"imp_pruning", "imp_epoch_hooks", "imp_other"}
@@ -75,7 +78,7 @@ BASELINE_ROWS = {"onednn", "onednn_compile", "placement", "placement_shared", "x
                  "matching", "matching_first_call", "matching_objective", "seeds_mlp_2",
                  "seeds_convnet_2", "seeds_unrolled_mlp_2", "seeds_unrolled_convnet_2",
                  "seeds_unrolled_vs_flags_mlp_2", "epoch_calls_side_by_side",
-                 "epoch_calls_sequential", "sign_in_step", "sign_in_bytes"}
+                 "epoch_calls_sequential", "sign_in_step", "sign_in_bytes", "eval_convnet"}
 
 
 def test_suite_tiny_runs_every_row(tmp_path):
@@ -302,3 +305,20 @@ def test_a_pair_of_trainers_is_as_fast_as_its_slower_member():
     # setting instead of the other one finishing alone.
     assert shared_cpus.pair_seconds((0.1, 0.3)) == pytest.approx(0.15)
     assert shared_cpus.pair_seconds((0.2, 0.2)) == pytest.approx(0.1)
+
+
+def test_eval_forward_bench_traces_its_baseline_on_the_conv_before_the_taps():
+    """``bench.eval_forward``'s baseline runs the single-channel conv as before stop 40
+    (oneDNN, else im2col) and only while it traces; the default runs the taps."""
+    from bench.eval_forward import first_conv_on_onednn
+    from signticket.models.layers import conv_general_dilated
+
+    x, w = jnp.ones((2, 6, 6, 1)), jnp.ones((3, 3, 1, 4))
+    program = lambda: str(jax.make_jaxpr(lambda x_, w_: conv_general_dilated(
+        x_, w_, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))(x, w))
+    with first_conv_on_onednn():
+        before = program()
+    assert "one_input_channel_conv" in program()
+    assert "one_input_channel_conv" not in before
+    assert ("signticket_onednn_conv" in before) == native_conv.enabled()
+    assert ("dot_general" in before) != native_conv.enabled()
