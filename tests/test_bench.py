@@ -222,6 +222,35 @@ def test_profile_step_bench_splits_a_traced_step(tmp_path):
         profile_step.main(["--model", "nope"])
 
 
+def test_profile_bounds_the_torch_ratio_from_each_side_s_split():
+    # ours: 100 ms a step traced, 80 of it in convs; untraced 110 ms -> convs 88, the rest 22
+    ours = {"step_ms": 100.0, "conv_wall_ms": 80.0}
+    torch_side = {"step_ms": 132.0, "conv_ms": 99.0}
+    bound = profile_step.against_torch(ours, 110.0, torch_side)
+    assert bound == {"as_timed": 1.2, "ours_convs_only": 1.5,
+                     "ours_with_torch_conv_time": round(132 / (99 + 22), 3)}
+    assert profile_step.torch_category("aten::convolution_backward") == "conv"
+    assert profile_step.torch_category("aten::mkldnn_convolution") == "conv"
+    assert profile_step.torch_category("aten::native_batch_norm_backward") == "other"
+    assert profile_step.torch_category(
+        "autograd::engine::evaluate_function: ConvolutionBackward0") is None
+
+
+def test_profile_step_against_torch_profiles_the_twin_in_its_own_process(tmp_path):
+    pytest.importorskip("torch")
+    result = profile_step.main(["--model", "convnet", "--tiny", "--steps", "2",
+                                "--torch", "channels_last", "--out", str(tmp_path / "p.json")])
+    t = result["torch"]
+    assert t["layout"] == "channels_last" and t["setting"]["channels_last"]
+    assert 0 < t["conv_share"] < 1 and 0 < t["conv_ms"] < t["step_ms"]
+    assert t["profiled_op_ms"]["conv"] > 0 and t["profiled_op_ms"]["other"] > 0
+    assert set(result["torch_over_ours"]) == {"as_timed", "ours_convs_only",
+                                              "ours_with_torch_conv_time"}
+    assert result["torch_over_ours"]["as_timed"] == pytest.approx(
+        t["step_ms"] / result["untraced_step_ms"], rel=1e-2)
+    assert "torch" in json.loads((tmp_path / "p.json").read_text())
+
+
 def test_alternating_timer_takes_samples_in_turn_and_pairs_them():
     order = []
     calls = {name: (lambda name=name: order.append(name)) for name in "abc"}
