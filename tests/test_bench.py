@@ -13,6 +13,7 @@ import pytest
 
 from bench import (
     conv_ops,
+    dot_rates,
     init_compile,
     isa,
     profile_step,
@@ -249,6 +250,25 @@ def test_profile_step_against_torch_profiles_the_twin_in_its_own_process(tmp_pat
     assert result["torch_over_ours"]["as_timed"] == pytest.approx(
         t["step_ms"] / result["untraced_step_ms"], rel=1e-2)
     assert "torch" in json.loads((tmp_path / "p.json").read_text())
+
+
+def test_dot_rates_times_the_mlp_first_layer_matmuls_on_each_backend(tmp_path):
+    four = dot_rates.shapes(128, 4)
+    assert four == {"forward x@W, 4 seeds": ((128, 784), (784, 512), False),
+                    "kernel grad x^T dy, 4 seeds": ((128, 784), (128, 512), True)}
+    # the kernel gradient contracts over the batch: (784 x 128) @ (128 x 512)
+    assert dot_rates.flops((128, 784), (128, 512), True) == 2 * 784 * 128 * 512
+    assert dot_rates.flops((128, 784), (784, 128), False) == 2 * 128 * 784 * 128
+    result = dot_rates.main(["--tiny", "--out", str(tmp_path / "d.json")])
+    assert [r["matmul"] for r in result["rows"]] == [
+        "forward x@W, 1 seed", "kernel grad x^T dy, 1 seed", "forward x@W, 4 seeds",
+        "kernel grad x^T dy, 4 seeds", "peak 64^3"]
+    for row in result["rows"]:
+        assert row["xla_engine_options"] > 0 and row["xla_process_flags"] > 0
+        assert ("torch" in row) == torch_models.torch_available()
+    assert json.loads((tmp_path / "d.json").read_text())["rows"] == result["rows"]
+    with pytest.raises(SystemExit):
+        dot_rates.main(["--batch", "0"])
 
 
 def test_alternating_timer_takes_samples_in_turn_and_pairs_them():
