@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
+    if args.torch and not torch_models.torch_available():
+        p.error("--torch needs PyTorch: pip install -e '.[bench]'")
     result = {**profile(args.model, args.steps, args.tiny), "machine": report.machine_info()}
     if args.torch:
         # its own process, as the suite's workers: no JAX thread pool beside torch's OpenMP one

@@ -252,6 +252,13 @@ def test_profile_step_against_torch_profiles_the_twin_in_its_own_process(tmp_pat
     assert "torch" in json.loads((tmp_path / "p.json").read_text())
 
 
+def test_profile_step_against_torch_without_torch_is_one_message(monkeypatch, capsys):
+    monkeypatch.setattr(torch_models, "torch_available", lambda: False)
+    with pytest.raises(SystemExit):
+        profile_step.main(["--model", "convnet", "--tiny", "--torch", "contiguous"])
+    assert "--torch needs PyTorch: pip install -e '.[bench]'" in capsys.readouterr().err
+
+
 def test_dot_rates_times_the_mlp_first_layer_matmuls_on_each_backend(tmp_path):
     four = dot_rates.shapes(128, 4)
     assert four == {"forward x@W, 4 seeds": ((128, 784), (784, 512), False),
