@@ -14,9 +14,8 @@ What is timed: each of those matmuls for 1 and 4 seeds, jitted on its own (a) wi
 options the engine gives the MLP (:func:`signticket.cpu_tuning.program_options`: dots off
 YNNPACK, on XLA's own kernels), (b) under the process's flags alone (YNNPACK dots), and
 (c) ``torch.matmul`` on the same shapes (torch's BLAS, when torch is installed, in a process
-of its own); then a 2048^3
-matmul (XLA and torch) for the practical peak of the machine. Median over repeats
-(:func:`bench.timing.time_calls`). Writes JSON.
+of its own); then a 2048^3 matmul (XLA and torch) for the practical peak of the machine.
+Median over repeats (:func:`bench.timing.time_calls`). Writes JSON.
 """
 
 from __future__ import annotations
@@ -61,7 +60,8 @@ def _gflops(call: Callable[[], Any], n_flops: int, repeats: int, number: int) ->
     return round(t.rate(n_flops) / 1e9, 1)
 
 
-def _todo(batch: int, seeds_list: tuple[int, ...], peak_n: int):
+def _todo(batch: int, seeds_list: tuple[int, ...],
+          peak_n: int) -> dict[str, tuple[tuple[int, int], tuple[int, int], bool]]:
     todo = {name: spec for s in seeds_list for name, spec in shapes(batch, s).items()}
     todo[f"peak {peak_n}^3"] = ((peak_n, peak_n), (peak_n, peak_n), False)
     return todo

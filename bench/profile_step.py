@@ -38,7 +38,7 @@ from typing import Any
 
 import jax
 
-from bench import report, torch_models, train_step, workloads
+from bench import report, timing, torch_models, train_step, workloads
 
 #: the threads a program's ops (and the custom calls) run on: XLA:CPU's intra-op workers, and
 #: the PjRt client's threads, which run a program's first ops themselves (most of an
@@ -125,15 +125,9 @@ def split(ops: list[tuple[str, float, float]], steps: int, wall_s: float,
     }
 
 
-def _step_ms(step, steps: int, rounds: int = 3) -> float:
-    """Median over ``rounds`` of the mean ms of ``steps`` untraced calls of ``step``."""
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(steps):
-            jax.block_until_ready(step())
-        samples.append(1000 * (time.perf_counter() - start) / steps)
-    return sorted(samples)[len(samples) // 2]
+def _step_ms(step, steps: int) -> float:
+    """Median ms a call of ``step`` over 3 samples of ``steps`` untraced calls."""
+    return 1000 * timing.time_calls(step, repeats=3, number=steps).median_s
 
 
 def profile(name: str, steps: int, tiny: bool = False) -> dict[str, Any]:
